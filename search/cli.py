@@ -1,0 +1,239 @@
+"""The ``asc-search`` command line.
+
+Every command turns ``AscSearchError`` into one line on stderr and exit status 2; anything else is a
+bug and keeps its traceback. Plugins (installed entry points and ``--plugin MODULE``) are loaded
+before the command tree is built, so their ``asc_register_commands`` can add commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import pluggy
+from rich.console import Console
+from rich.table import Table
+
+from asc_search import __version__
+from asc_search.dataset import DEVICES, load_dataset
+from asc_search.errors import AscSearchError
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager, describe_plugins
+from asc_search.progress import progress_bar
+
+console = Console()
+
+
+class Context:
+    """What every command needs: the plugin manager and the cache folder."""
+
+    def __init__(self, pm: pluggy.PluginManager, cache: Path, quiet: bool) -> None:
+        self.pm = pm
+        self.cache = cache
+        self.quiet = quiet
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def build_cli(pm: pluggy.PluginManager) -> click.Group:
+    """Return the command tree with built-in commands and every plugin's commands."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+    @click.version_option(__version__, prog_name="asc-search")
+    @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+                  help="Load a plugin module by dotted path (repeatable).")
+    @click.option("--cache", type=click.Path(path_type=Path), default=None,
+                  help="Cache folder [default: $ASC_SEARCH_CACHE or ~/.cache/asc-search].")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+    @click.pass_context
+    def cli(ctx: click.Context, plugins: tuple[str, ...], cache: Path | None, quiet: bool) -> None:
+        """Find, prune and distil tiny acoustic-scene classifiers under DCASE budgets."""
+        del plugins  # already loaded by main() before the tree was built
+        ctx.obj = Context(pm, cache_dir(cache), quiet)
+
+    cli.add_command(plugins_group)
+    cli.add_command(data_group)
+    cli.add_command(features_group)
+    pm.hook.asc_register_commands(cli=cli)
+    return cli
+
+
+# --------------------------------------------------------------------------------------------
+# plugins
+# --------------------------------------------------------------------------------------------
+
+
+@click.group("plugins")
+def plugins_group() -> None:
+    """Inspect registered plugins."""
+
+
+@plugins_group.command("list")
+@pass_context
+def plugins_list(obj: Context) -> None:
+    """Show every registered plugin, where it came from and the hooks it implements."""
+    table = Table("plugin", "from", "hooks")
+    for info in describe_plugins(obj.pm):
+        table.add_row(info.name, info.origin, ", ".join(info.hooks))
+    console.print(table)
+    from asc_search.data_source import dataset_sources
+
+    sources = Table("data source", "description")
+    for name, source in dataset_sources(obj.pm).items():
+        sources.add_row(name, source.description)
+    console.print(sources)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+@click.group("data")
+def data_group() -> None:
+    """Write the embedded corpus or check a TAU22-layout folder."""
+
+
+@data_group.command("synth")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="New folder to write [default: the cache folder, reused when present].")
+@click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives the same bytes.")
+@click.option("--size", type=click.Choice(["default", "small", "tiny"]), default="default",
+              help="default: 8,000 training clips; small and tiny are for quick trials and tests.")
+@click.option("--jobs", type=int, default=-1, help="Worker processes (-1: one per core).")
+@pass_context
+def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) -> None:
+    """Write the embedded TAU22-layout corpus (meta.csv, audio/, split lists, test, validation)."""
+    from asc_search.plugins.embedded_corpus import SIZES, cached_corpus, make_plan, write_corpus
+
+    total = len(make_plan(seed=seed, size=SIZES[size]).recordings)
+    started = time.perf_counter()
+    with progress_bar("rendering recordings", total=total, enabled=not obj.quiet) as advance:
+        def report(done: int, _total: int, state: list[int] = [0]) -> None:  # noqa: B006
+            advance(done - state[0])
+            state[0] = done
+
+        if out is None:
+            folder = cached_corpus(obj.cache, seed=seed, size=size, progress=report)
+        else:
+            folder = write_corpus(out, seed=seed, size=size, n_jobs=jobs, progress=report)
+    console.print(f"corpus ready in {time.perf_counter() - started:.1f} s: {folder}")
+
+
+@data_group.command("check")
+@click.argument("folder", type=click.Path(path_type=Path), required=False)
+@click.option("--lists", type=click.Path(path_type=Path), default=None,
+              help="Folder holding split lists [default: FOLDER or FOLDER/split_setup].")
+@click.option("--quick", is_flag=True, help="Check lists only; do not decode the audio.")
+@click.option("--jobs", type=int, default=-1, help="Worker processes for decoding.")
+@pass_context
+def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: bool, jobs: int) -> None:
+    """Count clips per list × device and name every problem (default: the embedded corpus)."""
+    from asc_search.data_source import resolve_data
+    from asc_search.dataset_check import check_dataset
+
+    root = folder if folder is not None else resolve_data(None, pm=obj.pm, cache_dir=obj.cache)
+    if not root.is_dir():
+        raise AscSearchError(f"{root}: data folder not found")
+    total = 0 if quick else _count_listed(root, lists)
+    with progress_bar("decoding clips", total=total, enabled=not (quick or obj.quiet)) as advance:
+        report = check_dataset(root, lists_dir=lists, decode=not quick, n_jobs=jobs,
+                               progress=advance)
+    if report.counts:
+        table = Table("list", *DEVICES, "total", title=str(root))
+        for name, counts in report.counts.items():
+            table.add_row(name, *(f"{counts.get(d, 0):,}" for d in DEVICES),
+                          f"{sum(counts.values()):,}")
+        console.print(table)
+    for note in report.notes[:20]:
+        console.print(f"note: {note}", highlight=False)
+    if len(report.notes) > 20:
+        console.print(f"note: … and {len(report.notes) - 20} more", highlight=False)
+    for problem in report.problems:
+        console.print(f"problem: {problem}", highlight=False, soft_wrap=True)
+    if report.problems:
+        raise AscSearchError(f"{root}: {len(report.problems)} problem(s) found (listed above)")
+    console.print("no problems found")
+
+
+def _count_listed(root: Path, lists: Path | None) -> int:
+    try:
+        dataset = load_dataset(root, lists_dir=lists)
+    except AscSearchError:
+        return 0
+    return len(set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ()))
+
+
+# --------------------------------------------------------------------------------------------
+# features
+# --------------------------------------------------------------------------------------------
+
+
+@click.group("features")
+def features_group() -> None:
+    """Build or inspect the log-mel feature cache."""
+
+
+@features_group.command("build")
+@click.option("--data", default=None, help="Data folder or source name [default: embedded].")
+@click.option("--split", type=click.Choice(["5", "10", "25", "50", "100"]), default="5")
+@click.option("--jobs", type=int, default=-1, help="Worker processes (-1: one per core).")
+@pass_context
+def features_build(obj: Context, data: str | None, split: str, jobs: int) -> None:
+    """Compute (or find cached) log-mels for a split's train, validation and test lists."""
+    from asc_search.data_source import resolve_data
+    from asc_search.features import build_features
+
+    root = resolve_data(data, pm=obj.pm, cache_dir=obj.cache)
+    files = load_dataset(root).split(int(split))
+    table = Table("list", "clips", "seconds", "cache", "folder")
+    for name, listed in (("train", files.train), ("validation", files.validation),
+                         ("test", files.test)):
+        started = time.perf_counter()
+        with progress_bar(f"log-mel {name}", total=len(listed), enabled=not obj.quiet) as advance:
+            features = build_features(listed, root=root, cache_dir=obj.cache, n_jobs=jobs,
+                                      progress=advance)
+        table.add_row(name, f"{len(listed):,}", f"{time.perf_counter() - started:.2f}",
+                      "hit" if features.cache_hit else "built", str(features.directory))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _plugin_args(argv: Sequence[str]) -> list[str]:
+    """Pick ``--plugin X`` / ``--plugin=X`` out of argv before click parses it."""
+    found, args = [], list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--plugin" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: load plugins, build the tree, run, map errors to one line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        pm = build_plugin_manager(extra_modules=_plugin_args(args))
+        build_cli(pm).main(args=args, prog_name="asc-search", standalone_mode=False)
+    except AscSearchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

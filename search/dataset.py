@@ -1,0 +1,262 @@
+"""Reads a folder in the TAU Urban Acoustic Scenes 2022 Mobile layout and yields file lists per split.
+
+Layout (DCASE 2024 Task 1): ``meta.csv`` (tab-separated: filename, scene_label, identifier,
+source_label), ``audio/<scene>-<city>-<location>-<segment>-<device>.wav``, split lists
+``split5/10/25/50.csv`` and ``test.csv`` (filename, scene_label) in the folder itself, in its
+``split_setup/`` subfolder (where the baseline downloads them) or in an explicit folder. 100 % is the
+whole training fold: every file of meta.csv not in the test or validation list.
+
+Validation is a list called ``validation.csv`` when the folder has one (the embedded corpus does), or
+a device-stratified, seeded hold-out of the split otherwise. Held-out files never reach training, so
+a search that selects on validation never looks at test.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asc_search.errors import DataError
+
+SPLITS: tuple[int, ...] = (5, 10, 25, 50, 100)
+SCENES: tuple[str, ...] = (
+    "airport", "bus", "metro", "metro_station", "park", "public_square",
+    "shopping_mall", "street_pedestrian", "street_traffic", "tram",
+)
+SEEN_DEVICES: tuple[str, ...] = ("a", "b", "c", "s1", "s2", "s3")
+UNSEEN_DEVICES: tuple[str, ...] = ("s4", "s5", "s6")
+DEVICES: tuple[str, ...] = SEEN_DEVICES + UNSEEN_DEVICES
+META_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
+LIST_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
+VALIDATION_LIST = "validation.csv"
+TEST_LIST = "test.csv"
+
+
+def split_list_name(percent: int) -> str:
+    """File name of a split list as the DCASE baseline names it (``split5.csv``)."""
+    return f"split{percent}.csv"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One row of meta.csv with the fields that the file name encodes parsed out."""
+
+    filename: str
+    scene: str
+    location: str  # the "identifier" column: city-location
+    device: str
+
+    @property
+    def city(self) -> str:
+        return self.location.split("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A named data source that ``--data NAME`` resolves to a TAU22-layout folder (see hookspecs)."""
+
+    name: str
+    description: str
+    prepare: Callable[[Path], Path]
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The three disjoint file lists one experiment uses."""
+
+    percent: int
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+    validation_source: str  # "validation.csv" or "held out of split5 (10 %, seed 0)"
+
+
+def parse_filename(filename: str) -> tuple[str, str, str, str]:
+    """Split ``audio/<scene>-<city>-<location>-<segment…>-<device>.wav`` into its fields.
+
+    Returns (scene, city, location, device). Scene labels use underscores, never hyphens, so the
+    first and last hyphen-separated parts are unambiguous.
+    """
+    stem = Path(filename).stem
+    parts = stem.split("-")
+    if len(parts) < 5:
+        raise DataError(
+            f"{filename}: name does not follow <scene>-<city>-<location>-<segment>-<device>.wav"
+        )
+    return parts[0], parts[1], parts[2], parts[-1]
+
+
+def read_table(path: Path, *, required: Sequence[str]) -> list[dict[str, str]]:
+    """Read a tab-separated list with a header, refusing it when a required column is missing."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        columns = reader.fieldnames or []
+        missing = [name for name in required if name not in columns]
+        if missing:
+            raise DataError(
+                f"{path}: missing column {', '.join(missing)} (has: {', '.join(columns) or 'none'};"
+                " lists are tab-separated)"
+            )
+        rows = list(reader)
+    for number, row in enumerate(rows, start=2):
+        if not row.get("filename") or not row.get(required[-1]):
+            raise DataError(f"{path}: line {number} has an empty {required[-1]} or filename")
+    return rows
+
+
+def write_table(path: Path, rows: Iterable[Sequence[str]], *, header: Sequence[str]) -> None:
+    """Write a tab-separated list the way the DCASE lists are written."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@dataclass
+class TAU22Dataset:
+    """A TAU22-layout folder: every clip of meta.csv plus the lists that partition them."""
+
+    root: Path
+    lists_dir: Path
+    clips: dict[str, Clip]
+    split_lists: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    test: tuple[str, ...] = ()
+    validation: tuple[str, ...] | None = None
+
+    def audio_path(self, filename: str) -> Path:
+        return self.root / filename
+
+    @property
+    def training_fold(self) -> tuple[str, ...]:
+        """The 100 % split: every meta.csv file that is neither test nor validation."""
+        excluded = set(self.test) | set(self.validation or ())
+        return tuple(name for name in self.clips if name not in excluded)
+
+    def split(self, percent: int, *, validation_fraction: float = 0.1, seed: int = 0) -> SplitFiles:
+        """The train / validation / test lists for a split (5, 10, 25, 50 or 100 %)."""
+        if percent not in SPLITS:
+            raise DataError(f"split {percent}: unknown, choose one of {', '.join(map(str, SPLITS))}")
+        if percent == 100:
+            listed = self.training_fold
+        elif percent in self.split_lists:
+            listed = self.split_lists[percent]
+        else:
+            raise DataError(
+                f"{self.lists_dir / split_list_name(percent)}: split list not found"
+                f" (looked in {self.root} and {self.root / 'split_setup'})"
+            )
+        if not self.test:
+            raise DataError(f"{self.lists_dir / TEST_LIST}: test list not found")
+        self.require_audio(listed)
+        if self.validation is not None:
+            validation = self.validation
+            train = tuple(name for name in listed if name not in set(validation))
+            source = VALIDATION_LIST
+        else:
+            train, validation = hold_out(
+                listed, key=lambda name: f"{self.clips[name].device}/{self.clips[name].scene}",
+                fraction=validation_fraction, seed=seed,
+            )
+            source = f"held out of split{percent} ({validation_fraction:.0%}, seed {seed})"
+        leaked = set(train) & set(self.test)
+        if leaked:
+            raise DataError(
+                f"{split_list_name(percent)}: {len(leaked)} file(s) also in the test list,"
+                f" e.g. {sorted(leaked)[0]}"
+            )
+        return SplitFiles(percent=percent, train=tuple(train), validation=tuple(validation),
+                          test=self.test, validation_source=source)
+
+    def require_audio(self, filenames: Iterable[str]) -> None:
+        """Fail with the first missing file's name (and how many more) before any work starts."""
+        missing = [name for name in filenames if not self.audio_path(name).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(f"{self.audio_path(missing[0])}: listed but not found{more}")
+
+    def device_counts(self, filenames: Iterable[str]) -> Counter[str]:
+        return Counter(self.clips[name].device for name in filenames)
+
+
+def hold_out(
+    filenames: Sequence[str], *, key: Callable[[str], str], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Split ``filenames`` into (kept, held out) with ``fraction`` of every ``key`` group held out."""
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction {fraction}: must be between 0 and 1")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in filenames:
+        groups[key(name)].append(name)
+    rng = random.Random(seed)
+    held: set[str] = set()
+    for group in sorted(groups):
+        members = sorted(groups[group])
+        rng.shuffle(members)
+        held.update(members[: max(1, round(fraction * len(members)))])
+    kept = [name for name in filenames if name not in held]
+    return kept, [name for name in filenames if name in held]
+
+
+def find_lists_dir(root: Path, explicit: Path | None = None) -> Path:
+    """Where the split lists are: an explicit folder, the dataset folder, or its split_setup/."""
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise DataError(f"{explicit}: split-list folder not found")
+        return explicit
+    for candidate in (root, root / "split_setup"):
+        if (candidate / TEST_LIST).is_file() or (candidate / split_list_name(5)).is_file():
+            return candidate
+    return root
+
+
+def load_dataset(root: Path | str, *, lists_dir: Path | str | None = None) -> TAU22Dataset:
+    """Read meta.csv and every split list found; raise ``DataError`` on the first fatal problem."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    meta_path = root / "meta.csv"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: not found (is {root} a TAU22-layout folder?)")
+    clips = {}
+    for row in read_table(meta_path, required=META_COLUMNS):
+        name = row["filename"]
+        scene, city, location, device = parse_filename(name)
+        clips[name] = Clip(
+            filename=name,
+            scene=row["scene_label"],
+            location=row.get("identifier") or f"{city}-{location}",
+            device=row.get("source_label") or device,
+        )
+    found = find_lists_dir(root, Path(lists_dir).expanduser() if lists_dir else None)
+    dataset = TAU22Dataset(root=root, lists_dir=found, clips=clips)
+    for percent in SPLITS[:-1]:
+        path = found / split_list_name(percent)
+        if path.is_file():
+            dataset.split_lists[percent] = _listed(path, clips)
+    if (found / TEST_LIST).is_file():
+        dataset.test = _listed(found / TEST_LIST, clips)
+    if (found / VALIDATION_LIST).is_file():
+        dataset.validation = _listed(found / VALIDATION_LIST, clips)
+    return dataset
+
+
+def _listed(path: Path, clips: dict[str, Clip]) -> tuple[str, ...]:
+    names = []
+    for row in read_table(path, required=LIST_COLUMNS):
+        name = row["filename"]
+        clip = clips.get(name)
+        if clip is None:
+            raise DataError(f"{path}: lists {name}, which is not in meta.csv")
+        if clip.scene != row["scene_label"]:
+            raise DataError(
+                f"{path}: {name} is labelled {row['scene_label']!r} here but {clip.scene!r}"
+                " in meta.csv"
+            )
+        names.append(name)
+    return tuple(names)

@@ -1,0 +1,138 @@
+"""``asc-search data check``: read a whole TAU22-layout folder and name every problem in it.
+
+Unlike ``load_dataset``, which stops at the first fatal problem, the check collects all of them so a
+user fixing a corpus sees the full list at once. It decodes every listed clip (in parallel) because
+NaN, silence and truncation only show in the samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from joblib import Parallel, delayed
+
+from asc_search.audio import read_clip
+from asc_search.dataset import (
+    SPLITS,
+    TAU22Dataset,
+    load_dataset,
+    split_list_name,
+)
+from asc_search.errors import DataError
+
+
+@dataclass
+class CheckReport:
+    """Counts per list × device, problems (fatal for some use) and notes (handled, worth knowing)."""
+
+    root: Path
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(
+    root: Path,
+    *,
+    lists_dir: Path | None = None,
+    decode: bool = True,
+    n_jobs: int = -1,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    """Load ``root``, count every list by device, and collect all problems found."""
+    report = CheckReport(root=root)
+    try:
+        dataset = load_dataset(root, lists_dir=lists_dir)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    _check_lists(dataset, report)
+    if decode:
+        _check_audio(dataset, report, n_jobs=n_jobs, progress=progress)
+    return report
+
+
+def _check_lists(dataset: TAU22Dataset, report: CheckReport) -> None:
+    lists: dict[str, tuple[str, ...]] = {
+        split_list_name(p): files for p, files in sorted(dataset.split_lists.items())
+    }
+    lists["100 % fold"] = dataset.training_fold
+    if dataset.validation is not None:
+        lists["validation.csv"] = dataset.validation
+    lists["test.csv"] = dataset.test
+    for name, files in lists.items():
+        report.counts[name] = dataset.device_counts(files)
+    for percent in SPLITS[:-1]:
+        if percent not in dataset.split_lists:
+            report.problems.append(f"{dataset.lists_dir / split_list_name(percent)}: not found")
+    if not dataset.test:
+        report.problems.append(f"{dataset.lists_dir / 'test.csv'}: not found or empty")
+    test = set(dataset.test)
+    present = sorted(dataset.split_lists)
+    for smaller, larger in zip(present, present[1:], strict=False):
+        outside = set(dataset.split_lists[smaller]) - set(dataset.split_lists[larger])
+        if outside:
+            report.problems.append(
+                f"{split_list_name(smaller)}: {len(outside)} file(s) not in"
+                f" {split_list_name(larger)} (splits must be nested), e.g. {sorted(outside)[0]}"
+            )
+    for percent, files in dataset.split_lists.items():
+        leaked = test.intersection(files)
+        if leaked:
+            report.problems.append(
+                f"{split_list_name(percent)}: {len(leaked)} file(s) also in test.csv,"
+                f" e.g. {sorted(leaked)[0]}"
+            )
+    if dataset.validation is not None:
+        overlap = test.intersection(dataset.validation)
+        if overlap:
+            report.problems.append(
+                f"validation.csv: {len(overlap)} file(s) also in test.csv, e.g. {sorted(overlap)[0]}"
+            )
+    unseen_in_training = {"s4", "s5", "s6"} & set(report.counts["100 % fold"])
+    if unseen_in_training:
+        report.notes.append(
+            f"devices {', '.join(sorted(unseen_in_training))} appear in the training fold;"
+            " DCASE keeps them for the test set only"
+        )
+
+
+def _decode_one(path: Path) -> tuple[str | None, str | None]:
+    """Return (problem, note) for one file; run in worker processes."""
+    try:
+        audio = read_clip(path)
+    except DataError as exc:
+        return str(exc), None
+    notes = []
+    if audio.downmixed_from > 1:
+        notes.append(f"{audio.downmixed_from} channels (downmixed)")
+    if audio.sample_rate != 44100:
+        notes.append(f"{audio.sample_rate} Hz (resampled)")
+    return None, f"{path}: {', '.join(notes)}" if notes else None
+
+
+def _check_audio(
+    dataset: TAU22Dataset,
+    report: CheckReport,
+    *,
+    n_jobs: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    listed = set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ())
+    paths = [dataset.audio_path(name) for name in sorted(listed)]
+    runner = Parallel(n_jobs=n_jobs if len(paths) > 200 else 1, return_as="generator",
+                      batch_size=64)
+    for problem, note in runner(delayed(_decode_one)(path) for path in paths):
+        if problem:
+            report.problems.append(problem)
+        if note:
+            report.notes.append(note)
+        if progress is not None:
+            progress(1)

@@ -1,0 +1,288 @@
+"""Log-mel features, computed once per (file list, front-end settings) and memory-mapped from disk.
+
+On a 2-core CPU the DCASE front-end (resample 44.1 → 32 kHz, 4096-point STFT, 256 mels) costs more
+per clip than a 30 M-MAC model's training step, so training must never compute a spectrogram. The
+first request for a file list computes every clip in parallel (joblib) straight into a ``.npy``
+file; later requests map that file and a batch of 256 clips is a memory gather.
+
+A cache folder is trusted only when its ``meta.json`` names the same key and files, the array file
+has exactly the expected size, and a sampled checksum matches. Anything else is logged and rebuilt.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+
+from asc_search.audio import read_clip
+from asc_search.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+#: Bump when the computation changes in a way the settings do not capture.
+FEATURE_FORMAT_VERSION = 1
+_ARRAY = "features.npy"
+_META = "meta.json"
+_CHECK_BLOCKS = 64
+_CHECK_BLOCK_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class FrontEndSettings:
+    """The DCASE 2024 baseline front-end; defaults are the published settings (DESIGN.md §4)."""
+
+    sample_rate: int = 32_000
+    n_fft: int = 4096
+    win_length: int = 3072
+    hop_length: int = 500
+    n_mels: int = 256
+    f_min: float = 0.0
+    f_max: float = 16_000.0
+    log_offset: float = 1e-5
+    clip_seconds: float = 1.0
+    #: Stored dtype. float16 halves disk and page cache; log-mels span about ±12, where its
+    #: resolution (≈0.008) is far below the augmentation noise the recipe adds anyway.
+    dtype: str = "float16"
+
+    @property
+    def frames(self) -> int:
+        samples = round(self.sample_rate * self.clip_seconds)
+        return samples // self.hop_length + 1  # centred STFT
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Per-clip feature shape (mels, frames): 256 × 65 for the defaults."""
+        return (self.n_mels, self.frames)
+
+    def key(self) -> str:
+        payload = json.dumps({"v": FEATURE_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class LogMelFrontEnd(torch.nn.Module):
+    """Resample to the target rate, mel spectrogram, ``log(x + offset)``: the baseline's front-end."""
+
+    def __init__(self, settings: FrontEndSettings) -> None:
+        super().__init__()
+        import torchaudio  # imported here: loading it costs a second that most commands never need
+
+        self.settings = settings
+        self._resamplers: dict[int, torch.nn.Module] = {}
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=settings.sample_rate,
+            n_fft=settings.n_fft,
+            win_length=settings.win_length,
+            hop_length=settings.hop_length,
+            n_mels=settings.n_mels,
+            f_min=settings.f_min,
+            f_max=settings.f_max,
+        )
+
+    def resampler(self, source_rate: int) -> torch.nn.Module:
+        import torchaudio
+
+        if source_rate not in self._resamplers:
+            self._resamplers[source_rate] = (
+                torch.nn.Identity() if source_rate == self.settings.sample_rate
+                else torchaudio.transforms.Resample(source_rate, self.settings.sample_rate)
+            )
+        return self._resamplers[source_rate]
+
+    @torch.no_grad()
+    def forward(self, samples: torch.Tensor, source_rate: int) -> torch.Tensor:
+        """Map a mono waveform (samples,) or batch (B, samples) to log-mels (…, mels, frames)."""
+        audio = self.resampler(source_rate)(samples)
+        wanted = round(self.settings.sample_rate * self.settings.clip_seconds)
+        if audio.shape[-1] < wanted:  # read_clip allows 1 % slack in length
+            audio = torch.nn.functional.pad(audio, (0, wanted - audio.shape[-1]))
+        audio = audio[..., :wanted]
+        return (self.mel(audio) + self.settings.log_offset).log()
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Cached features for a file list: ``array[i]`` belongs to ``files[i]``."""
+
+    files: tuple[str, ...]
+    array: np.ndarray  # memory-mapped (N, mels, frames)
+    directory: Path
+    cache_hit: bool
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        return {name: row for row, name in enumerate(self.files)}
+
+    def batch(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Gather rows as a float32 tensor (B, 1, mels, frames), the model's input layout."""
+        rows = np.asarray(rows)
+        order = np.argsort(rows, kind="stable")  # sorted reads are kinder to the page cache
+        gathered = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        gathered[order] = self.array[rows[order]]
+        return torch.from_numpy(gathered).float().unsqueeze(1)
+
+
+def list_key(files: Sequence[str], root: Path, settings: FrontEndSettings) -> str:
+    """Key a file list by names, sizes and modification times, so edited audio is recomputed."""
+    digest = hashlib.sha256(settings.key().encode())
+    digest.update(str(root.resolve()).encode())
+    for name in files:
+        stat = (root / name).stat()
+        digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def build_features(
+    files: Sequence[str],
+    *,
+    root: Path,
+    cache_dir: Path,
+    settings: FrontEndSettings | None = None,
+    n_jobs: int = -1,
+    progress: Callable[[int], None] | None = None,
+) -> FeatureSet:
+    """Return cached log-mels for ``files`` (paths relative to ``root``), computing them if needed."""
+    settings = settings or FrontEndSettings()
+    files = tuple(files)
+    key = list_key(files, root, settings)
+    directory = cache_dir / "features" / key
+    if directory.exists():
+        try:
+            return _open_verified(directory, key=key, files=files, settings=settings)
+        except CacheError as exc:
+            log.warning("feature cache %s is unusable (%s); rebuilding it", directory, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+    _compute(files, root=root, directory=directory, key=key, settings=settings, n_jobs=n_jobs,
+             progress=progress)
+    return _open_verified(directory, key=key, files=files, settings=settings, hit=False)
+
+
+def _open_verified(
+    directory: Path,
+    *,
+    key: str,
+    files: tuple[str, ...],
+    settings: FrontEndSettings,
+    hit: bool = True,
+) -> FeatureSet:
+    meta_path, array_path = directory / _META, directory / _ARRAY
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{meta_path} unreadable: {exc}") from exc
+    if meta.get("key") != key or tuple(meta.get("files", ())) != files:
+        raise CacheError("key or file list differs from the request")
+    if meta.get("settings") != asdict(settings):
+        raise CacheError("front-end settings differ")
+    try:
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{array_path} unreadable: {exc}") from exc
+    expected_shape = (len(files), *settings.shape)
+    if array.shape != expected_shape or array.dtype != np.dtype(settings.dtype):
+        raise CacheError(f"array is {array.shape} {array.dtype}, expected {expected_shape}")
+    if array_path.stat().st_size != meta.get("bytes"):
+        raise CacheError(f"{array_path} is {array_path.stat().st_size} bytes, expected {meta.get('bytes')}")
+    if _sampled_checksum(array_path) != meta.get("checksum"):
+        raise CacheError(f"{array_path} content does not match its checksum")
+    return FeatureSet(files=files, array=array, directory=directory, cache_hit=hit)
+
+
+def _sampled_checksum(path: Path) -> str:
+    """Hash 64 evenly spaced 4 KiB blocks plus the size: cheap on GBs, catches truncation and
+    corruption that touches the header or any sampled block, without reading the whole file."""
+    size = path.stat().st_size
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with path.open("rb") as handle:
+        for block in range(_CHECK_BLOCKS):
+            handle.seek(block * max(size - _CHECK_BLOCK_BYTES, 0) // max(_CHECK_BLOCKS - 1, 1))
+            digest.update(handle.read(_CHECK_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _front_end(settings: FrontEndSettings) -> LogMelFrontEnd:
+    return LogMelFrontEnd(settings)
+
+
+def _compute_rows(
+    paths: list[Path], start: int, array_path: Path, settings: FrontEndSettings, in_worker: bool
+) -> int:
+    """Compute rows ``start : start + len(paths)`` straight into the shared array file."""
+    if in_worker:
+        torch.set_num_threads(1)  # joblib runs one worker per core; nested threads only fight
+    front_end = _front_end(settings)
+    array = np.load(array_path, mmap_mode="r+")
+    for offset, path in enumerate(paths):
+        audio = read_clip(path, expected_seconds=settings.clip_seconds)
+        mels = front_end(torch.from_numpy(audio.samples), audio.sample_rate)
+        array[start + offset] = mels.numpy().astype(settings.dtype)
+    array.flush()
+    return len(paths)
+
+
+def _compute(
+    files: tuple[str, ...],
+    *,
+    root: Path,
+    directory: Path,
+    key: str,
+    settings: FrontEndSettings,
+    n_jobs: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Fill a temporary folder next to ``directory`` and rename it into place when complete.
+
+    The rename is the commit: an interrupted or failed build leaves no folder under the final name,
+    and two processes racing for the same key both end up reading one complete copy.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=directory.parent))
+    try:
+        array_path = partial / _ARRAY
+        array = np.lib.format.open_memmap(
+            array_path, mode="w+", dtype=settings.dtype, shape=(len(files), *settings.shape)
+        )
+        del array
+        chunk = 32
+        workers = n_jobs if len(files) > 4 * chunk else 1
+        jobs = [
+            delayed(_compute_rows)(
+                [root / f for f in files[i : i + chunk]], i, array_path, settings, workers != 1
+            )
+            for i in range(0, len(files), chunk)
+        ]
+        runner = Parallel(n_jobs=workers, return_as="generator_unordered")
+        for done in runner(jobs):
+            if progress is not None:
+                progress(done)
+        meta = {
+            "key": key,
+            "settings": asdict(settings),
+            "files": list(files),
+            "bytes": array_path.stat().st_size,
+            "checksum": _sampled_checksum(array_path),
+        }
+        (partial / _META).write_text(json.dumps(meta))
+        try:
+            os.rename(partial, directory)
+        except OSError:
+            if not directory.exists():
+                raise
+            log.info("another process finished %s first; using its copy", directory)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -1,0 +1,68 @@
+"""Every hook asc-search offers, in one file, grouped by the stage of the data's journey.
+
+A plugin is any module or object with functions named like these, marked with
+``asc_search.hookimpl``. Built-in features register through exactly these hooks (see
+``asc_search.plugins``), so a third-party plugin has the same powers as the core. Implementations may
+accept any subset of the declared arguments. Each hook is documented here and in docs/plugins.md;
+``tests/test_hookspecs.py`` fails when a hook lacks either, or lacks a test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from asc_search.dataset import DatasetSource
+
+PROJECT = "asc_search"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``asc-search`` command line.
+
+    Called once while the command line is built, after built-in commands exist. ``cli`` is the
+    top-level ``click.Group``; add commands with ``@cli.command()`` or ``cli.add_command(...)``.
+    Return value is ignored. A plugin loaded with ``--plugin`` is registered before this is called,
+    so ad-hoc plugins can add commands too.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset: where the audio comes from
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_dataset_sources() -> list[DatasetSource]:
+    """Return named data sources that ``--data NAME`` can use instead of a folder path.
+
+    Each ``asc_search.dataset.DatasetSource`` has a ``name``, a one-line ``description`` and a
+    ``prepare(cache_dir)`` callable returning a folder in the TAU Urban Acoustic Scenes 2022
+    Mobile layout (``meta.csv``, ``audio/``, split lists). ``prepare`` is called only when the source
+    is used and must be idempotent: the built-in ``embedded`` corpus writes itself into the cache
+    folder on first use and returns the same folder afterwards. Every returned folder is read by the
+    same TAU22 loader, so sources never need their own reader. Names must be unique across plugins.
+    """
+    return []
+
+
+def documented_hooks() -> dict[str, Any]:
+    """Map each hook name declared here to its function, for docs and the self-check tests."""
+    return {
+        name: obj
+        for name, obj in globals().items()
+        if name.startswith("asc_") and callable(obj)
+    }

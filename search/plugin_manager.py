@@ -1,0 +1,121 @@
+"""Builds the pluggy plugin manager: built-ins, installed entry points, then ad-hoc ``--plugin``.
+
+Built-in plugins are ordinary modules under ``asc_search.plugins`` registered through the same
+hooks a third-party plugin uses; the engine asks the manager, never imports them directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from asc_search import hookspecs
+from asc_search.errors import PluginError
+
+ENTRY_POINT_GROUP = "asc_search"
+#: Comma-separated list of entry-point plugin names to load; empty string loads none.
+LOAD_PLUGINS_ENV = "ASC_SEARCH_LOAD_PLUGINS"
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("asc_search.plugins.embedded_corpus",)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``asc-search plugins list`` shows about one registered plugin."""
+
+    name: str
+    origin: str  # "builtin", "entry point <dist> <version>" or "--plugin"
+    hooks: tuple[str, ...]
+
+
+def build_plugin_manager(
+    *, extra_modules: Sequence[str] = (), load_entry_points: bool = True
+) -> pluggy.PluginManager:
+    """Return a plugin manager with built-ins, installed entry points and ``extra_modules``.
+
+    ``extra_modules`` are dotted module paths given with ``--plugin``; an unknown path or one that
+    fails to import is a one-line ``PluginError`` naming it.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for dotted in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(dotted), name=dotted)
+    if load_entry_points:
+        _load_entry_points(pm)
+    for dotted in extra_modules:
+        register_module(pm, dotted)
+    pm.check_pending()
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    wanted = os.environ.get(LOAD_PLUGINS_ENV)
+    if wanted is None:
+        _guarded(lambda: pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP), "entry points")
+        return
+    for name in filter(None, (part.strip() for part in wanted.split(","))):
+        _guarded(
+            lambda name=name: pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name),
+            f"entry point {name!r}",
+        )
+
+
+def _guarded(load: Any, what: str) -> None:
+    try:
+        load()
+    except Exception as exc:  # a broken third-party plugin must not show a traceback
+        raise PluginError(f"plugin {what} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
+    """Import ``dotted`` and register it as a plugin (what ``--plugin dotted`` does)."""
+    if pm.has_plugin(dotted):
+        return
+    try:
+        module = importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        raise PluginError(f"unknown plugin module {dotted!r}: {exc}") from exc
+    except Exception as exc:
+        raise PluginError(
+            f"plugin module {dotted!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    pm.register(module, name=dotted)
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """List every registered plugin with where it came from and the hooks it implements."""
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        dist = dists.get(id(plugin))
+        if name in DEFAULT_PLUGINS:
+            origin = "builtin"
+        elif dist is not None:
+            origin = f"entry point ({dist.project_name} {dist.version})"
+        else:
+            origin = "--plugin"
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+        infos.append(PluginInfo(name=name, origin=origin, hooks=hooks))
+    return infos
+
+
+def collect_named(results: Iterable[Iterable[Any]], *, what: str) -> dict[str, Any]:
+    """Flatten a list-returning hook's results into ``{name: item}``, refusing duplicate names.
+
+    Items need a ``name`` attribute. Duplicates are an error rather than "last one wins" because a
+    silently shadowed architecture or dataset would make a study's numbers mean something else.
+    """
+    named: dict[str, Any] = {}
+    for batch in results:
+        for item in batch or ():
+            if item.name in named:
+                raise PluginError(f"two plugins register a {what} called {item.name!r}")
+            named[item.name] = item
+    return dict(sorted(named.items()))
