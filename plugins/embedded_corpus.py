@@ -509,7 +509,7 @@ def _split_lists(plan: CorpusPlan) -> dict[int, list[tuple[str, str]]]:
             by_device.setdefault(recording.device, {}).setdefault(recording.scene, []).append(
                 recording)
     lists: dict[int, list[tuple[str, str]]] = {p: [] for p in SPLITS[:-1]}
-    for _device, scenes in sorted(by_device.items()):
+    for device, scenes in sorted(by_device.items()):
         queues = [[group[i] for i in rng.permutation(len(group))]
                   for _, group in sorted(scenes.items())]
         ranked: list[Recording] = []
@@ -518,7 +518,9 @@ def _split_lists(plan: CorpusPlan) -> dict[int, list[tuple[str, str]]]:
                 if queues[k]:
                     ranked.append(queues[k].pop())
         for percent in lists:
-            count = max(round(percent / 100 * len(ranked)), 1)
+            # Even the smallest split of a tiny corpus holds every scene (from device a).
+            least = len(queues) if device == "a" else 1
+            count = max(round(percent / 100 * len(ranked)), least)
             lists[percent].extend(
                 (name, r.scene) for r in ranked[:count]
                 for name in r.clip_names(plan.size.clips_per_recording))

@@ -25,7 +25,10 @@ from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager, describe_plugins
 from asc_search.progress import progress_bar
 
-console = Console()
+
+def _stdout() -> Console:
+    """A console on the current stdout; wide when piped, so tables stay greppable, not wrapped."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 class Context:
@@ -80,13 +83,13 @@ def plugins_list(obj: Context) -> None:
     table = Table("plugin", "from", "hooks")
     for info in describe_plugins(obj.pm):
         table.add_row(info.name, info.origin, ", ".join(info.hooks))
-    console.print(table)
+    _stdout().print(table)
     from asc_search.data_source import dataset_sources
 
     sources = Table("data source", "description")
     for name, source in dataset_sources(obj.pm).items():
         sources.add_row(name, source.description)
-    console.print(sources)
+    _stdout().print(sources)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) 
             folder = cached_corpus(obj.cache, seed=seed, size=size, progress=report)
         else:
             folder = write_corpus(out, seed=seed, size=size, n_jobs=jobs, progress=report)
-    console.print(f"corpus ready in {time.perf_counter() - started:.1f} s: {folder}")
+    _stdout().print(f"corpus ready in {time.perf_counter() - started:.1f} s: {folder}")
 
 
 @data_group.command("check")
@@ -140,7 +143,7 @@ def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: boo
     root = folder if folder is not None else resolve_data(None, pm=obj.pm, cache_dir=obj.cache)
     if not root.is_dir():
         raise AscSearchError(f"{root}: data folder not found")
-    total = 0 if quick else _count_listed(root, lists)
+    total = 0 if quick else _count_present(root, lists)
     with progress_bar("decoding clips", total=total, enabled=not (quick or obj.quiet)) as advance:
         report = check_dataset(root, lists_dir=lists, decode=not quick, n_jobs=jobs,
                                progress=advance)
@@ -149,24 +152,28 @@ def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: boo
         for name, counts in report.counts.items():
             table.add_row(name, *(f"{counts.get(d, 0):,}" for d in DEVICES),
                           f"{sum(counts.values()):,}")
-        console.print(table)
+        _stdout().print(table)
     for note in report.notes[:20]:
-        console.print(f"note: {note}", highlight=False)
+        _stdout().print(f"note: {note}", highlight=False)
     if len(report.notes) > 20:
-        console.print(f"note: … and {len(report.notes) - 20} more", highlight=False)
-    for problem in report.problems:
-        console.print(f"problem: {problem}", highlight=False, soft_wrap=True)
+        _stdout().print(f"note: … and {len(report.notes) - 20} more", highlight=False)
+    for problem in report.problems[:50]:
+        _stdout().print(f"problem: {problem}", highlight=False, soft_wrap=True)
+    if len(report.problems) > 50:
+        _stdout().print(f"problem: … and {len(report.problems) - 50} more", highlight=False)
     if report.problems:
         raise AscSearchError(f"{root}: {len(report.problems)} problem(s) found (listed above)")
-    console.print("no problems found")
+    _stdout().print("no problems found")
 
 
-def _count_listed(root: Path, lists: Path | None) -> int:
+def _count_present(root: Path, lists: Path | None) -> int:
+    """How many clips the check will decode, for the progress bar's total."""
     try:
         dataset = load_dataset(root, lists_dir=lists)
     except AscSearchError:
         return 0
-    return len(set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ()))
+    listed = set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ())
+    return sum(dataset.audio_path(name).is_file() for name in listed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ def features_build(obj: Context, data: str | None, split: str, jobs: int) -> Non
                                       progress=advance)
         table.add_row(name, f"{len(listed):,}", f"{time.perf_counter() - started:.2f}",
                       "hit" if features.cache_hit else "built", str(features.directory))
-    console.print(table)
+    _stdout().print(table)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ NaN, silence and truncation only show in the samples.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def _check_lists(dataset: TAU22Dataset, report: CheckReport) -> None:
         report.problems.append(f"{dataset.lists_dir / 'test.csv'}: not found or empty")
     test = set(dataset.test)
     present = sorted(dataset.split_lists)
-    for smaller, larger in zip(present, present[1:], strict=False):
+    for smaller, larger in itertools.pairwise(present):
         outside = set(dataset.split_lists[smaller]) - set(dataset.split_lists[larger])
         if outside:
             report.problems.append(
@@ -96,6 +97,13 @@ def _check_lists(dataset: TAU22Dataset, report: CheckReport) -> None:
             report.problems.append(
                 f"validation.csv: {len(overlap)} file(s) also in test.csv, e.g. {sorted(overlap)[0]}"
             )
+    listed = set(dataset.training_fold) | test | set(dataset.validation or ())
+    missing = sorted(name for name in listed if not dataset.audio_path(name).is_file())
+    if missing:
+        report.problems.append(
+            f"{len(missing):,} listed file(s) not found under {dataset.root},"
+            f" e.g. {dataset.audio_path(missing[0])}"
+        )
     unseen_in_training = {"s4", "s5", "s6"} & set(report.counts["100 % fold"])
     if unseen_in_training:
         report.notes.append(
@@ -127,6 +135,7 @@ def _check_audio(
 ) -> None:
     listed = set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ())
     paths = [dataset.audio_path(name) for name in sorted(listed)]
+    paths = [path for path in paths if path.is_file()]  # missing files are reported once, above
     runner = Parallel(n_jobs=n_jobs if len(paths) > 200 else 1, return_as="generator",
                       batch_size=64)
     for problem, note in runner(delayed(_decode_one)(path) for path in paths):

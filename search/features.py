@@ -219,19 +219,24 @@ def _front_end(settings: FrontEndSettings) -> LogMelFrontEnd:
     return LogMelFrontEnd(settings)
 
 
-def _compute_rows(
-    paths: list[Path], start: int, array_path: Path, settings: FrontEndSettings, in_worker: bool
-) -> int:
-    """Compute rows ``start : start + len(paths)`` straight into the shared array file."""
-    if in_worker:
-        torch.set_num_threads(1)  # joblib runs one worker per core; nested threads only fight
-    front_end = _front_end(settings)
-    array = np.load(array_path, mmap_mode="r+")
-    for offset, path in enumerate(paths):
-        audio = read_clip(path, expected_seconds=settings.clip_seconds)
-        mels = front_end(torch.from_numpy(audio.samples), audio.sample_rate)
-        array[start + offset] = mels.numpy().astype(settings.dtype)
-    array.flush()
+def _compute_rows(paths: list[Path], start: int, array_path: Path, settings: FrontEndSettings) -> int:
+    """Compute rows ``start : start + len(paths)`` straight into the shared array file.
+
+    Always single-threaded: joblib already runs one worker per core, and threaded FFTs round
+    differently, which would make the cached bytes depend on the number of workers.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        front_end = _front_end(settings)
+        array = np.load(array_path, mmap_mode="r+")
+        for offset, path in enumerate(paths):
+            audio = read_clip(path, expected_seconds=settings.clip_seconds)
+            mels = front_end(torch.from_numpy(audio.samples), audio.sample_rate)
+            array[start + offset] = mels.numpy().astype(settings.dtype)
+        array.flush()
+    finally:
+        torch.set_num_threads(threads)
     return len(paths)
 
 
@@ -261,9 +266,7 @@ def _compute(
         chunk = 32
         workers = n_jobs if len(files) > 4 * chunk else 1
         jobs = [
-            delayed(_compute_rows)(
-                [root / f for f in files[i : i + chunk]], i, array_path, settings, workers != 1
-            )
+            delayed(_compute_rows)([root / f for f in files[i : i + chunk]], i, array_path, settings)
             for i in range(0, len(files), chunk)
         ]
         runner = Parallel(n_jobs=workers, return_as="generator_unordered")

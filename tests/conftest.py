@@ -1,0 +1,83 @@
+"""Shared fixtures: every test writes only under its own temporary cache and studies folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asc_search.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_LISTS = REPO.parent / "shared" / "dcase2024"
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the cache and studies folders at a temporary folder for every test."""
+    monkeypatch.setenv("ASC_SEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASC_SEARCH_STUDIES", str(tmp_path / "studies"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded corpus at size ``tiny`` (460 clips), written once per test session."""
+    from asc_search.plugins.embedded_corpus import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "tiny", seed=0, size="tiny", n_jobs=1)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``asc-search ARGS`` in-process and return exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def write_wav(path: Path, samples: np.ndarray, *, rate: int = 44_100,
+              subtype: str = "PCM_24") -> Path:
+    """Write a WAV the way the real corpus stores it (24-bit PCM, 44.1 kHz) unless told otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, rate, subtype=subtype)
+    return path
+
+
+def noise(seconds: float = 1.0, *, rate: int = 44_100, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (round(seconds * rate), channels) if channels > 1 else (round(seconds * rate),)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def one_line_error(result: CliResult, *needles: str) -> None:
+    """Assert the TAU-style bad-input contract: exit 2, one line on stderr naming the culprit."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.err
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+
+

@@ -1,0 +1,162 @@
+"""DESIGN.md §7, the data part: each bad input is one line naming the culprit and exit status 2."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asc_search.audio import read_clip
+from asc_search.dataset import load_dataset
+from asc_search.errors import DataError
+from conftest import noise, one_line_error, write_wav
+
+
+@pytest.fixture
+def corpus(tiny_corpus: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny embedded corpus that a test may break."""
+    return Path(shutil.copytree(tiny_corpus, tmp_path / "corpus"))
+
+
+def _first_listed(folder: Path, list_name: str = "split5.csv") -> Path:
+    with (folder / list_name).open() as handle:
+        next(handle)
+        return folder / next(handle).split("\t")[0]
+
+
+def test_missing_data_folder(cli, tmp_path: Path) -> None:
+    one_line_error(cli("data", "check", tmp_path / "nowhere"), "nowhere", "not found")
+    one_line_error(cli("features", "build", "--data", tmp_path / "nowhere"), "nowhere")
+
+
+def test_folder_without_meta_csv(cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("features", "build", "--data", tmp_path / "empty"), "meta.csv", "not found")
+
+
+def test_meta_without_a_needed_column(cli, corpus: Path) -> None:
+    meta = corpus / "meta.csv"
+    rows = list(csv.reader(meta.open(), delimiter="\t"))
+    column = rows[0].index("scene_label")
+    with meta.open("w", newline="") as handle:
+        csv.writer(handle, delimiter="\t").writerows([r[:column] + r[column + 1:] for r in rows])
+    one_line_error(cli("features", "build", "--data", corpus), "meta.csv", "missing column scene_label")
+    one_line_error(cli("data", "check", corpus, "--quick"), "1 problem")
+
+
+def test_comma_separated_meta_is_named(corpus: Path) -> None:
+    meta = corpus / "meta.csv"
+    meta.write_text(meta.read_text().replace("\t", ","))
+    with pytest.raises(DataError, match=r"missing column filename.*tab-separated"):
+        load_dataset(corpus)
+
+
+def test_split_lists_a_file_not_in_meta(cli, corpus: Path) -> None:
+    with (corpus / "split5.csv").open("a") as handle:
+        handle.write("audio/park-paris-9-9-0-a.wav\tpark\n")
+    one_line_error(cli("features", "build", "--data", corpus),
+                   "split5.csv", "audio/park-paris-9-9-0-a.wav", "not in meta.csv")
+
+
+def test_split_lists_a_file_missing_on_disk(cli, corpus: Path) -> None:
+    victim = _first_listed(corpus)
+    victim.unlink()
+    one_line_error(cli("features", "build", "--data", corpus, "--split", "5"),
+                   victim.name, "listed but not found")
+    result = cli("data", "check", corpus)
+    assert result.code == 2 and f"1 listed file(s) not found under {corpus}" in result.out
+
+
+def test_label_disagreement_between_list_and_meta(corpus: Path) -> None:
+    text = (corpus / "test.csv").read_text().splitlines()
+    name, scene = text[1].split("\t")
+    text[1] = f"{name}\t{'park' if scene != 'park' else 'bus'}"
+    (corpus / "test.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"test.csv: .* is labelled"):
+        load_dataset(corpus)
+
+
+def test_truncated_wav(cli, corpus: Path, isolated_dirs: Path) -> None:
+    victim = _first_listed(corpus)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        read_clip(victim)
+    one_line_error(cli("features", "build", "--data", corpus), victim.name, "truncated")
+    # The failed build left no cache entry (complete or partial) behind.
+    assert list((isolated_dirs / "cache" / "features").iterdir()) == []
+
+
+def test_non_wav_file(cli, corpus: Path) -> None:
+    victim = _first_listed(corpus)
+    victim.write_text("this is not audio\n")
+    one_line_error(cli("features", "build", "--data", corpus), victim.name,
+                   "not a readable WAV file")
+    check = cli("data", "check", corpus)
+    assert check.code == 2 and f"{victim}: not a readable WAV file" in check.out
+
+
+def test_nan_audio_is_refused(tmp_path: Path) -> None:
+    samples = noise()
+    samples[100] = np.nan
+    path = write_wav(tmp_path / "nan.wav", samples, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"nan\.wav: contains NaN"):
+        read_clip(path)
+
+
+def test_silent_audio_is_refused(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "silent.wav", np.zeros(44_100, dtype=np.float32))
+    with pytest.raises(DataError, match=r"silent\.wav: is silent"):
+        read_clip(path)
+
+
+def test_wrong_length_is_refused(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "short.wav", noise(0.5))
+    with pytest.raises(DataError, match=r"short.wav: 0.500 s long, expected 1 s"):
+        read_clip(path)
+
+
+def test_stereo_is_downmixed_and_other_rates_accepted(tmp_path: Path) -> None:
+    stereo = read_clip(write_wav(tmp_path / "stereo.wav", noise(channels=2)))
+    assert stereo.downmixed_from == 2 and stereo.samples.ndim == 1 and len(stereo.samples) == 44_100
+    other = read_clip(write_wav(tmp_path / "48k.wav", noise(rate=48_000), rate=48_000))
+    assert other.sample_rate == 48_000
+
+
+def test_check_notes_stereo_and_other_rates(cli, corpus: Path) -> None:
+    first = _first_listed(corpus)
+    write_wav(first, noise(channels=2))
+    second = _first_listed(corpus, "test.csv")
+    write_wav(second, noise(rate=48_000), rate=48_000)
+    result = cli("data", "check", corpus)
+    assert result.code == 0, result.out + result.err
+    assert f"{first}: 2 channels (downmixed)" in result.out
+    assert f"{second}: 48000 Hz (resampled)" in result.out
+
+
+def test_check_names_every_problem(cli, corpus: Path) -> None:
+    with (corpus / "test.csv").open() as handle:
+        next(handle)
+        victims = [corpus / next(handle).split("\t")[0] for _ in range(3)]
+    victims[0].write_bytes(b"RIFF....")
+    write_wav(victims[1], np.zeros(44_100, dtype=np.float32))
+    victims[2].unlink()
+    result = cli("data", "check", corpus)
+    assert result.code == 2
+    assert f"{victims[0]}: not a readable WAV file" in result.out
+    assert f"{victims[1]}: is silent" in result.out
+    assert "1 listed file(s) not found" in result.out
+    one_line_error(result, "3 problem(s) found")
+
+
+def test_test_files_leaking_into_a_split_are_refused(cli, corpus: Path) -> None:
+    leaked = (corpus / "test.csv").read_text().splitlines()[1]
+    with (corpus / "split5.csv").open("a") as handle:
+        handle.write(leaked + "\n")
+    with pytest.raises(DataError, match=r"split5\.csv: 1 file.*also in the test list"):
+        load_dataset(corpus).split(5)
+    result = cli("data", "check", corpus, "--quick")
+    assert "split5.csv: 1 file(s) also in test.csv" in result.out and result.code == 2

@@ -1,0 +1,124 @@
+"""The embedded corpus: real TAU22 layout, deterministic, and shaped like the real task."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asc_search.dataset import SCENES, load_dataset
+from asc_search.dataset_check import check_dataset
+from asc_search.errors import DataError
+from asc_search.plugins.embedded_corpus import (
+    SCENE_RECIPES,
+    SIZES,
+    _split_lists,
+    cached_corpus,
+    make_plan,
+    write_corpus,
+)
+from conftest import one_line_error
+
+
+def _digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_layout_and_audio_format(tiny_corpus: Path) -> None:
+    report = check_dataset(tiny_corpus, n_jobs=1)
+    assert report.ok, report.problems
+    assert not report.notes
+    dataset = load_dataset(tiny_corpus)
+    assert len(dataset.clips) == 460
+    info = sf.info(str(tiny_corpus / next(iter(dataset.clips))))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (44_100, 1, 44_100, "PCM_24")
+    header = (tiny_corpus / "meta.csv").read_text().splitlines()[0]
+    assert header == "filename\tscene_label\tidentifier\tsource_label"
+
+
+def test_same_seed_same_bytes_regardless_of_workers(tiny_corpus: Path, tmp_path: Path) -> None:
+    again = write_corpus(tmp_path / "again", seed=0, size="tiny", n_jobs=2)
+    assert _digest(again) == _digest(tiny_corpus)
+    other = write_corpus(tmp_path / "other", seed=1, size="tiny", n_jobs=1)
+    name = sorted((other / "audio").iterdir())[0].name
+    assert (other / "audio" / name).read_bytes() != (tiny_corpus / "audio" / name).read_bytes()
+
+
+def test_devices_locations_and_folds(tiny_corpus: Path) -> None:
+    dataset = load_dataset(tiny_corpus)
+    fold, test, validation = dataset.training_fold, dataset.test, dataset.validation or ()
+    assert {dataset.clips[n].device for n in test} == {"a", "b", "c", "s1", "s2", "s3", "s4",
+                                                       "s5", "s6"}
+    assert {dataset.clips[n].device for n in fold} == {"a", "b", "c", "s1", "s2", "s3"}
+    assert {dataset.clips[n].device for n in validation} == {"a", "b", "c", "s1", "s2", "s3"}
+    train_locations = {dataset.clips[n].location for n in fold}
+    assert not train_locations & {dataset.clips[n].location for n in test}
+    assert not train_locations & {dataset.clips[n].location for n in validation}
+    assert {dataset.clips[n].scene for n in dataset.split_lists[5]} == set(SCENES)
+    present = sorted(dataset.split_lists)
+    for small, large in itertools.pairwise(present):
+        assert set(dataset.split_lists[small]) <= set(dataset.split_lists[large])
+
+
+def test_default_size_mirrors_the_real_device_mix() -> None:
+    plan = make_plan(seed=0, size=SIZES["default"])
+    lists = _split_lists(plan)
+    assert [len(lists[p]) for p in (5, 10, 25, 50)] == [400, 800, 2000, 4000]
+    for percent, rows in lists.items():
+        devices = Counter(name.rsplit("-", 1)[1].removesuffix(".wav") for name, _ in rows)
+        assert devices["a"] / len(rows) == pytest.approx(0.75), percent
+        scenes = Counter(scene for _, scene in rows)
+        assert max(scenes.values()) - min(scenes.values()) <= 0.05 * len(rows) + 5, percent
+    # Splits are drawn as whole recordings, like the real lists.
+    recordings = Counter(name.rsplit("-", 2)[0] for name, _ in lists[5])
+    assert set(recordings.values()) == {SIZES["default"].clips_per_recording}
+
+
+def test_confusable_pairs_are_closer_than_unrelated_scenes() -> None:
+    def distance(a: str, b: str) -> float:
+        x, y = SCENE_RECIPES[a].strengths, SCENE_RECIPES[b].strengths
+        return float(np.abs(np.array(list(x.values())) - np.array(list(y.values()))).sum())
+
+    for pair, unrelated in ((("airport", "shopping_mall"), "street_traffic"),
+                            (("metro", "metro_station"), "park"),
+                            (("street_pedestrian", "public_square"), "metro"),
+                            (("metro", "tram"), "airport")):
+        assert distance(*pair) < distance(pair[0], unrelated), pair
+
+
+def test_refuses_to_write_over_an_existing_folder(tmp_path: Path, cli) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep me")
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        write_corpus(target, size="tiny")
+    one_line_error(cli("data", "synth", "--size", "tiny", "--out", target), "taken")
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".taken")]
+
+
+def test_cached_corpus_is_written_once(tmp_path: Path) -> None:
+    first = cached_corpus(tmp_path, size="tiny")
+    stamp = (first / "meta.csv").stat().st_mtime_ns
+    assert cached_corpus(tmp_path, size="tiny") == first
+    assert (first / "meta.csv").stat().st_mtime_ns == stamp
+    (first / "corpus.json").unlink()  # an interrupted or older writer: rewritten from scratch
+    assert cached_corpus(tmp_path, size="tiny") == first and (first / "corpus.json").is_file()
+
+
+def test_synth_command_writes_a_checkable_corpus(cli, tmp_path: Path) -> None:
+    result = cli("-q", "data", "synth", "--size", "tiny", "--out", tmp_path / "c", "--jobs", "1")
+    assert result.code == 0 and "corpus ready" in result.out
+    check = cli("-q", "data", "check", tmp_path / "c", "--jobs", "1")
+    assert check.code == 0 and "no problems found" in check.out
+    assert "split5.csv" in check.out and "test.csv" in check.out

@@ -1,0 +1,33 @@
+"""The distribution installs one import package, ``asc_search``, and nothing generic."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import tomllib
+
+from conftest import REPO
+
+
+def test_only_asc_search_packages_are_declared() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["packages"], "packages must be listed explicitly"
+    for package in config["packages"]:
+        assert package == "asc_search" or package.startswith("asc_search."), package
+    assert set(config["package-dir"]) == set(config["packages"])
+    assert config["package-dir"]["asc_search"] == "search"
+    assert config["package-dir"]["asc_search.plugins"] == "plugins"
+
+
+def test_console_script_points_at_cli() -> None:
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts["asc-search"] == "asc_search.cli:main"
+
+
+def test_pinned_torch_stack() -> None:
+    requires = importlib.metadata.requires("asc-search") or []
+    assert "torch==2.11.*" in requires and "torchaudio==2.11.*" in requires
+    import torch
+    import torchaudio
+
+    assert torch.__version__.startswith("2.11") and torchaudio.__version__.startswith("2.11")
