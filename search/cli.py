@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import pluggy
@@ -62,6 +63,7 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     cli.add_command(plugins_group)
     cli.add_command(data_group)
     cli.add_command(features_group)
+    cli.add_command(count_command)
     pm.hook.asc_register_commands(cli=cli)
     return cli
 
@@ -90,6 +92,12 @@ def plugins_list(obj: Context) -> None:
     for name, source in dataset_sources(obj.pm).items():
         sources.add_row(name, source.description)
     _stdout().print(sources)
+    from asc_search.architecture import architectures
+
+    archs = Table("architecture", "description", "presets")
+    for name, arch in architectures(obj.pm).items():
+        archs.add_row(name, arch.description, ", ".join(arch.presets))
+    _stdout().print(archs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +216,129 @@ def features_build(obj: Context, data: str | None, split: str, jobs: int) -> Non
         table.add_row(name, f"{len(listed):,}", f"{time.perf_counter() - started:.2f}",
                       "hit" if features.cache_hit else "built", str(features.directory))
     _stdout().print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# count
+# --------------------------------------------------------------------------------------------
+
+
+def _csv(kind: type) -> Callable[[str | None], tuple | None]:
+    def parse(text: str | None) -> tuple | None:
+        if text is None:
+            return None
+        try:
+            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"{text!r}: comma-separated {kind.__name__} values expected") from exc
+
+    return parse
+
+
+@click.command("count")
+@click.option("--preset", default=None, help="A named spec, e.g. dcase-baseline, seed-final.")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
+              help="A spec JSON file.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A saved model (its spec, and its pruned widths if any).")
+@click.option("--arch", default=None, help="Architecture plugin name (cp_mobile, sscp_mobile, …).")
+@click.option("--base-channels", type=int, default=None)
+@click.option("--channels-multiplier", type=float, default=None)
+@click.option("--expansion-rate", type=float, default=None)
+@click.option("--n-blocks", default=None, help="Blocks per stage, e.g. 3,2,1.")
+@click.option("--stem-factorization", default=None, help="plain, sequential or parallel.")
+@click.option("--factorization", default=None, help="Per stage, e.g. plain,sequential,parallel.")
+@click.option("--n-classes", type=int, default=None)
+@click.option("--budget-macs", default="30M", help="MACs budget per 1 s clip.")
+@click.option("--budget-bytes", default="128kB", help="Parameter memory budget.")
+@click.option("--dtype", "storage_dtype", default="float16",
+              type=click.Choice(["float32", "float16", "bfloat16", "int8"]),
+              help="Dtype the parameters are stored in.")
+@click.option("--input-shape", default="1,1,256,65", help="Model input (front-end excluded).")
+@click.option("--layers", is_flag=True, help="Add a per-layer table.")
+@click.option("--largest", is_flag=True, help="Also find the widest base_channels that fits.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+def count_command(obj: Context, preset: str | None, spec_file: Path | None,
+                  checkpoint: Path | None, budget_macs: str, budget_bytes: str, storage_dtype: str,
+                  input_shape: str, layers: bool, largest: bool, as_json: bool,
+                  **fields: Any) -> None:
+    """Print the DCASE complexity card (MACs, parameters, bytes, pass/fail) of a network."""
+    import json
+
+    from asc_search.architecture import ArchSpec, build_model, resolve_preset
+    from asc_search.complexity import count_complexity, format_count, parse_budget
+    from asc_search.search_space import largest_fitting_width
+
+    sources = [x for x in (preset, spec_file, checkpoint) if x is not None]
+    if len(sources) > 1:
+        raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
+    max_macs = parse_budget(budget_macs, what="--budget-macs")
+    max_bytes = parse_budget(budget_bytes, what="--budget-bytes")
+    shape = _csv(int)(input_shape)
+    state = None
+    if checkpoint is not None:
+        from asc_search.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint)
+        spec, state = loaded.spec, loaded.state_dict
+    elif spec_file is not None:
+        spec = ArchSpec.from_file(spec_file)
+    elif preset is not None:
+        spec = resolve_preset(preset, pm=obj.pm)
+    else:
+        spec = ArchSpec()
+    changes = {k: v for k, v in fields.items() if v is not None}
+    if "n_blocks" in changes:
+        changes["n_blocks"] = _csv(int)(changes["n_blocks"])
+    if "factorization" in changes:
+        changes["factorization"] = _csv(str)(changes["factorization"])
+    if changes:
+        if state is not None:
+            raise AscSearchError("a checkpoint's architecture is fixed; drop the spec flags")
+        spec = ArchSpec.from_dict({**spec.to_dict(), **changes})
+    model = build_model(spec, pm=obj.pm)
+    if state is not None:
+        from asc_search.checkpoint import CheckpointError
+
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint}: weights do not fit its spec "
+                                  f"({str(exc).splitlines()[0]})") from exc
+    card = count_complexity(model, input_shape=shape, storage_dtype=storage_dtype, per_layer=layers)
+    widest = (largest_fitting_width(spec, pm=obj.pm, max_macs=max_macs, max_param_bytes=max_bytes,
+                                    storage_dtype=storage_dtype) if largest else None)
+    fits_macs, fits_bytes = card.macs <= max_macs, card.param_bytes <= max_bytes
+    if as_json:
+        payload = {**card.to_dict(), "budget_macs": max_macs, "budget_bytes": max_bytes,
+                   "fits": fits_macs and fits_bytes, "spec": spec.to_dict()}
+        if layers:
+            payload["layers"] = [vars(layer) for layer in card.layers]
+        if largest:
+            payload["largest_fitting_base_channels"] = widest
+        click.echo(json.dumps(payload, indent=2))
+        return
+    table = Table("", "value", "budget", "", title=f"DCASE complexity card: {spec.arch}")
+    table.add_row("MACs", f"{card.macs:,} ({format_count(card.macs)})", f"{max_macs:,}",
+                  "pass" if fits_macs else "FAIL")
+    table.add_row("parameters", f"{card.params:,}", "", "")
+    table.add_row(f"bytes ({storage_dtype})", f"{card.param_bytes:,}", f"{max_bytes:,}",
+                  "pass" if fits_bytes else "FAIL")
+    out = _stdout()
+    out.print(table)
+    out.print(f"spec: {spec.to_json()}", highlight=False, soft_wrap=True)
+    if largest:
+        out.print(f"widest base_channels that fits: {widest}" if widest else
+                  "no base_channels fits these budgets")
+    if card.uncounted_ops:
+        out.print("not counted (no DCASE rule; check by hand): "
+                  + ", ".join(f"{op} ×{n}" for op, n in card.uncounted_ops.items()))
+    if layers:
+        per_layer = Table("layer", "type", "params", "MACs")
+        for layer in card.layers:
+            per_layer.add_row(layer.name, layer.kind, f"{layer.params:,}", f"{layer.macs:,}")
+        out.print(per_layer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from asc_search.architecture import Architecture
     from asc_search.dataset import DatasetSource
+    from asc_search.search_space import DimensionInfo
 
 PROJECT = "asc_search"
 
@@ -55,6 +57,46 @@ def asc_dataset_sources() -> list[DatasetSource]:
     is used and must be idempotent: the built-in ``embedded`` corpus writes itself into the cache
     folder on first use and returns the same folder afterwards. Every returned folder is read by the
     same TAU22 loader, so sources never need their own reader. Names must be unique across plugins.
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures: what a candidate network is
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_architectures() -> list[Architecture]:
+    """Return architectures that a spec's ``arch`` field can name.
+
+    Each ``asc_search.architecture.Architecture`` has a ``name``, a one-line ``description``, a
+    ``build(spec)`` callable returning an ``nn.Module`` that maps log-mels (B, 1, mels, frames) to
+    logits (B, classes), and optional named ``presets`` (``ArchSpec`` objects, e.g. the DCASE
+    baseline). ``build`` must be deterministic in the spec (weights aside) and raise
+    ``asc_search.architecture.SpecError`` for a spec it cannot build. The network must not contain
+    the front-end: complexity is counted on the model alone, as DCASE counts it. Names (and preset
+    names) must be unique across plugins.
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Search spaces: which dimensions a space file may search
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_space_dimensions() -> list[DimensionInfo]:
+    """Return dimension names that search-space files may declare.
+
+    Each ``asc_search.search_space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
+    ``target`` saying what it shapes (``"spec"``: an ``ArchSpec`` field or, with an ``apply``
+    callable, part of one; ``"plan"``: the pruning plan; ``"training"``: the training recipe), a
+    one-line ``description``, and optionally ``allowed(pm)`` returning the values a categorical
+    choice may take (e.g. registered metric names), so a misspelt choice fails when the space is
+    loaded rather than inside a trial. A space naming an unregistered dimension is refused. Names
+    must be unique across plugins.
     """
     return []
 

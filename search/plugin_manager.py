@@ -21,7 +21,11 @@ ENTRY_POINT_GROUP = "asc_search"
 #: Comma-separated list of entry-point plugin names to load; empty string loads none.
 LOAD_PLUGINS_ENV = "ASC_SEARCH_LOAD_PLUGINS"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("asc_search.plugins.embedded_corpus",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "asc_search.plugins.embedded_corpus",
+    "asc_search.plugins.mobile_nets",
+    "asc_search.plugins.space_dimensions",
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""The built-in search-space dimensions: architecture fields and the pruning plan.
+
+Registered through ``asc_space_dimensions`` like any plugin's. Training-recipe dimensions
+(augmentation strengths, KD weight) join when the training engine registers them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asc_search.architecture import FACTORIZATIONS, architectures
+from asc_search.hookspecs import hookimpl
+from asc_search.search_space import DimensionInfo
+
+MAX_STAGES = 4
+#: Names of the pruning engine's importance metrics and schedules (DESIGN.md §2, room 7). Checked
+#: here so that a space with a misspelt metric fails when loaded, not inside a trial.
+IMPORTANCE_METRICS = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
+PRUNING_SCHEDULES = ("one_shot", "linear", "agp", "progressive")
+
+
+def _set_stage(stage: int) -> Any:
+    def apply(spec_fields: dict[str, Any], value: Any) -> None:
+        forms = list(spec_fields.get("factorization", ()))
+        forms += ["plain"] * (stage - len(forms))
+        forms[stage - 1] = value
+        spec_fields["factorization"] = forms
+
+    return apply
+
+
+@hookimpl
+def asc_space_dimensions() -> list[DimensionInfo]:
+    factorizations = lambda pm: FACTORIZATIONS  # noqa: E731
+    spec = [
+        DimensionInfo("arch", "spec", "architecture plugin name",
+                      allowed=lambda pm: tuple(architectures(pm))),
+        DimensionInfo("base_channels", "spec",
+                      "final (post-pruning) base width; stage widths follow the multiplier"),
+        DimensionInfo("channels_multiplier", "spec", "width growth per stage"),
+        DimensionInfo("expansion_rate", "spec", "inverted-bottleneck expansion"),
+        DimensionInfo("n_blocks", "spec", "blocks per stage, e.g. [3, 2, 1]"),
+        DimensionInfo("stem_factorization", "spec", "stem 3×3: plain, sequential or parallel",
+                      allowed=factorizations),
+    ]
+    stages = [
+        DimensionInfo(f"stage{k}_factorization", "spec",
+                      f"depthwise 3×3 of stage {k}: plain, sequential or parallel",
+                      allowed=factorizations, apply=_set_stage(k))
+        for k in range(1, MAX_STAGES + 1)
+    ]
+    plan = [
+        DimensionInfo("prune_width_ratio", "plan",
+                      "pre-pruning width as a multiple of the final width (1 = no pruning)"),
+        DimensionInfo("importance", "plan", "channel importance metric",
+                      allowed=lambda pm: IMPORTANCE_METRICS),
+        DimensionInfo("schedule", "plan", "pruning schedule", allowed=lambda pm: PRUNING_SCHEDULES),
+        DimensionInfo("prune_steps", "plan", "pruning steps per stage"),
+        DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each"),
+    ]
+    return spec + stages + plan

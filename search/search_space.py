@@ -1,0 +1,293 @@
+"""Search spaces: declarative files under ``spaces/`` that Optuna samples candidates from.
+
+A space file (TOML or YAML) has ``name``, ``description``, a ``[fixed]`` table of spec fields held
+constant, and a ``[dimensions]`` table, one entry per searched dimension::
+
+    [dimensions.base_channels]          # the final, post-pruning width
+    type = "int"
+    low = 24
+    high = 48
+    step = 8
+
+    [dimensions.importance]
+    type = "categorical"
+    choices = ["l1", "l2", "taylor"]
+
+Dimension names are registered by plugins (``asc_space_dimensions``); each says whether it shapes
+the architecture spec, the pruning plan or the training recipe, and which values it accepts.
+Loading a space checks every name and range, so a typo fails before a study starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pluggy
+import yaml
+
+from asc_search.architecture import ArchSpec, SpecError, architectures, build_model
+from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, count_complexity
+from asc_search.errors import AscSearchError
+from asc_search.plugin_manager import collect_named
+
+TARGETS = ("spec", "plan", "training")
+
+
+class SpaceError(AscSearchError):
+    """A space file that cannot be used: unknown dimension, empty range, unknown plugin name."""
+
+
+@dataclass(frozen=True)
+class DimensionInfo:
+    """A dimension name a space may search (see ``asc_space_dimensions`` in hookspecs)."""
+
+    name: str
+    target: str  # spec | plan | training
+    description: str
+    #: Values a categorical choice may take, given the plugin manager (None: any).
+    allowed: Callable[[pluggy.PluginManager], Collection[Any]] | None = None
+    #: Applies a sampled value to the spec fields (spec dimensions whose name is not a field).
+    apply: Callable[[dict[str, Any], Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched dimension as a space file declares it."""
+
+    name: str
+    kind: str  # int | float | categorical
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        if self.kind == "float":
+            return trial.suggest_float(self.name, float(self.low), float(self.high),
+                                       step=self.step, log=self.log)
+        # Optuna stores categorical choices as primitives; lists travel as JSON text.
+        encoded = [json.dumps(c) if isinstance(c, list | dict) else c for c in self.choices]
+        picked = trial.suggest_categorical(self.name, encoded)
+        return json.loads(picked) if isinstance(picked, str) and picked[:1] in "[{" else picked
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled point: the final architecture, its pruning plan and training choices."""
+
+    spec: ArchSpec
+    plan: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str
+    source: str
+    fixed: dict[str, Any]
+    dimensions: tuple[Dimension, ...]
+    infos: dict[str, DimensionInfo]
+
+    def suggest(self, trial: optuna.Trial) -> Candidate:
+        """Sample every dimension through ``trial`` and assemble the candidate."""
+        values = {d.name: d.suggest(trial) for d in self.dimensions}
+        return self.candidate(values)
+
+    def candidate(self, values: Mapping[str, Any]) -> Candidate:
+        """Assemble a candidate from dimension values (sampled, or a seed trial's)."""
+        spec_fields = {k: v for k, v in self.fixed.items() if k in _SPEC_FIELDS}
+        plan = {k: v for k, v in self.fixed.items() if self._target(k) == "plan"}
+        training = {k: v for k, v in self.fixed.items() if self._target(k) == "training"}
+        for name, value in values.items():
+            info = self.infos[name]
+            if info.target == "spec":
+                if info.apply is not None:
+                    info.apply(spec_fields, value)
+                else:
+                    spec_fields[name] = value
+            elif info.target == "plan":
+                plan[name] = value
+            else:
+                training[name] = value
+        try:
+            spec = ArchSpec.from_dict(spec_fields)
+        except SpecError as exc:
+            raise SpaceError(f"{self.source}: {exc}") from exc
+        return Candidate(spec=spec, plan=plan, training=training)
+
+    def _target(self, name: str) -> str | None:
+        info = self.infos.get(name)
+        return info.target if info else None
+
+
+_SPEC_FIELDS = frozenset(ArchSpec.__dataclass_fields__)
+
+
+def space_dimensions(pm: pluggy.PluginManager) -> dict[str, DimensionInfo]:
+    """Every dimension name registered through ``asc_space_dimensions``."""
+    return collect_named(pm.hook.asc_space_dimensions(), what="search-space dimension")
+
+
+def builtin_space_path(name: str) -> Path:
+    """Path of a space shipped in ``spaces/`` (``sscp_mobile``, ``cp_mobile``)."""
+    folder = resources.files("asc_search.spaces")
+    for suffix in (".toml", ".yaml", ".yml"):
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            return Path(str(candidate))
+    shipped = sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir()
+                     if p.name.endswith((".toml", ".yaml", ".yml")))
+    raise SpaceError(f"unknown space {name!r} (shipped: {', '.join(shipped)}; or give a file path)")
+
+
+def load_space(name_or_path: str | Path, *, pm: pluggy.PluginManager) -> SearchSpace:
+    """Load and validate a space by shipped name or file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = builtin_space_path(str(name_or_path))
+    if not path.is_file():
+        raise SpaceError(f"{path}: space file not found")
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpaceError(f"{path}: expected a table at the top level")
+    return _validated(data, source=str(path), pm=pm)
+
+
+def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -> SearchSpace:
+    infos = space_dimensions(pm)
+    unknown_top = sorted(set(data) - {"name", "description", "fixed", "dimensions"})
+    if unknown_top:
+        raise SpaceError(f"{source}: unknown top-level key(s) {', '.join(unknown_top)}")
+    fixed = dict(data.get("fixed", {}))
+    for key, value in fixed.items():
+        if key not in _SPEC_FIELDS and key not in infos:
+            raise SpaceError(f"{source}: [fixed] names unknown field {key!r}")
+        if key in infos:
+            _check_allowed(infos[key], [value], source=source, pm=pm)
+    arch = fixed.get("arch", "cp_mobile")
+    known_arch = architectures(pm)
+    if arch not in known_arch:
+        raise SpaceError(f"{source}: unknown architecture {arch!r} (known: {', '.join(known_arch)})")
+    raw = data.get("dimensions", {})
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(f"{source}: no [dimensions] to search")
+    dimensions = []
+    for name, spec in raw.items():
+        if name not in infos:
+            raise SpaceError(
+                f"{source}: unknown dimension {name!r} (known: {', '.join(sorted(infos))})"
+            )
+        if name in fixed:
+            raise SpaceError(f"{source}: {name!r} is both fixed and searched")
+        dimension = _dimension(name, spec, source=source)
+        if dimension.kind == "categorical":
+            _check_allowed(infos[name], dimension.choices, source=source, pm=pm)
+        dimensions.append(dimension)
+    space = SearchSpace(name=str(data.get("name", Path(source).stem)),
+                        description=str(data.get("description", "")), source=source,
+                        fixed=fixed, dimensions=tuple(dimensions), infos=infos)
+    # Build the space's smallest corner once, so a spec field the architecture rejects fails here.
+    corner = {d.name: (d.low if d.kind != "categorical" else d.choices[0]) for d in dimensions}
+    corner = {k: (int(v) if next(d for d in dimensions if d.name == k).kind == "int" else v)
+              for k, v in corner.items()}
+    try:
+        build_model(space.candidate(corner).spec, pm=pm)
+    except SpecError as exc:
+        raise SpaceError(f"{source}: its candidates cannot be built: {exc}") from exc
+    return space
+
+
+def _dimension(name: str, spec: Any, *, source: str) -> Dimension:
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise SpaceError(f"{source}: dimension {name!r} needs a table with a 'type'")
+    kind = spec["type"]
+    where = f"{source}: dimension {name!r}"
+    if kind == "categorical":
+        choices = tuple(spec.get("choices", ()))
+        if not choices:
+            raise SpaceError(f"{where}: empty choices")
+        return Dimension(name=name, kind=kind, choices=choices)
+    if kind not in ("int", "float"):
+        raise SpaceError(f"{where}: type {kind!r} unknown (int, float or categorical)")
+    try:
+        low, high = float(spec["low"]), float(spec["high"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpaceError(f"{where}: needs numeric 'low' and 'high'") from exc
+    step = spec.get("step")
+    log = bool(spec.get("log", False))
+    if not math.isfinite(low) or not math.isfinite(high) or low > high:
+        raise SpaceError(f"{where}: empty range [{low:g}, {high:g}]")
+    if step is not None and (step <= 0 or (low + step > high and low != high)):
+        raise SpaceError(f"{where}: step {step} leaves no value in [{low:g}, {high:g}]"
+                         if step > 0 else f"{where}: step must be positive")
+    if log and low <= 0:
+        raise SpaceError(f"{where}: a log range needs low > 0")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise SpaceError(f"{where}: int range needs whole bounds")
+    return Dimension(name=name, kind=kind, low=low, high=high, step=step, log=log)
+
+
+def _check_allowed(info: DimensionInfo, values: Collection[Any], *, source: str,
+                   pm: pluggy.PluginManager) -> None:
+    if info.allowed is None:
+        return
+    allowed = info.allowed(pm)
+    for value in values:
+        if value not in allowed:
+            shown = ", ".join(map(str, allowed))
+            raise SpaceError(f"{source}: {info.name} {value!r} is not known (known: {shown})")
+
+
+# --------------------------------------------------------------------------------------------
+# The pruning target: the widest network a budget allows
+# --------------------------------------------------------------------------------------------
+
+
+def largest_fitting_width(
+    spec: ArchSpec,
+    *,
+    pm: pluggy.PluginManager,
+    max_macs: int = MAX_MACS,
+    max_param_bytes: int = MAX_PARAM_BYTES,
+    storage_dtype: str = "float16",
+    step: int = 8,
+    upper: int = 1024,
+) -> int | None:
+    """The largest ``base_channels`` (a multiple of ``step``) at which ``spec`` fits the budgets.
+
+    Complexity grows with width, so a bisection needs about log2(upper / step) counts (≈ 0.05 s
+    each). Returns None when even ``step`` channels do not fit.
+    """
+
+    def fits(base: int) -> bool:
+        model = build_model(spec.with_(base_channels=base, channel_overrides={}), pm=pm)
+        card = count_complexity(model, storage_dtype=storage_dtype)
+        return card.macs <= max_macs and card.param_bytes <= max_param_bytes
+
+    low, high = 1, upper // step  # in units of step
+    if not fits(low * step):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle * step):
+            low = middle
+        else:
+            high = middle - 1
+    return low * step

@@ -1,0 +1,115 @@
+"""Space files: loaded, validated with clear errors, sampled by Optuna into buildable candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from asc_search.architecture import build_model
+from asc_search.complexity import count_complexity
+from asc_search.hookspecs import hookimpl
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search_space import DimensionInfo, SpaceError, load_space
+
+PM = build_plugin_manager(load_entry_points=False)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MINIMAL = """
+name = "t"
+[fixed]
+arch = "sscp_mobile"
+[dimensions.base_channels]
+type = "int"
+low = 16
+high = 32
+step = 8
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "space.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["sscp_mobile", "cp_mobile"])
+def test_shipped_spaces_sample_buildable_candidates(name: str) -> None:
+    space = load_space(name, pm=PM)
+    targets = {space.infos[d.name].target for d in space.dimensions}
+    assert targets == {"spec", "plan"}
+    assert {"prune_width_ratio", "importance", "schedule", "prune_steps", "prune_stages"} <= {
+        d.name for d in space.dimensions}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    feasible = 0
+    for _ in range(20):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        assert candidate.spec.arch == name
+        assert candidate.plan["importance"] in ("l1", "l2", "bn_scale", "taylor", "fpgm")
+        feasible += count_complexity(build_model(candidate.spec, pm=PM)).fits()
+        study.tell(trial, 0.0)
+    assert 3 <= feasible <= 17  # the space straddles the budget instead of missing it
+
+
+def test_list_choices_survive_optuna_storage() -> None:
+    space = load_space("sscp_mobile", pm=PM)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    candidate = space.suggest(study.ask())
+    assert isinstance(candidate.spec.n_blocks, tuple) and len(candidate.spec.n_blocks) >= 3
+    assert len(candidate.spec.factorization) == 3
+
+
+@pytest.mark.parametrize("edit, message", [
+    ('[dimensions.widht]\ntype = "int"\nlow = 1\nhigh = 2\n', "unknown dimension 'widht'"),
+    ('[dimensions.expansion_rate]\ntype = "float"\nlow = 3\nhigh = 2\n', "empty range"),
+    ('[dimensions.n_blocks]\ntype = "categorical"\nchoices = []\n', "empty choices"),
+    ('[dimensions.importance]\ntype = "categorical"\nchoices = ["l1", "l3"]\n',
+     "importance 'l3' is not known"),
+    ('[dimensions.schedule]\ntype = "categorical"\nchoices = ["cosine"]\n', "schedule 'cosine'"),
+    ('[dimensions.stem_factorization]\ntype = "categorical"\nchoices = ["diagonal"]\n',
+     "stem_factorization 'diagonal'"),
+    ('[dimensions.prune_steps]\ntype = "int"\nlow = 1\nhigh = 3\nstep = 5\n', "leaves no value"),
+    ('[dimensions.prune_steps]\ntype = "normal"\n', "type 'normal' unknown"),
+])
+def test_bad_dimensions_are_named(tmp_path: Path, edit: str, message: str) -> None:
+    with pytest.raises(SpaceError, match=message) as caught:
+        load_space(_write(tmp_path, MINIMAL + edit), pm=PM)
+    assert "space.toml" in str(caught.value)
+
+
+def test_unknown_architecture_and_fixed_fields(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"arch 'resnet' is not known \(known: cp_mobile, sscp_mobile"):
+        load_space(_write(tmp_path, MINIMAL.replace('"sscp_mobile"', '"resnet"')), pm=PM)
+    with pytest.raises(SpaceError, match="unknown field 'colour'"):
+        load_space(_write(tmp_path, MINIMAL.replace("[fixed]", "[fixed]\ncolour = 1")), pm=PM)
+    with pytest.raises(SpaceError, match="not valid TOML"):
+        load_space(_write(tmp_path, "[dimensions"), pm=PM)
+    with pytest.raises(SpaceError, match="unknown space 'nope'"):
+        load_space("nope", pm=PM)
+
+
+def test_yaml_spaces_work(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: y\nfixed: {arch: cp_mobile}\ndimensions:\n"
+                  "  expansion_rate: {type: float, low: 1.5, high: 2.5}\n", "space.yaml")
+    space = load_space(path, pm=PM)
+    study = optuna.create_study()
+    assert 1.5 <= space.suggest(study.ask()).spec.expansion_rate <= 2.5
+
+
+def test_a_plugin_adds_a_dimension(tmp_path: Path) -> None:
+    class MixStyleDimension:
+        @hookimpl
+        def asc_space_dimensions(self):
+            return [DimensionInfo("mixstyle_p", "training", "Freq-MixStyle probability")]
+
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(MixStyleDimension())
+    text = MINIMAL + '[dimensions.mixstyle_p]\ntype = "float"\nlow = 0.2\nhigh = 0.6\n'
+    space = load_space(_write(tmp_path, text), pm=pm)
+    study = optuna.create_study()
+    candidate = space.suggest(study.ask())
+    assert 0.2 <= candidate.training["mixstyle_p"] <= 0.6
+    with pytest.raises(SpaceError, match="unknown dimension 'mixstyle_p'"):
+        load_space(_write(tmp_path, text), pm=PM)
