@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+import torch
 from torch import nn
 
 from asc_search.errors import AscSearchError, PluginError
@@ -150,12 +151,20 @@ def presets(pm: pluggy.PluginManager) -> dict[str, ArchSpec]:
     return dict(sorted(found.items()))
 
 
-def build_model(spec: ArchSpec, *, pm: pluggy.PluginManager) -> nn.Module:
-    """Build the network a spec describes, through its architecture plugin."""
+def build_model(spec: ArchSpec, *, pm: pluggy.PluginManager, seed: int | None = None) -> nn.Module:
+    """Build the network a spec describes, through its architecture plugin.
+
+    With ``seed``, the initial weights depend on the seed alone (the global RNG is left as it was),
+    which is what makes a training run reproducible.
+    """
     known = architectures(pm)
     if spec.arch not in known:
         raise PluginError(f"unknown architecture {spec.arch!r} (known: {', '.join(known) or 'none'})")
-    return known[spec.arch].build(spec)
+    if seed is None:
+        return known[spec.arch].build(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return known[spec.arch].build(spec)
 
 
 def resolve_preset(name: str, *, pm: pluggy.PluginManager) -> ArchSpec:

@@ -64,6 +64,10 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     cli.add_command(data_group)
     cli.add_command(features_group)
     cli.add_command(count_command)
+    from asc_search.cli_training import teachers_group, train_command
+
+    cli.add_command(train_command)
+    cli.add_command(teachers_group)
     pm.hook.asc_register_commands(cli=cli)
     return cli
 
@@ -93,7 +97,12 @@ def plugins_list(obj: Context) -> None:
         sources.add_row(name, source.description)
     _stdout().print(sources)
     from asc_search.architecture import architectures
+    from asc_search.teachers import teachers
 
+    teacher_table = Table("teacher", "description")
+    for name, teacher in teachers(obj.pm).items():
+        teacher_table.add_row(name, teacher.description)
+    _stdout().print(teacher_table)
     archs = Table("architecture", "description", "presets")
     for name, arch in architectures(obj.pm).items():
         archs.add_row(name, arch.description, ", ".join(arch.presets))
@@ -235,20 +244,55 @@ def _csv(kind: type) -> Callable[[str | None], tuple | None]:
     return parse
 
 
+def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that pick an architecture spec: a preset, a JSON file, and field overrides."""
+    options = [
+        click.option("--preset", default=None, help="A named spec, e.g. dcase-baseline, seed-final."),
+        click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
+                     help="A spec JSON file."),
+        click.option("--arch", default=None, help="Architecture plugin (cp_mobile, sscp_mobile, …)."),
+        click.option("--base-channels", type=int, default=None),
+        click.option("--channels-multiplier", type=float, default=None),
+        click.option("--expansion-rate", type=float, default=None),
+        click.option("--n-blocks", default=None, help="Blocks per stage, e.g. 3,2,1."),
+        click.option("--stem-factorization", default=None, help="plain, sequential or parallel."),
+        click.option("--factorization", default=None, help="Per stage, e.g. plain,sequential,parallel."),
+        click.option("--n-classes", type=int, default=None),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+SPEC_FIELDS = ("arch", "base_channels", "channels_multiplier", "expansion_rate", "n_blocks",
+               "stem_factorization", "factorization", "n_classes")
+
+
+def spec_from_options(obj: Context, preset: str | None, spec_file: Path | None,
+                      fields: dict[str, Any]) -> Any:
+    """Resolve --preset / --spec plus field flags into one ArchSpec (default: the DCASE baseline)."""
+    from asc_search.architecture import ArchSpec, resolve_preset
+
+    if preset is not None and spec_file is not None:
+        raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
+    if spec_file is not None:
+        spec = ArchSpec.from_file(spec_file)
+    elif preset is not None:
+        spec = resolve_preset(preset, pm=obj.pm)
+    else:
+        spec = ArchSpec()
+    changes = {k: v for k, v in fields.items() if v is not None}
+    if "n_blocks" in changes:
+        changes["n_blocks"] = _csv(int)(changes["n_blocks"])
+    if "factorization" in changes:
+        changes["factorization"] = _csv(str)(changes["factorization"])
+    return ArchSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
+
+
 @click.command("count")
-@click.option("--preset", default=None, help="A named spec, e.g. dcase-baseline, seed-final.")
-@click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
-              help="A spec JSON file.")
+@spec_options
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="A saved model (its spec, and its pruned widths if any).")
-@click.option("--arch", default=None, help="Architecture plugin name (cp_mobile, sscp_mobile, …).")
-@click.option("--base-channels", type=int, default=None)
-@click.option("--channels-multiplier", type=float, default=None)
-@click.option("--expansion-rate", type=float, default=None)
-@click.option("--n-blocks", default=None, help="Blocks per stage, e.g. 3,2,1.")
-@click.option("--stem-factorization", default=None, help="plain, sequential or parallel.")
-@click.option("--factorization", default=None, help="Per stage, e.g. plain,sequential,parallel.")
-@click.option("--n-classes", type=int, default=None)
 @click.option("--budget-macs", default="30M", help="MACs budget per 1 s clip.")
 @click.option("--budget-bytes", default="128kB", help="Parameter memory budget.")
 @click.option("--dtype", "storage_dtype", default="float16",
@@ -262,16 +306,15 @@ def _csv(kind: type) -> Callable[[str | None], tuple | None]:
 def count_command(obj: Context, preset: str | None, spec_file: Path | None,
                   checkpoint: Path | None, budget_macs: str, budget_bytes: str, storage_dtype: str,
                   input_shape: str, layers: bool, largest: bool, as_json: bool,
-                  **fields: Any) -> None:
+                  **fields: Any) -> None:  # fields: the spec flags of spec_options
     """Print the DCASE complexity card (MACs, parameters, bytes, pass/fail) of a network."""
     import json
 
-    from asc_search.architecture import ArchSpec, build_model, resolve_preset
+    from asc_search.architecture import build_model
     from asc_search.complexity import count_complexity, format_count, parse_budget
     from asc_search.search_space import largest_fitting_width
 
-    sources = [x for x in (preset, spec_file, checkpoint) if x is not None]
-    if len(sources) > 1:
+    if checkpoint is not None and (preset is not None or spec_file is not None):
         raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
     max_macs = parse_budget(budget_macs, what="--budget-macs")
     max_bytes = parse_budget(budget_bytes, what="--budget-bytes")
@@ -280,23 +323,12 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
     if checkpoint is not None:
         from asc_search.checkpoint import load_checkpoint
 
+        if any(v is not None for v in fields.values()):
+            raise AscSearchError("a checkpoint's architecture is fixed; drop the spec flags")
         loaded = load_checkpoint(checkpoint)
         spec, state = loaded.spec, loaded.state_dict
-    elif spec_file is not None:
-        spec = ArchSpec.from_file(spec_file)
-    elif preset is not None:
-        spec = resolve_preset(preset, pm=obj.pm)
     else:
-        spec = ArchSpec()
-    changes = {k: v for k, v in fields.items() if v is not None}
-    if "n_blocks" in changes:
-        changes["n_blocks"] = _csv(int)(changes["n_blocks"])
-    if "factorization" in changes:
-        changes["factorization"] = _csv(str)(changes["factorization"])
-    if changes:
-        if state is not None:
-            raise AscSearchError("a checkpoint's architecture is fixed; drop the spec flags")
-        spec = ArchSpec.from_dict({**spec.to_dict(), **changes})
+        spec = spec_from_options(obj, preset, spec_file, fields)
     model = build_model(spec, pm=obj.pm)
     if state is not None:
         from asc_search.checkpoint import CheckpointError

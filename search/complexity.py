@@ -44,6 +44,7 @@ _FREE_OPS = (
     "aten::permute", "aten::transpose", "aten::contiguous", "aten::dropout", "aten::feature_dropout",
     "aten::pad", "aten::constant_pad_nd", "aten::upsample_nearest2d", "aten::chunk", "aten::split",
     "aten::slice", "aten::select", "aten::size", "aten::expand", "aten::clone", "aten::to",
+    "aten::unflatten", "aten::scaled_dot_product_attention", "aten::stack", "aten::index",
 )
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from asc_search.architecture import Architecture
     from asc_search.dataset import DatasetSource
     from asc_search.search_space import DimensionInfo
+    from asc_search.teachers import Teacher
 
 PROJECT = "asc_search"
 
@@ -77,6 +78,26 @@ def asc_architectures() -> list[Architecture]:
     ``asc_search.architecture.SpecError`` for a spec it cannot build. The network must not contain
     the front-end: complexity is counted on the model alone, as DCASE counts it. Names (and preset
     names) must be unique across plugins.
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Teachers: who distils knowledge into the students
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_teachers() -> list[Teacher]:
+    """Return teachers that ``--teacher NAME[=OPTION]`` can name.
+
+    Each ``asc_search.teachers.Teacher`` has a ``name``, a ``description``, ``settings`` that change
+    its output (part of the cache key), an optional ``fingerprint(option)`` for files an option
+    points at, and ``fit(context)`` returning a ``TeacherFit`` whose ``logits`` (N, classes) are
+    row-aligned with ``context.train``. The context holds only the split's training clips (features,
+    labels, devices), the recipe, the precision and a private ``workdir`` in the cache: a teacher
+    must learn from nothing else. Logits are cached per (split file list, teacher set, settings,
+    recipe) and averaged into the ensemble every student distils from.
     """
     return []
 

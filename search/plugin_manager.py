@@ -25,6 +25,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "asc_search.plugins.embedded_corpus",
     "asc_search.plugins.mobile_nets",
     "asc_search.plugins.space_dimensions",
+    "asc_search.plugins.patchout_transformer",
+    "asc_search.plugins.teachers",
 )
 
 

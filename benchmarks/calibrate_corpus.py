@@ -1,0 +1,94 @@
+"""Calibrate the embedded corpus: the DCASE baseline spec trained with the project's recipe.
+
+One command: ``python benchmarks/calibrate_corpus.py [--splits 5 10 25 50 100] [--kd-seeds 0 1]``.
+For every split it trains the baseline spec without KD; for split 5 it also fits the default
+teacher ensemble and trains with and without KD for each seed in ``--kd-seeds``. Every result is
+appended as one JSON line to ``--out`` (default: benchmarks/calibration.jsonl), so an interrupted
+run keeps what it finished.
+
+Epochs are scaled so every split sees a similar number of samples (the corpus's 5 % split has
+only 400 clips; 150 epochs of 100 % would take 100 minutes on 2 cores): 150 / 100 / 50 / 30 / 16
+epochs for 5 / 10 / 25 / 50 / 100 %, warm-up 10 % of the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.evaluate import evaluate
+from asc_search.experiment import load_split_data
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.recipe import TrainingRecipe
+from asc_search.teachers import ensemble_logits
+from asc_search.train import fit, predict
+
+EPOCHS = {5: 150, 10: 100, 25: 50, 50: 30, 100: 16}
+
+
+def run(data, recipe: TrainingRecipe, *, teacher_logits=None) -> dict:
+    model = build_model(ArchSpec(), pm=build_plugin_manager(), seed=recipe.seed)
+    started = time.perf_counter()
+    fit(model, data.train, recipe, teacher_logits=teacher_logits, progress=False)
+    seconds = time.perf_counter() - started
+    out = {"seconds": round(seconds, 1)}
+    for name, labelled in (("validation", data.validation), ("test", data.test)):
+        result = evaluate(predict(model, labelled.features), labelled.labels, labelled.devices)
+        out[name] = {"macro": round(result.macro_accuracy, 4), "seen": result.seen,
+                     "unseen": result.unseen,
+                     "per_device": {k: round(v, 4) for k, v in result.per_device.items()}}
+    return out
+
+
+def recipe_for(split: int, n_train: int, seed: int, batch: int) -> TrainingRecipe:
+    epochs = EPOCHS[split]
+    steps = epochs * math.ceil(n_train / batch)
+    return TrainingRecipe(epochs=epochs, batch_size=batch, warmup_steps=max(1, steps // 10),
+                          seed=seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="embedded")
+    parser.add_argument("--splits", type=int, nargs="*", default=[5, 100, 10, 25, 50])
+    parser.add_argument("--kd-seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("calibration.jsonl"))
+    args = parser.parse_args()
+    pm, cache = build_plugin_manager(), cache_dir()
+
+    def record(entry: dict) -> None:
+        print(json.dumps(entry), flush=True)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    for split in args.splits:
+        data = load_split_data(args.data, split, pm=pm, cache_dir=cache, progress=False)
+        recipe = recipe_for(split, len(data.train), 0, args.batch)
+        record({"split": split, "kd": False, "seed": 0, "epochs": recipe.epochs,
+                **run(data, recipe)})
+        if split != 5 or not args.kd_seeds:
+            continue
+        started = time.perf_counter()
+        ensemble = ensemble_logits(data.train, teacher_names=["wide_cp_mobile", "patchout_transformer"],
+                                   pm=pm, cache_dir=cache, recipe=recipe, progress=False)
+        teacher_train = evaluate(ensemble.logits, data.train.labels, data.train.devices)
+        record({"split": split, "teachers": list(ensemble.per_teacher),
+                "teacher_seconds": round(time.perf_counter() - started, 1),
+                "ensemble_train_macro": round(teacher_train.macro_accuracy, 4)})
+        for seed in args.kd_seeds:
+            seeded = recipe.with_(seed=seed)
+            if seed != 0:
+                record({"split": split, "kd": False, "seed": seed, "epochs": seeded.epochs,
+                        **run(data, seeded)})
+            record({"split": split, "kd": True, "seed": seed, "epochs": seeded.epochs,
+                    **run(data, seeded, teacher_logits=ensemble.logits)})
+
+
+if __name__ == "__main__":
+    main()

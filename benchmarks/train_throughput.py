@@ -1,0 +1,140 @@
+"""Training throughput: the DCASE baseline's per-batch work versus asc-search's training loop.
+
+One command: ``python benchmarks/train_throughput.py [--data NAME|DIR] [--batches 12]``. In one
+process, on the same model (the DCASE baseline spec) and batch size (256), it measures samples/s of
+
+(a) the reference: what the DCASE 2024 baseline does every batch — waveforms already in memory,
+    roll, resample 44.1 → 32 kHz, log-mel, Freq-MixStyle, frequency masking, fp32 train step;
+(b) asc-search's ``fit``: cached features, the same augmentations, KD from cached logits, bf16
+    autocast + channels-last on CPU;
+(c) the bare model step at asc-search's precision on a batch already in memory;
+
+and prints b/a (target ≥ 4) and b/c (target ≥ 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torchaudio
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.audio import read_clip
+from asc_search.augment import freq_mixstyle, mask_along
+from asc_search.data_source import resolve_data
+from asc_search.dataset import load_dataset
+from asc_search.features import FrontEndSettings, build_features
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.recipe import TrainingRecipe
+from asc_search.train import fit, labelled_set, precision_for
+
+
+def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batches: int) -> float:
+    """(a) The DCASE baseline's per-batch recipe in fp32 (the audio is already in memory)."""
+    settings = FrontEndSettings()
+    model = build_model(ArchSpec(), pm=build_plugin_manager())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.005, weight_decay=1e-4)
+    resample = torchaudio.transforms.Resample(44_100, 32_000)
+    mel = torchaudio.transforms.MelSpectrogram(32_000, n_fft=4096, win_length=3072,
+                                               hop_length=500, n_mels=256, f_min=0, f_max=16_000)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    started = None
+    for step in range(batches + 1):  # the first batch warms up and is not timed
+        if step == 1:
+            started = time.perf_counter()
+        rows = torch.randint(0, len(waves), (batch,), generator=generator)
+        x = waves[rows]
+        shift = int(torch.randint(-4410, 4411, (), generator=generator))
+        x = torch.roll(x, shift, dims=-1)  # the baseline rolls the waveform by up to ±0.1 s
+        x = (mel(resample(x)) + settings.log_offset).log().unsqueeze(1)
+        x = freq_mixstyle(x, p=0.4, alpha=0.3, generator=generator)
+        x = mask_along(x, max_width=48, axis=2, generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return batch * batches / (time.perf_counter() - started)
+
+
+def bare_rate(batch: int, batches: int) -> float:
+    """(c) Model step only, at asc-search's precision, on one batch already in memory."""
+    precision = precision_for("cpu")
+    model = build_model(ArchSpec(), pm=build_plugin_manager()).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.005, weight_decay=1e-4)
+    x = torch.randn(batch, 1, 256, 65).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    model.train()
+    started = None
+    for step in range(batches + 1):
+        if step == 1:
+            started = time.perf_counter()
+        with precision.autocast():
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return batch * batches / (time.perf_counter() - started)
+
+
+def project_rate(train, batch: int, batches: int) -> float:
+    """(b) asc-search's fit over ``batches`` full batches with augmentation and KD."""
+    rows = np.arange(batch * (batches + 1)) % len(train)
+    teacher = np.random.default_rng(0).normal(size=(len(train), 10)).astype(np.float32)
+    recipe = TrainingRecipe(epochs=1, batch_size=batch, warmup_steps=10)
+    model = build_model(ArchSpec(), pm=build_plugin_manager())
+    subset = type(train)(files=tuple(train.files[i] for i in rows), features=_Rows(train.features, rows),
+                         labels=train.labels[rows], devices=tuple(train.devices[i] for i in rows))
+    history = fit(model, subset, recipe, teacher_logits=teacher[rows], progress=False)
+    # Time per epoch includes the first (warm-up) batch; remove its share like (a) and (c) do.
+    return batch * batches / (history.seconds[0] * batches / (batches + 1))
+
+
+class _Rows:
+    """A view of a FeatureSet restricted to some rows (repeats allowed), for a fixed batch count."""
+
+    def __init__(self, features, rows: np.ndarray) -> None:
+        self.features, self.rows = features, rows
+        self.directory = features.directory
+
+    def batch(self, rows):
+        return self.features.batch(self.rows[np.asarray(rows)])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="embedded")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=12)
+    args = parser.parse_args()
+    cache = cache_dir()
+    root = resolve_data(args.data, pm=build_plugin_manager(), cache_dir=cache)
+    dataset = load_dataset(root)
+    files = dataset.split(100).train[: 4 * args.batch]
+    features = build_features(files, root=root, cache_dir=cache)
+    train = labelled_set(dataset, features)
+    waves = torch.from_numpy(np.stack([read_clip(root / f).samples for f in files]))
+    labels = torch.from_numpy(train.labels)
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"{args.batches} timed batches each")
+    a = reference_rate(waves, labels, args.batch, args.batches)
+    print(f"(a) DCASE baseline recipe (resample + log-mel + fp32 step): {a:7.1f} samples/s")
+    b = project_rate(train, args.batch, args.batches)
+    print(f"(b) asc-search fit (cached features, augmentation, KD):     {b:7.1f} samples/s")
+    c = bare_rate(args.batch, args.batches)
+    print(f"(c) bare model step (bf16 autocast + channels-last):         {c:7.1f} samples/s")
+    print(f"b/a = {b / a:.2f}  (target ≥ 4)")
+    print(f"b/c = {b / c:.2f}  (target ≥ 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Augmentations on log-mel batches (B, 1, mels, frames), applied on the fly during training.
+
+All of them act on cached features, so training never touches audio. Each is switched off by a zero
+setting in the recipe, which is how a search can treat their strengths as dimensions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from asc_search.recipe import TrainingRecipe
+
+
+def time_roll(x: torch.Tensor, max_frames: int, generator: torch.Generator) -> torch.Tensor:
+    """Roll each clip along time by its own random shift in [−max_frames, max_frames]."""
+    if max_frames <= 0:
+        return x
+    batch, frames = x.shape[0], x.shape[-1]
+    shifts = torch.randint(-max_frames, max_frames + 1, (batch, 1), generator=generator)
+    index = (torch.arange(frames).unsqueeze(0) - shifts) % frames
+    return torch.gather(x, -1, index.view(batch, 1, 1, frames).expand_as(x))
+
+
+def freq_mixstyle(x: torch.Tensor, *, p: float, alpha: float, generator: torch.Generator,
+                  eps: float = 1e-6) -> torch.Tensor:
+    """Freq-MixStyle (Schmid et al.): with probability ``p`` per batch, normalise each clip by its
+    per-frequency mean and std and re-scale with statistics mixed with another clip's.
+
+    Device responses live mostly in per-frequency level; mixing them teaches invariance to devices
+    the split barely contains.
+    """
+    if p <= 0 or torch.rand((), generator=generator).item() >= p:
+        return x
+    batch = x.shape[0]
+    mean = x.mean(dim=(1, 3), keepdim=True)
+    std = (x.var(dim=(1, 3), keepdim=True) + eps).sqrt()
+    normed = (x - mean) / std
+    # torch's Beta sampler takes no generator; seed numpy's from ours to stay deterministic.
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, batch))
+    lam = lam.view(batch, 1, 1, 1).to(x.dtype)
+    perm = torch.randperm(batch, generator=generator)
+    mixed_mean = lam * mean + (1 - lam) * mean[perm]
+    mixed_std = lam * std + (1 - lam) * std[perm]
+    return normed * mixed_std + mixed_mean
+
+
+def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one random band of up to ``max_width`` bins along ``axis`` (2 = mels, 3 = frames),
+    independently per clip (SpecAugment's masks with per-example draws)."""
+    if max_width <= 0:
+        return x
+    batch, size = x.shape[0], x.shape[axis]
+    width = torch.randint(0, max_width + 1, (batch,), generator=generator)
+    start = (torch.rand(batch, generator=generator) * (size - width).clamp(min=0)).long()
+    positions = torch.arange(size).unsqueeze(0)
+    masked = (positions >= start.unsqueeze(1)) & (positions < (start + width).unsqueeze(1))
+    shape = [batch, 1, 1, 1]
+    shape[axis] = size
+    return x.masked_fill(masked.view(shape), 0.0)
+
+
+def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float,
+            generator: torch.Generator) -> torch.Tensor:
+    """The recipe's augmentations in the baseline's order: roll, Freq-MixStyle, masks."""
+    x = time_roll(x, round(recipe.roll_seconds * frames_per_second), generator)
+    x = freq_mixstyle(x, p=recipe.mixstyle_p, alpha=recipe.mixstyle_alpha, generator=generator)
+    x = mask_along(x, max_width=recipe.freq_mask_bins, axis=2, generator=generator)
+    return mask_along(x, max_width=recipe.time_mask_frames, axis=3, generator=generator)

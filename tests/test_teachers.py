@@ -1,0 +1,128 @@
+"""Teachers see only the split's training clips; their ensemble is cached and reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asc_search.dataset import SCENES, load_dataset
+from asc_search.errors import PluginError
+from asc_search.experiment import load_split_data
+from asc_search.hookspecs import hookimpl
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.recipe import TrainingRecipe
+from asc_search.teachers import Teacher, TeacherContext, TeacherFit, ensemble_logits
+
+RECIPE = TrainingRecipe(epochs=1, batch_size=64, warmup_steps=1)
+
+
+class SpyTeachers:
+    """A plugin whose teachers record everything they are given."""
+
+    def __init__(self) -> None:
+        self.seen: list[TeacherContext] = []
+
+    @hookimpl
+    def asc_teachers(self):
+        def fit(context: TeacherContext) -> TeacherFit:
+            self.seen.append(context)
+            logits = np.eye(10, dtype=np.float32)[context.train.labels] * 4.0
+            return TeacherFit(logits=logits)
+
+        def broken(context: TeacherContext) -> TeacherFit:
+            return TeacherFit(logits=np.zeros((3, 10)))
+
+        return [Teacher("spy", "records its context", fit),
+                Teacher("broken", "wrong number of rows", broken)]
+
+
+@pytest.fixture
+def spy_pm():
+    pm = build_plugin_manager(load_entry_points=False)
+    spy = SpyTeachers()
+    pm.register(spy)
+    return pm, spy
+
+
+@pytest.mark.parametrize("split", [5, 25])
+def test_teachers_see_only_the_splits_training_clips(tiny_corpus: Path, tmp_path: Path, spy_pm,
+                                                     split: int) -> None:
+    pm, spy = spy_pm
+    data = load_split_data(str(tiny_corpus), split, pm=pm, cache_dir=tmp_path, progress=False)
+    ensemble_logits(data.train, teacher_names=["spy"], pm=pm, cache_dir=tmp_path, recipe=RECIPE)
+    (context,) = spy.seen
+    dataset = load_dataset(tiny_corpus)
+    allowed = set(dataset.split_lists[split]) - set(dataset.validation or ())
+    given = set(context.train.files) | set(context.train.features.files)
+    assert given == allowed, "a teacher was given a file outside the split's training clips"
+    assert not given & set(dataset.test) and not given & set(dataset.validation or ())
+    expected = [SCENES.index(dataset.clips[name].scene) for name in context.train.files]
+    assert context.train.labels.tolist() == expected
+    assert len(context.train.features.array) == len(allowed)  # no hidden extra rows
+    assert not any(hasattr(context, name) for name in ("dataset", "validation", "test"))
+
+
+def test_ensemble_is_cached_and_reused(tiny_corpus: Path, tmp_path: Path, spy_pm) -> None:
+    pm, spy = spy_pm
+    data = load_split_data(str(tiny_corpus), 5, pm=pm, cache_dir=tmp_path, progress=False)
+    first = ensemble_logits(data.train, teacher_names=["spy", "spy"], pm=pm, cache_dir=tmp_path,
+                            recipe=RECIPE)
+    assert not first.cache_hit and len(spy.seen) == 2 and set(first.per_teacher) == {"spy#0", "spy#1"}
+    second = ensemble_logits(data.train, teacher_names=["spy", "spy"], pm=pm, cache_dir=tmp_path,
+                             recipe=RECIPE)
+    assert second.cache_hit and len(spy.seen) == 2
+    np.testing.assert_array_equal(first.logits, second.logits)
+    other = ensemble_logits(data.train, teacher_names=["spy"], pm=pm, cache_dir=tmp_path,
+                            recipe=RECIPE.with_(epochs=2))
+    assert not other.cache_hit  # recipe is part of the key
+    (second.directory / "ensemble.npy").write_bytes(b"garbage")
+    rebuilt = ensemble_logits(data.train, teacher_names=["spy", "spy"], pm=pm, cache_dir=tmp_path,
+                              recipe=RECIPE)
+    assert not rebuilt.cache_hit
+
+
+def test_bad_teachers_are_refused(tiny_corpus: Path, tmp_path: Path, spy_pm) -> None:
+    pm, _ = spy_pm
+    data = load_split_data(str(tiny_corpus), 5, pm=pm, cache_dir=tmp_path, progress=False)
+    with pytest.raises(PluginError, match="unknown teacher 'pass_t'"):
+        ensemble_logits(data.train, teacher_names=["pass_t"], pm=pm, cache_dir=tmp_path, recipe=RECIPE)
+    with pytest.raises(PluginError, match="returned logits of shape"):
+        ensemble_logits(data.train, teacher_names=["broken"], pm=pm, cache_dir=tmp_path, recipe=RECIPE)
+    assert not [p for p in (tmp_path / "teachers").iterdir() if p.name.startswith(".")]
+
+
+def test_logits_file_teacher(tiny_corpus: Path, tmp_path: Path) -> None:
+    pm = build_plugin_manager(load_entry_points=False)
+    data = load_split_data(str(tiny_corpus), 5, pm=pm, cache_dir=tmp_path, progress=False)
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(len(data.train), 10)).astype(np.float32)
+    npz = tmp_path / "passt.npz"
+    np.savez(npz, filenames=np.array(data.train.files), logits=table)
+    result = ensemble_logits(data.train, teacher_names=[f"logits_file={npz}"], pm=pm,
+                             cache_dir=tmp_path, recipe=RECIPE)
+    np.testing.assert_allclose(result.logits, table)
+    csv = tmp_path / "passt.csv"
+    csv.write_text("filename," + ",".join(SCENES) + "\n" + "".join(
+        f"{name}," + ",".join(f"{v:.6f}" for v in row) + "\n"
+        for name, row in zip(data.train.files[::-1], table[::-1], strict=True)))
+    from_csv = ensemble_logits(data.train, teacher_names=[f"logits_file={csv}"], pm=pm,
+                               cache_dir=tmp_path, recipe=RECIPE)
+    np.testing.assert_allclose(from_csv.logits, table, atol=1e-5)
+    np.savez(npz, filenames=np.array(data.train.files[1:]), logits=table[1:])
+    with pytest.raises(PluginError, match="no logits for 1 training clip"):
+        ensemble_logits(data.train, teacher_names=[f"logits_file={npz}"], pm=pm,
+                        cache_dir=tmp_path, recipe=RECIPE)
+
+
+@pytest.mark.slow
+def test_builtin_teachers_fit_and_predict(tiny_corpus: Path, tmp_path: Path) -> None:
+    pm = build_plugin_manager(load_entry_points=False)
+    data = load_split_data(str(tiny_corpus), 25, pm=pm, cache_dir=tmp_path, progress=False)
+    result = ensemble_logits(data.train, teacher_names=["wide_cp_mobile=32", "patchout_transformer"],
+                             pm=pm, cache_dir=tmp_path, recipe=RECIPE.with_(batch_size=32),
+                             mode="mean_probs", progress=False)
+    assert set(result.per_teacher) == {"wide_cp_mobile", "patchout_transformer"}
+    assert result.logits.shape == (len(data.train), 10) and np.isfinite(result.logits).all()
+    assert (result.directory / "wide_cp_mobile" / "model.pt").is_file()

@@ -1,0 +1,154 @@
+"""The training engine: augmentations, the loop, KD loss, evaluation, determinism."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.augment import freq_mixstyle, mask_along, time_roll
+from asc_search.evaluate import evaluate
+from asc_search.experiment import load_split_data
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.recipe import TrainingRecipe
+from asc_search.train import fit, kd_loss, precision_for, predict, warmup_cosine
+
+PM = build_plugin_manager(load_entry_points=False)
+SMALL = ArchSpec(base_channels=16, n_blocks=(1, 1, 1), strides={"b2": (2, 2), "b3": (2, 1)})
+QUICK = TrainingRecipe(epochs=2, batch_size=32, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def split_data(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("cache")
+    return load_split_data(str(tiny_corpus), 100, pm=PM, cache_dir=cache, progress=False)
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_time_roll_rolls_each_clip_within_bounds() -> None:
+    x = torch.arange(4 * 65, dtype=torch.float32).view(4, 1, 1, 65).expand(4, 1, 3, 65).contiguous()
+    rolled = time_roll(x, 6, _generator())
+    shifts = []
+    for k in range(4):
+        matches = [s for s in range(-6, 7) if torch.equal(rolled[k], torch.roll(x[k], s, dims=-1))]
+        assert len(matches) == 1, "each clip is a roll of itself by at most ±6 frames"
+        shifts.append(matches[0])
+    assert len(set(shifts)) > 1  # per-clip shifts
+    assert torch.equal(time_roll(x, 0, _generator()), x)
+
+
+def test_freq_mixstyle_mixes_per_frequency_statistics() -> None:
+    x = torch.randn(8, 1, 16, 65) * torch.linspace(0.5, 3, 8).view(8, 1, 1, 1)
+    assert torch.equal(freq_mixstyle(x, p=0.0, alpha=0.3, generator=_generator()), x)
+    mixed = freq_mixstyle(x, p=1.0, alpha=0.3, generator=_generator())
+    assert mixed.shape == x.shape and not torch.allclose(mixed, x)
+    # The normalised content is kept: per-clip, per-frequency patterns stay perfectly correlated.
+    a = (x[0, 0, 3] - x[0, 0, 3].mean()) / x[0, 0, 3].std()
+    b = (mixed[0, 0, 3] - mixed[0, 0, 3].mean()) / mixed[0, 0, 3].std()
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    again = freq_mixstyle(x, p=1.0, alpha=0.3, generator=_generator())
+    torch.testing.assert_close(again, mixed)
+
+
+def test_masks_zero_one_band_per_clip() -> None:
+    x = torch.ones(16, 1, 256, 65)
+    masked = mask_along(x, max_width=48, axis=2, generator=_generator())
+    zero_bins = (masked[:, 0, :, 0] == 0).sum(dim=1)
+    assert zero_bins.max() <= 48 and zero_bins.float().std() > 0  # per-clip widths
+    for k in range(16):  # contiguous band
+        rows = torch.nonzero(masked[k, 0, :, 0] == 0).flatten()
+        if len(rows):
+            assert rows[-1] - rows[0] + 1 == len(rows)
+    timed = mask_along(x, max_width=10, axis=3, generator=_generator())
+    assert ((timed[:, 0, 0, :] == 0).sum(dim=1) <= 10).all()
+
+
+def test_warmup_then_cosine() -> None:
+    assert warmup_cosine(0, total=100, warmup=10) == pytest.approx(0.1)
+    assert warmup_cosine(9, total=100, warmup=10) == pytest.approx(1.0)
+    assert warmup_cosine(55, total=100, warmup=10) == pytest.approx(0.5)
+    assert warmup_cosine(99, total=100, warmup=10) < 0.01
+
+
+def test_kd_loss_is_the_cpjku_formula() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 10), torch.randn(5, 10)
+    labels = torch.randint(0, 10, (5,))
+    expected = 0.02 * F.cross_entropy(student, labels) + 0.98 * 4 * (
+        (F.softmax(teacher / 2, -1) * (F.log_softmax(teacher / 2, -1)
+                                       - F.log_softmax(student / 2, -1))).sum(-1).mean())
+    torch.testing.assert_close(kd_loss(student, labels, teacher, temperature=2, weight=0.98), expected)
+    # With weight 0 it is plain cross-entropy.
+    torch.testing.assert_close(kd_loss(student, labels, teacher, temperature=2, weight=0.0),
+                               F.cross_entropy(student, labels))
+
+
+def test_cpu_precision_is_bf16_channels_last() -> None:
+    precision = precision_for("cpu")
+    assert precision.autocast_dtype == torch.bfloat16 and precision.channels_last
+    assert precision_for("cpu", mixed=False).autocast_dtype is None
+
+
+def test_fit_learns_and_is_deterministic(split_data) -> None:
+    recipe = TrainingRecipe(epochs=6, batch_size=32, warmup_steps=3, learning_rate=0.01)
+    first = build_model(SMALL, pm=PM, seed=0)
+    history = fit(first, split_data.train, recipe, progress=False)
+    assert len(history.losses) == 6 and history.losses[-1] < history.losses[0]
+    second = build_model(SMALL, pm=PM, seed=0)
+    fit(second, split_data.train, recipe, progress=False)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    logits = predict(first, split_data.validation.features)
+    assert logits.shape == (len(split_data.validation), 10) and np.isfinite(logits).all()
+
+
+def test_fit_with_kd_follows_the_teacher(split_data) -> None:
+    """Teacher logits that always point at one class pull the student there, labels or not."""
+    teacher = np.full((len(split_data.train), 10), -5.0, dtype=np.float32)
+    teacher[:, 3] = 5.0
+    model = build_model(SMALL, pm=PM)
+    recipe = TrainingRecipe(epochs=8, batch_size=32, warmup_steps=2, learning_rate=0.01,
+                            kd_weight=1.0, mixstyle_p=0, freq_mask_bins=0)
+    fit(model, split_data.train, recipe, teacher_logits=teacher, progress=False)
+    predicted = predict(model, split_data.validation.features).argmax(1)
+    assert (predicted == 3).mean() > 0.9
+
+
+def test_on_epoch_callback_can_stop_training(split_data) -> None:
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        seen.append((epoch, loss))
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(build_model(SMALL, pm=PM), split_data.train, QUICK.with_(epochs=5),
+            on_epoch=on_epoch, progress=False)
+    assert [epoch for epoch, _ in seen] == [1, 2] and all(math.isfinite(loss) for _, loss in seen)
+
+
+def test_evaluate_macro_device_and_class_figures() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 1, 0])
+    logits = np.eye(10)[predicted]
+    devices = ["a", "a", "s4", "a", "s4", "b"]
+    result = evaluate(logits, labels, devices)
+    assert result.per_class == {"airport": pytest.approx(2 / 3), "bus": 1.0, "metro": 0.0}
+    assert result.macro_accuracy == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert result.accuracy == pytest.approx(4 / 6)
+    assert result.per_device["a"] == pytest.approx(1.0) and result.per_device["b"] == 0.0
+    assert result.per_device["s4"] == pytest.approx(0.5)
+    assert result.seen == pytest.approx(0.5) and result.unseen == pytest.approx(0.5)
+    assert result.confusion[0, 1] == 1 and result.confusion.sum() == 6
