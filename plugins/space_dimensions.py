@@ -1,7 +1,7 @@
-"""The built-in search-space dimensions: architecture fields and the pruning plan.
+"""The built-in search-space dimensions: architecture fields, the pruning plan, the training recipe.
 
-Registered through ``asc_space_dimensions`` like any plugin's. Training-recipe dimensions
-(augmentation strengths, KD weight) join when the training engine registers them.
+Registered through ``asc_space_dimensions`` like any plugin's. Every ``TrainingRecipe`` field is a
+"training" dimension, so a space can search augmentation strengths or the KD weight.
 """
 
 from __future__ import annotations
@@ -58,4 +58,10 @@ def asc_space_dimensions() -> list[DimensionInfo]:
         DimensionInfo("prune_steps", "plan", "pruning steps per stage"),
         DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each"),
     ]
-    return spec + stages + plan
+    from dataclasses import fields
+
+    from asc_search.recipe import TrainingRecipe
+
+    training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
+                for f in fields(TrainingRecipe) if f.name != "seed"]
+    return spec + stages + plan + training

@@ -74,13 +74,21 @@ def _teacher_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> TrainingRecipe:
+    """The student's recipe minus its distillation settings, which a teacher never uses: so a
+    student that only changes ``kd_weight`` reuses the cached ensemble instead of refitting it."""
+    defaults = TrainingRecipe()
+    return recipe.with_(epochs=epochs or recipe.epochs, kd_weight=defaults.kd_weight,
+                        kd_temperature=defaults.kd_temperature)
+
+
 def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any) -> Any:
     from asc_search.evaluate import evaluate
     from asc_search.teachers import ensemble_logits
     from asc_search.train import predict
 
-    teacher_recipe = recipe.with_(epochs=teacher_epochs) if teacher_epochs else recipe
+    teacher_recipe = teacher_recipe_for(recipe, epochs=teacher_epochs)
     rows: list[tuple[str, str, str]] = []
 
     def report(name: str, fitted: Any) -> None:

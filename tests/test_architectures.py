@@ -31,7 +31,7 @@ def _kinds(module: nn.Module) -> list[tuple[int, ...]]:
 
 
 def test_builtin_architectures_and_presets() -> None:
-    assert set(architectures(PM)) == {"cp_mobile", "sscp_mobile"}
+    assert set(architectures(PM)) == {"cp_mobile", "sscp_mobile", "patchout_transformer"}
     assert {"dcase-baseline", "seed-s1-start", "seed-s2-start", "seed-s3-start", "seed-s3-middle",
             "seed-final"} <= set(presets(PM))
     assert resolve_preset("seed-s1-start", pm=PM).base_channels == 64

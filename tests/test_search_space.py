@@ -80,7 +80,7 @@ def test_bad_dimensions_are_named(tmp_path: Path, edit: str, message: str) -> No
 
 
 def test_unknown_architecture_and_fixed_fields(tmp_path: Path) -> None:
-    with pytest.raises(SpaceError, match=r"arch 'resnet' is not known \(known: cp_mobile, sscp_mobile"):
+    with pytest.raises(SpaceError, match=r"arch 'resnet' is not known \(known: cp_mobile, .*sscp_mobile"):
         load_space(_write(tmp_path, MINIMAL.replace('"sscp_mobile"', '"resnet"')), pm=PM)
     with pytest.raises(SpaceError, match="unknown field 'colour'"):
         load_space(_write(tmp_path, MINIMAL.replace("[fixed]", "[fixed]\ncolour = 1")), pm=PM)
@@ -99,17 +99,29 @@ def test_yaml_spaces_work(tmp_path: Path) -> None:
 
 
 def test_a_plugin_adds_a_dimension(tmp_path: Path) -> None:
-    class MixStyleDimension:
+    class MixupDimension:
         @hookimpl
         def asc_space_dimensions(self):
-            return [DimensionInfo("mixstyle_p", "training", "Freq-MixStyle probability")]
+            return [DimensionInfo("mixup_alpha", "training", "mixup Beta(α, α)")]
 
     pm = build_plugin_manager(load_entry_points=False)
-    pm.register(MixStyleDimension())
-    text = MINIMAL + '[dimensions.mixstyle_p]\ntype = "float"\nlow = 0.2\nhigh = 0.6\n'
+    pm.register(MixupDimension())
+    text = MINIMAL + "[dimensions.mixup_alpha]\ntype = \"float\"\nlow = 0.2\nhigh = 0.6\n"
     space = load_space(_write(tmp_path, text), pm=pm)
     study = optuna.create_study()
     candidate = space.suggest(study.ask())
-    assert 0.2 <= candidate.training["mixstyle_p"] <= 0.6
-    with pytest.raises(SpaceError, match="unknown dimension 'mixstyle_p'"):
+    assert 0.2 <= candidate.training["mixup_alpha"] <= 0.6
+    with pytest.raises(SpaceError, match="unknown dimension 'mixup_alpha'"):
         load_space(_write(tmp_path, text), pm=PM)
+
+
+def test_recipe_fields_are_training_dimensions(tmp_path: Path) -> None:
+    text = MINIMAL + ('[dimensions.mixstyle_p]\ntype = "float"\nlow = 0.2\nhigh = 0.6\n'
+                      '[dimensions.kd_weight]\ntype = "categorical"\nchoices = [0.9, 0.98]\n')
+    space = load_space(_write(tmp_path, text), pm=PM)
+    candidate = space.suggest(optuna.create_study().ask())
+    assert set(candidate.training) == {"mixstyle_p", "kd_weight"}
+    from asc_search.recipe import TrainingRecipe
+
+    recipe = TrainingRecipe().with_(**candidate.training)
+    assert recipe.kd_weight in (0.9, 0.98)
