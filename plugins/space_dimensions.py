@@ -10,13 +10,10 @@ from typing import Any
 
 from asc_search.architecture import FACTORIZATIONS, architectures
 from asc_search.hookspecs import hookimpl
+from asc_search.prune import importance_metrics, pruning_schedules
 from asc_search.search_space import DimensionInfo
 
 MAX_STAGES = 4
-#: Names of the pruning engine's importance metrics and schedules (DESIGN.md §2, room 7). Checked
-#: here so that a space with a misspelt metric fails when loaded, not inside a trial.
-IMPORTANCE_METRICS = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
-PRUNING_SCHEDULES = ("one_shot", "linear", "agp", "progressive")
 
 
 def _set_stage(stage: int) -> Any:
@@ -53,8 +50,9 @@ def asc_space_dimensions() -> list[DimensionInfo]:
         DimensionInfo("prune_width_ratio", "plan",
                       "pre-pruning width as a multiple of the final width (1 = no pruning)"),
         DimensionInfo("importance", "plan", "channel importance metric",
-                      allowed=lambda pm: IMPORTANCE_METRICS),
-        DimensionInfo("schedule", "plan", "pruning schedule", allowed=lambda pm: PRUNING_SCHEDULES),
+                      allowed=lambda pm: tuple(importance_metrics(pm))),
+        DimensionInfo("schedule", "plan", "pruning schedule",
+                      allowed=lambda pm: tuple(pruning_schedules(pm))),
         DimensionInfo("prune_steps", "plan", "pruning steps per stage"),
         DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each"),
     ]

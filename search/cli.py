@@ -68,6 +68,9 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
 
     cli.add_command(train_command)
     cli.add_command(teachers_group)
+    from asc_search.cli_pruning import prune_command
+
+    cli.add_command(prune_command)
     pm.hook.asc_register_commands(cli=cli)
     return cli
 

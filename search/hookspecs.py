@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from asc_search.architecture import Architecture
     from asc_search.dataset import DatasetSource
+    from asc_search.prune import ImportanceMetric, PruningSchedule
     from asc_search.search_space import DimensionInfo
     from asc_search.teachers import Teacher
 
@@ -98,6 +99,35 @@ def asc_teachers() -> list[Teacher]:
     labels, devices), the recipe, the precision and a private ``workdir`` in the cache: a teacher
     must learn from nothing else. Logits are cached per (split file list, teacher set, settings,
     recipe) and averaged into the ensemble every student distils from.
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning: which channels go, and how fast
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_importance_metrics() -> list[ImportanceMetric]:
+    """Return channel-importance metrics a pruning plan can name.
+
+    Each ``asc_search.prune.ImportanceMetric`` has a ``name``, a ``description``, ``make()``
+    returning a Torch-Pruning importance (a callable taking a dependency group and returning one
+    score per channel; low scores are pruned first) and ``needs_gradients``: when true the engine
+    fills ``.grad`` from a few training batches before every pruning step. Names must be unique.
+    """
+    return []
+
+
+@hookspec
+def asc_pruning_schedules() -> list[PruningSchedule]:
+    """Return pruning schedules a plan can name.
+
+    Each ``asc_search.prune.PruningSchedule`` has a ``name``, a ``description`` and
+    ``ratios(final_ratio, steps)`` returning the cumulative channel ratio removed after each step:
+    ``steps + 1`` values starting at 0, never decreasing, ending at ``final_ratio``. The engine
+    checks this and fine-tunes with KD after every step. Names must be unique.
     """
     return []
 

@@ -1,0 +1,279 @@
+"""Structured pruning: a trained wide network becomes a physically smaller one that fits the budget.
+
+The seed's core trick (train an SSCP-Mobile wider than the budget allows with distillation, prune
+its channels down to the budget, distil again) as a plan: an importance metric, a schedule of
+pruning steps per stage, a chain of target widths, and KD fine-tuning between steps. Channel
+dependencies (residual adds, depthwise groups, factorised branches, the stem) are Torch-Pruning's
+dependency graph's job, not hand-written bookkeeping; the head's class outputs are never pruned.
+The result's irregular widths are read back into ``ArchSpec.channel_overrides``, so the pruned
+network saves, reloads and counts like any other spec.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asc_search.architecture import ArchSpec, SpecError
+from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
+from asc_search.errors import AscSearchError, PluginError
+from asc_search.plugin_manager import collect_named
+from asc_search.recipe import TrainingRecipe
+from asc_search.train import LabelledSet, Precision, fit, precision_for
+
+
+class PruningError(AscSearchError):
+    """A plan that cannot be carried out (target wider than the network, budget unreachable)."""
+
+
+@dataclass(frozen=True)
+class ImportanceMetric:
+    """An importance plugin's offer (see ``asc_importance_metrics`` in hookspecs)."""
+
+    name: str
+    description: str
+    make: Callable[[], Any]  # a Torch-Pruning importance: callable(group) -> scores per channel
+    needs_gradients: bool = False
+
+
+@dataclass(frozen=True)
+class PruningSchedule:
+    """A schedule plugin's offer (see ``asc_pruning_schedules`` in hookspecs).
+
+    ``ratios(final_ratio, steps)`` returns the cumulative pruning ratio after each step, starting
+    with 0 before the first: ``[0, r1, …, final_ratio]``, non-decreasing.
+    """
+
+    name: str
+    description: str
+    ratios: Callable[[float, int], list[float]]
+
+
+def importance_metrics(pm: pluggy.PluginManager) -> dict[str, ImportanceMetric]:
+    return collect_named(pm.hook.asc_importance_metrics(), what="importance metric")
+
+
+def pruning_schedules(pm: pluggy.PluginManager) -> dict[str, PruningSchedule]:
+    return collect_named(pm.hook.asc_pruning_schedules(), what="pruning schedule")
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What to prune to, by which measure and in how many steps.
+
+    ``chain`` lists the base widths of every stage's target, widest first: ``(64, 32)`` prunes a
+    96-wide network to 64, fine-tunes, then to 32 (the seed's S3). Empty: one stage straight to the
+    budget's widest fitting width. Every stage takes ``steps`` pruning steps spaced by the schedule,
+    with ``finetune_epochs`` of KD after each step and ``final_finetune_epochs`` at the end.
+    """
+
+    importance: str = "l2"
+    schedule: str = "agp"
+    steps: int = 5
+    chain: tuple[int, ...] = ()
+    max_macs: int = MAX_MACS
+    max_param_bytes: int = MAX_PARAM_BYTES
+    storage_dtype: str = "float16"
+    round_to: int = 8
+    finetune_epochs: int = 2
+    final_finetune_epochs: int = 10
+    taylor_batches: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "chain": list(self.chain)}
+
+
+@dataclass
+class PruningStep:
+    stage: int
+    step: int
+    macs: int
+    params: int
+    ratio: float
+
+
+@dataclass
+class PruningResult:
+    model: nn.Module
+    spec: ArchSpec
+    card: ComplexityCard
+    steps: list[PruningStep] = field(default_factory=list)
+
+
+def uniform_ratio(current_base: int, target_base: int) -> float:
+    """The channel fraction to remove so widths scale from ``current_base`` to ``target_base``."""
+    if target_base >= current_base:
+        raise PruningError(f"target width {target_base} is not narrower than {current_base}")
+    return 1.0 - target_base / current_base
+
+
+def prune(
+    model: nn.Module,
+    spec: ArchSpec,
+    plan: PruningPlan,
+    *,
+    pm: pluggy.PluginManager,
+    train: LabelledSet | None = None,
+    teacher_logits: np.ndarray | None = None,
+    recipe: TrainingRecipe | None = None,
+    precision: Precision | None = None,
+    progress: bool = True,
+    on_step: Callable[[PruningStep], None] | None = None,
+) -> PruningResult:
+    """Prune ``model`` (built from ``spec``) in place by ``plan``; return it with its new spec.
+
+    With ``train`` (and ``teacher_logits`` for KD) every step is followed by a fine-tune; without,
+    the network is pruned only (tests, or a user who fine-tunes elsewhere). The final network is
+    checked with the DCASE counter and pruned further, step by step, until it fits the budget.
+    """
+    import torch_pruning as tp
+
+    metrics, schedules = importance_metrics(pm), pruning_schedules(pm)
+    if plan.importance not in metrics:
+        raise PluginError(f"unknown importance metric {plan.importance!r} "
+                          f"(known: {', '.join(metrics)})")
+    if plan.schedule not in schedules:
+        raise PluginError(f"unknown pruning schedule {plan.schedule!r} "
+                          f"(known: {', '.join(schedules)})")
+    if plan.steps < 1:
+        raise PruningError("a pruning plan needs at least one step")
+    metric, schedule = metrics[plan.importance], schedules[plan.schedule]
+    precision = precision or precision_for("cpu")
+    recipe = recipe or TrainingRecipe()
+    chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
+    example = torch.zeros(1, spec.in_channels, 256, 65)
+    result = PruningResult(model=model, spec=spec,
+                           card=count_complexity(model, storage_dtype=plan.storage_dtype))
+    current_base = spec.base_channels
+    for stage, target in enumerate(chain, start=1):
+        ratio = uniform_ratio(current_base, target)
+        ratios = schedule.ratios(ratio, plan.steps)
+        _check_ratios(plan.schedule, ratios, ratio)
+        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=metric.make(), pruning_ratio=ratio,
+            iterative_steps=plan.steps,
+            iterative_pruning_ratio_scheduler=lambda r, n, ratios=ratios: list(ratios),
+            ignored_layers=[_head(model)], round_to=plan.round_to, global_pruning=False,
+        )
+        for step in range(1, plan.steps + 1):
+            if metric.needs_gradients:
+                _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            card = count_complexity(model, storage_dtype=plan.storage_dtype)
+            record = PruningStep(stage, step, card.macs, card.params, ratios[step])
+            result.steps.append(record)
+            if on_step is not None:
+                on_step(record)
+            last = stage == len(chain) and step == plan.steps
+            epochs = plan.final_finetune_epochs if last else plan.finetune_epochs
+            if train is not None and epochs > 0:
+                fit(model, train, recipe.with_(epochs=epochs, warmup_steps=0),
+                    teacher_logits=teacher_logits, precision=precision, progress=progress,
+                    label=f"fine-tune stage {stage} step {step}")
+                model.to("cpu").to(memory_format=torch.contiguous_format)
+        current_base = target
+    new_spec = spec.with_(channel_overrides=read_widths(model, spec))
+    card = count_complexity(model, storage_dtype=plan.storage_dtype)
+    if card.macs > plan.max_macs or card.param_bytes > plan.max_param_bytes:
+        raise PruningError(
+            f"pruned network has {card.macs:,} MACs and {card.param_bytes:,} bytes, over the "
+            f"budget of {plan.max_macs:,} / {plan.max_param_bytes:,}; choose a narrower chain target"
+        )
+    result.model, result.spec, result.card = model, new_spec, card
+    return result
+
+
+def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:
+    from asc_search.search_space import largest_fitting_width
+
+    width = largest_fitting_width(spec.with_(channel_overrides={}), pm=pm, max_macs=plan.max_macs,
+                                  max_param_bytes=plan.max_param_bytes,
+                                  storage_dtype=plan.storage_dtype, step=plan.round_to)
+    if width is None:
+        raise PruningError("no width of this architecture fits the budget")
+    if width >= spec.base_channels:
+        raise PruningError(f"the network (base {spec.base_channels}) already fits the budget; "
+                           "nothing to prune")
+    return width
+
+
+def _check_ratios(name: str, ratios: Sequence[float], final: float) -> None:
+    if (ratios[0] != 0 or not math.isclose(ratios[-1], final, rel_tol=1e-6)
+            or any(b < a - 1e-9 for a, b in itertools.pairwise(ratios))):
+        raise PluginError(f"pruning schedule {name!r} returned {list(ratios)}: it must start at 0, "
+                          f"never decrease, and end at {final:.4f}")
+
+
+def _head(model: nn.Module) -> nn.Module:
+    """The layer producing class scores, which must keep all its outputs."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Sequential):
+        return head[0]
+    if isinstance(head, nn.Module):
+        return head
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return convs[-1]
+
+
+def _accumulate_gradients(model: nn.Module, train: LabelledSet | None,
+                          teacher_logits: np.ndarray | None, recipe: TrainingRecipe,
+                          batches: int) -> None:
+    """Fill ``.grad`` for first-order Taylor importance from a few training batches."""
+    if train is None:
+        raise PruningError("the taylor importance needs training data for its gradients")
+    rng = np.random.default_rng(recipe.seed)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    for _ in range(batches):
+        rows = rng.choice(len(train), size=min(recipe.batch_size, len(train)), replace=False)
+        logits = model(train.features.batch(rows))
+        labels = torch.from_numpy(train.labels[rows])
+        if teacher_logits is not None:
+            target = torch.from_numpy(np.asarray(teacher_logits[rows], dtype=np.float32))
+            loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True,
+                            reduction="batchmean")
+        else:
+            loss = F.cross_entropy(logits, labels)
+        loss.backward()
+    model.eval()
+
+
+def read_widths(model: nn.Module, spec: ArchSpec) -> dict[str, int]:
+    """The pruned network's per-layer widths, under the names ``channel_overrides`` uses.
+
+    Only layers whose width differs from the spec's nominal one are returned, so an unpruned
+    network reads back as no overrides.
+    """
+    from asc_search.plugins.mobile_nets import plan_network
+
+    nominal = plan_network(spec.with_(channel_overrides={})).widths
+    found: dict[str, int] = {}
+
+    def width(module: nn.Module) -> int:
+        norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not norms:
+            raise SpecError(f"cannot read widths from {type(module).__name__}")
+        return norms[-1].num_features
+
+    stem = getattr(model, "stem", None)
+    stages = getattr(model, "stages", None)
+    if stem is None or stages is None:
+        raise PruningError(f"cannot read pruned widths of a {type(model).__name__}; "
+                           "only CP-Mobile-family networks are supported")
+    found["stem1"], found["stem2"] = width(stem[0]), width(stem[1])
+    for stage_name, stage in stages.named_children():
+        for block_name, block in stage.named_children():
+            found[f"{block_name}.expand"] = width(block.expand)
+            found[stage_name] = width(block.project)
+    return {name: value for name, value in found.items() if nominal.get(name) != value}

@@ -1,0 +1,189 @@
+"""The pruning engine: physically smaller networks that fit the budget, and its plugins."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from asc_search.architecture import ArchSpec, build_model, resolve_preset
+from asc_search.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.complexity import count_complexity
+from asc_search.errors import PluginError
+from asc_search.experiment import load_split_data
+from asc_search.hookspecs import hookimpl
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.prune import (
+    ImportanceMetric,
+    PruningError,
+    PruningPlan,
+    PruningSchedule,
+    prune,
+    pruning_schedules,
+)
+from asc_search.recipe import TrainingRecipe
+from conftest import one_line_error
+
+PM = build_plugin_manager(load_entry_points=False)
+
+
+def _marked(spec: ArchSpec, dead: list[int]) -> nn.Module:
+    """A network whose b1 expansion channels ``dead`` carry no weight, and whose BatchNorm biases
+    in that group name each channel, so we can see which channels survive pruning."""
+    model = build_model(spec, pm=PM, seed=0)
+    block = model.stages.s1.b1
+    with torch.no_grad():
+        for index in dead:
+            block.expand[0].weight[index] = 0
+            block.expand[1].weight[index] = 0
+            block.depthwise[0].weight[index] = 0
+            block.depthwise[1].weight[index] = 0
+            block.project[0].weight[:, index] = 0
+        block.expand[1].bias.copy_(torch.arange(block.expand[1].num_features, dtype=torch.float32))
+    return model
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "bn_scale"])
+def test_dead_channels_go_first(metric: str) -> None:
+    spec = ArchSpec(base_channels=32)  # b1 expands 32 → 64 channels
+    dead = [3, 17, 20, 41, 42, 50, 58, 63]
+    model = _marked(spec, dead)
+    plan = PruningPlan(importance=metric, schedule="one_shot", steps=1, chain=(24,),
+                       final_finetune_epochs=0)
+    result = prune(model, spec, plan, pm=PM, progress=False)
+    survivors = result.model.stages.s1.b1.expand[1].bias.round().int().tolist()
+    assert len(survivors) == 48  # 64 × 24/32, a multiple of 8
+    assert not set(dead) & set(survivors), f"{metric} kept dead channels"
+
+
+@pytest.mark.parametrize("schedule", ["one_shot", "linear", "agp", "progressive"])
+def test_every_schedule_reaches_its_target(schedule: str) -> None:
+    ratios = pruning_schedules(PM)[schedule].ratios(0.5, 4)
+    assert ratios[0] == 0 and ratios[-1] == pytest.approx(0.5) and len(ratios) == 5
+    assert all(b >= a for a, b in itertools.pairwise(ratios))
+    spec = resolve_preset("seed-s1-start", pm=PM)  # base 64
+    steps_seen = []
+    result = prune(build_model(spec, pm=PM, seed=0), spec,
+                   PruningPlan(schedule=schedule, steps=4, chain=(48, 32) if schedule == "progressive"
+                               else (32,), final_finetune_epochs=0),
+                   pm=PM, progress=False, on_step=steps_seen.append)
+    widths = result.spec.channel_overrides
+    assert (widths["stem2"], widths["s1"]) == (32, 32)
+    assert result.card.fits()
+    macs = [s.macs for s in steps_seen]
+    assert macs == sorted(macs, reverse=True)  # every step removes, none adds back
+    if schedule == "agp":  # cubic: the first step removes the most
+        drops = [a - b for a, b in zip([count_complexity(build_model(spec, pm=PM)).macs, *macs],
+                                       macs, strict=False)]
+        assert drops[0] == max(drops)
+
+
+def test_default_target_is_the_widest_fitting_width_and_fits() -> None:
+    spec = resolve_preset("seed-s2-start", pm=PM)  # base 96, 255 M MACs
+    result = prune(build_model(spec, pm=PM, seed=0), spec, PruningPlan(steps=2, final_finetune_epochs=0),
+                   pm=PM, progress=False)
+    assert result.card.macs <= 30_000_000 and result.card.param_bytes <= 128_000
+    again = build_model(result.spec, pm=PM)
+    assert count_complexity(again).macs == result.card.macs  # the spec describes the pruned net
+
+
+def test_tighter_budgets_are_met_or_refused() -> None:
+    spec = resolve_preset("seed-s1-start", pm=PM)
+    result = prune(build_model(spec, pm=PM, seed=0), spec,
+                   PruningPlan(steps=1, max_macs=15_000_000, final_finetune_epochs=0),
+                   pm=PM, progress=False)
+    assert result.card.macs <= 15_000_000
+    with pytest.raises(PruningError, match="over the budget"):
+        prune(build_model(spec, pm=PM, seed=0), spec,
+              PruningPlan(steps=1, chain=(48,), final_finetune_epochs=0), pm=PM, progress=False)
+    with pytest.raises(PruningError, match="not narrower"):
+        prune(build_model(spec, pm=PM), spec, PruningPlan(chain=(64,)), pm=PM, progress=False)
+
+
+def test_pruned_checkpoint_round_trips(tmp_path: Path, cli) -> None:
+    spec = ArchSpec(arch="sscp_mobile", base_channels=48, stem_factorization="parallel",
+                    factorization=("sequential", "parallel", "plain"))
+    result = prune(build_model(spec, pm=PM, seed=1), spec,
+                   PruningPlan(importance="fpgm", schedule="linear", steps=2, chain=(32,),
+                               final_finetune_epochs=0, max_macs=10**9, max_param_bytes=10**9),
+                   pm=PM, progress=False)
+    path = save_checkpoint(tmp_path / "pruned.pt", spec=result.spec,
+                           state_dict=result.model.state_dict())
+    loaded = load_checkpoint(path)
+    rebuilt = build_model(loaded.spec, pm=PM)
+    rebuilt.load_state_dict(loaded.state_dict)
+    x = torch.randn(3, 1, 256, 65)
+    torch.testing.assert_close(rebuilt.eval()(x), result.model.eval()(x))
+    import json
+
+    counted = json.loads(cli("count", "--checkpoint", path, "--json").out)
+    assert (counted["macs"], counted["params"]) == (result.card.macs, result.card.params)
+
+
+def test_taylor_uses_training_gradients(tiny_corpus: Path, tmp_path: Path) -> None:
+    data = load_split_data(str(tiny_corpus), 100, pm=PM, cache_dir=tmp_path, progress=False)
+    spec = ArchSpec(base_channels=24)
+    recipe = TrainingRecipe(batch_size=16, warmup_steps=0)
+    with pytest.raises(PruningError, match="needs training data"):
+        prune(build_model(spec, pm=PM), spec, PruningPlan(importance="taylor", chain=(16,)),
+              pm=PM, progress=False)
+    result = prune(build_model(spec, pm=PM, seed=0), spec,
+                   PruningPlan(importance="taylor", schedule="linear", steps=2, chain=(16,),
+                               finetune_epochs=1, final_finetune_epochs=1, taylor_batches=2),
+                   pm=PM, train=data.train, recipe=recipe, progress=False)
+    assert result.spec.channel_overrides["s1"] == 16
+
+
+class BrokenSchedule:
+    @hookimpl
+    def asc_pruning_schedules(self):
+        return [PruningSchedule("backwards", "removes, then restores", lambda r, n: [0, r, 0])]
+
+    @hookimpl
+    def asc_importance_metrics(self):
+        return [ImportanceMetric("constant", "every channel the same",
+                                 lambda: (lambda group: None))]
+
+
+def test_plugin_schedules_are_checked() -> None:
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(BrokenSchedule())
+    spec = ArchSpec(base_channels=48)
+    with pytest.raises(PluginError, match="'backwards' returned"):
+        prune(build_model(spec, pm=pm), spec, PruningPlan(schedule="backwards", steps=2,
+                                                          chain=(32,)), pm=pm, progress=False)
+    with pytest.raises(PluginError, match=r"unknown importance metric .l3.*bn_scale"):
+        prune(build_model(spec, pm=pm), spec, PruningPlan(importance="l3"), pm=pm)
+
+
+def test_example_plugin_is_installed_and_prunes_end_to_end(cli, tiny_corpus: Path,
+                                                           tmp_path: Path) -> None:
+    groups = {ep.value for ep in importlib.metadata.entry_points(group="asc_search")}
+    assert "asc_search_example_pruner" in groups, "install examples/asc-search-example-pruner"
+    spec = ArchSpec(base_channels=24)
+    model = build_model(spec, pm=PM, seed=0)
+    source = save_checkpoint(tmp_path / "wide.pt", spec=spec, state_dict=model.state_dict())
+    result = cli("-q", "prune", source, "--data", tiny_corpus, "--split", "100", "--no-kd",
+                 "--metric", "l1_bn", "--schedule", "geometric", "--steps", "3", "--chain", "16",
+                 "--finetune-epochs", "1", "--final-finetune-epochs", "1", "--batch-size", "16",
+                 "--warmup-steps", "0")
+    assert result.code == 0, result.err
+    assert "l1_bn, geometric, 3 steps" in result.out and "fine-tuned" in result.out
+    pruned = load_checkpoint(tmp_path / "wide-pruned.pt")
+    assert pruned.spec.channel_overrides["s1"] == 16
+    assert pruned.metadata["pruning_plan"]["importance"] == "l1_bn"
+
+
+def test_prune_bad_input(cli, tmp_path: Path, tiny_corpus: Path) -> None:
+    spec = ArchSpec(base_channels=24)
+    source = save_checkpoint(tmp_path / "m.pt", spec=spec,
+                             state_dict=build_model(spec, pm=PM).state_dict())
+    one_line_error(cli("prune", source, "--data", tiny_corpus, "--no-kd", "--metric", "l3"),
+                   "unknown importance metric 'l3'")
+    one_line_error(cli("prune", source, "--data", tiny_corpus, "--no-kd", "--schedule", "cosine"),
+                   "unknown pruning schedule 'cosine'")
+    one_line_error(cli("prune", tmp_path / "nope.pt", "--data", tiny_corpus), "nope.pt")
