@@ -31,8 +31,8 @@ from asc_search.train import fit, predict
 EPOCHS = {5: 150, 10: 100, 25: 50, 50: 30, 100: 16}
 
 
-def run(data, recipe: TrainingRecipe, *, teacher_logits=None) -> dict:
-    model = build_model(ArchSpec(), pm=build_plugin_manager(), seed=recipe.seed)
+def run(data, recipe: TrainingRecipe, *, pm, teacher_logits=None) -> dict:
+    model = build_model(ArchSpec(), pm=pm, seed=recipe.seed)
     started = time.perf_counter()
     fit(model, data.train, recipe, teacher_logits=teacher_logits, progress=False)
     seconds = time.perf_counter() - started
@@ -59,8 +59,19 @@ def main() -> None:
     parser.add_argument("--kd-seeds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("calibration.jsonl"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
+    done = set()
+    if args.out.is_file():  # resume: runs already recorded are not repeated
+        for line in args.out.read_text().splitlines():
+            entry = json.loads(line)
+            if "kd" in entry:
+                done.add((entry["split"], entry["kd"], entry["seed"]))
 
     def record(entry: dict) -> None:
         print(json.dumps(entry), flush=True)
@@ -70,8 +81,9 @@ def main() -> None:
     for split in args.splits:
         data = load_split_data(args.data, split, pm=pm, cache_dir=cache, progress=False)
         recipe = recipe_for(split, len(data.train), 0, args.batch)
-        record({"split": split, "kd": False, "seed": 0, "epochs": recipe.epochs,
-                **run(data, recipe)})
+        if (split, False, 0) not in done:
+            record({"split": split, "kd": False, "seed": 0, "epochs": recipe.epochs,
+                    **run(data, recipe, pm=pm)})
         if split != 5 or not args.kd_seeds:
             continue
         started = time.perf_counter()
@@ -80,14 +92,16 @@ def main() -> None:
         teacher_train = evaluate(ensemble.logits, data.train.labels, data.train.devices)
         record({"split": split, "teachers": list(ensemble.per_teacher),
                 "teacher_seconds": round(time.perf_counter() - started, 1),
+                "teacher_cache_hit": ensemble.cache_hit,
                 "ensemble_train_macro": round(teacher_train.macro_accuracy, 4)})
         for seed in args.kd_seeds:
             seeded = recipe.with_(seed=seed)
-            if seed != 0:
+            if (split, False, seed) not in done:
                 record({"split": split, "kd": False, "seed": seed, "epochs": seeded.epochs,
-                        **run(data, seeded)})
-            record({"split": split, "kd": True, "seed": seed, "epochs": seeded.epochs,
-                    **run(data, seeded, teacher_logits=ensemble.logits)})
+                        **run(data, seeded, pm=pm)})
+            if (split, True, seed) not in done:
+                record({"split": split, "kd": True, "seed": seed, "epochs": seeded.epochs,
+                        **run(data, seeded, pm=pm, teacher_logits=ensemble.logits)})
 
 
 if __name__ == "__main__":

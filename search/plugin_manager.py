@@ -56,7 +56,10 @@ def build_plugin_manager(
         _load_entry_points(pm)
     for dotted in extra_modules:
         register_module(pm, dotted)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:  # e.g. a plugin written for a newer asc-search
+        raise PluginError(f"plugin {exc.plugin_name!r} cannot be used: {exc}") from exc
     return pm
 
 

@@ -126,3 +126,16 @@ def test_duplicate_source_names_are_refused() -> None:
 def test_unknown_data_source_lists_known_ones(cli) -> None:
     one_line_error(cli("features", "build", "--data", "no-such-source"),
                    "no-such-source", "embedded-tiny")
+
+
+def test_plugin_with_an_unknown_hook_is_one_line(cli, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "future_plugin.py").write_text(
+        "from asc_search.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef asc_hook_from_the_future():\n    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        one_line_error(cli("--plugin", "future_plugin", "plugins", "list"),
+                       "future_plugin", "asc_hook_from_the_future")
+    finally:
+        sys.modules.pop("future_plugin", None)
