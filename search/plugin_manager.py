@@ -59,7 +59,7 @@ def build_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:  # e.g. a plugin written for a newer asc-search
-        raise PluginError(f"plugin {exc.plugin_name!r} cannot be used: {exc}") from exc
+        raise PluginError(f"a plugin cannot be used: {exc}") from exc
     return pm
 
 
