@@ -20,7 +20,7 @@ class TrainingRecipe:
     batch_size: int = 256
     learning_rate: float = 0.005
     weight_decay: float = 1e-4
-    warmup_steps: int = 2000  # linear warm-up, then cosine decay to zero
+    warmup_steps: int = 2000  # linear warm-up (at most half the run), then cosine decay to zero
     # Augmentation on log-mel features
     roll_seconds: float = 0.1  # random time roll of up to ±0.1 s
     mixstyle_p: float = 0.4  # Freq-MixStyle: probability per batch

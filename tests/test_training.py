@@ -78,6 +78,13 @@ def test_warmup_then_cosine() -> None:
     assert warmup_cosine(99, total=100, warmup=10) < 0.01
 
 
+def test_warmup_never_exceeds_half_the_run() -> None:
+    from asc_search.train import effective_warmup
+
+    assert effective_warmup(2000, 4200) == 2000  # real 5 % split, 150 epochs: as published
+    assert effective_warmup(2000, 300) == 150  # embedded 5 % split: capped
+
+
 def test_kd_loss_is_the_cpjku_formula() -> None:
     torch.manual_seed(0)
     student, teacher = torch.randn(5, 10), torch.randn(5, 10)
