@@ -60,7 +60,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("calibration.jsonl"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the markdown tables of --out's results and stop")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
     if args.threads:
         import torch
 
@@ -102,6 +107,35 @@ def main() -> None:
             if (split, True, seed) not in done:
                 record({"split": split, "kd": True, "seed": seed, "epochs": seeded.epochs,
                         **run(data, seeded, pm=pm, teacher_logits=ensemble.logits)})
+
+
+def report(path: Path) -> str:
+    """Markdown tables (test and validation macro accuracy per split, KD at split 5) from results."""
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    runs = [e for e in entries if "kd" in e]
+
+    def pct(value) -> str:
+        return "" if value is None else f"{100 * value:.1f}"
+
+    lines = ["| split | KD | seed | epochs | train s | validation | test | test seen (a–s3) "
+             "| test unseen (s4–s6) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in sorted(runs, key=lambda e: (e["split"], e["kd"], e["seed"])):
+        lines.append(f"| {e['split']} % | {'yes' if e['kd'] else 'no'} | {e['seed']} | {e['epochs']} "
+                     f"| {e['seconds']:.0f} | {pct(e['validation']['macro'])} | "
+                     f"{pct(e['test']['macro'])} | {pct(e['test']['seen'])} | "
+                     f"{pct(e['test']['unseen'])} |")
+    kd = {(e["kd"], e["seed"]): e for e in runs if e["split"] == 5}
+    seeds = sorted({seed for kd_flag, seed in kd if kd_flag and (False, seed) in kd})
+    if seeds:
+        lines += ["", "KD at split 5 (mean over seeds " + ", ".join(map(str, seeds)) + "):", "",
+                  "| | validation | test | test unseen |", "| --- | --- | --- | --- |"]
+        for flag in (False, True):
+            chosen = [kd[(flag, s)] for s in seeds]
+            lines.append(f"| {'with' if flag else 'without'} KD | "
+                         f"{pct(sum(e['validation']['macro'] for e in chosen) / len(chosen))} | "
+                         f"{pct(sum(e['test']['macro'] for e in chosen) / len(chosen))} | "
+                         f"{pct(sum(e['test']['unseen'] for e in chosen) / len(chosen))} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
