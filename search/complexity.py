@@ -213,12 +213,6 @@ def thop_conv_macs(model: nn.Module, *, input_shape: tuple[int, ...] = DCASE_INP
     return int(sum(seen))
 
 
-def conv_macs(model: nn.Module, *, input_shape: tuple[int, ...] = DCASE_INPUT_SHAPE) -> int:
-    """Convolution MACs by this module's DCASE rule, the quantity ``thop_conv_macs`` checks."""
-    card = count_complexity(model, input_shape=input_shape, per_layer=True)
-    return sum(layer.macs for layer in card.layers if layer.kind.startswith("Conv"))
-
-
 # --------------------------------------------------------------------------------------------
 # Budgets as users write them
 # --------------------------------------------------------------------------------------------
@@ -262,5 +256,5 @@ def format_count(value: int) -> str:
 
 __all__ = [
     "DCASE_INPUT_SHAPE", "MAX_MACS", "MAX_PARAM_BYTES", "BudgetError", "ComplexityCard",
-    "LayerCount", "conv_macs", "count_complexity", "format_count", "parse_budget", "thop_conv_macs",
+    "LayerCount", "count_complexity", "format_count", "parse_budget", "thop_conv_macs",
 ]
