@@ -19,14 +19,13 @@ import time
 
 import numpy as np
 import torch
-import torchaudio
 
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.audio import read_clip
 from asc_search.augment import freq_mixstyle, mask_along
 from asc_search.data_source import resolve_data
 from asc_search.dataset import load_dataset
-from asc_search.features import FrontEndSettings, build_features
+from asc_search.features import FrontEndSettings, LogMelFrontEnd, build_features
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.recipe import TrainingRecipe
@@ -35,12 +34,9 @@ from asc_search.train import fit, labelled_set, precision_for
 
 def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batches: int) -> float:
     """(a) The DCASE baseline's per-batch recipe in fp32 (the audio is already in memory)."""
-    settings = FrontEndSettings()
+    front_end = LogMelFrontEnd(FrontEndSettings())  # resample 44.1 → 32 kHz, mel, log
     model = build_model(ArchSpec(), pm=build_plugin_manager())
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.005, weight_decay=1e-4)
-    resample = torchaudio.transforms.Resample(44_100, 32_000)
-    mel = torchaudio.transforms.MelSpectrogram(32_000, n_fft=4096, win_length=3072,
-                                               hop_length=500, n_mels=256, f_min=0, f_max=16_000)
     generator = torch.Generator().manual_seed(0)
     model.train()
     started = None
@@ -51,7 +47,7 @@ def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batche
         x = waves[rows]
         shift = int(torch.randint(-4410, 4411, (), generator=generator))
         x = torch.roll(x, shift, dims=-1)  # the baseline rolls the waveform by up to ±0.1 s
-        x = (mel(resample(x)) + settings.log_offset).log().unsqueeze(1)
+        x = front_end(x, 44_100).unsqueeze(1)
         x = freq_mixstyle(x, p=0.4, alpha=0.3, generator=generator)
         x = mask_along(x, max_width=48, axis=2, generator=generator)
         loss = torch.nn.functional.cross_entropy(model(x), labels[rows])

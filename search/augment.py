@@ -48,17 +48,18 @@ def freq_mixstyle(x: torch.Tensor, *, p: float, alpha: float, generator: torch.G
 
 def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.Generator) -> torch.Tensor:
     """Zero one random band of up to ``max_width`` bins along ``axis`` (2 = mels, 3 = frames),
-    independently per clip (SpecAugment's masks with per-example draws)."""
+    independently per clip: torchaudio's SpecAugment mask, drawn from ``generator``.
+
+    torchaudio samples from the global RNG, so it runs under a forked RNG seeded from ours.
+    """
     if max_width <= 0:
         return x
-    batch, size = x.shape[0], x.shape[axis]
-    width = torch.randint(0, max_width + 1, (batch,), generator=generator)
-    start = (torch.rand(batch, generator=generator) * (size - width).clamp(min=0)).long()
-    positions = torch.arange(size).unsqueeze(0)
-    masked = (positions >= start.unsqueeze(1)) & (positions < (start + width).unsqueeze(1))
-    shape = [batch, 1, 1, 1]
-    shape[axis] = size
-    return x.masked_fill(masked.view(shape), 0.0)
+    import torchaudio
+
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torchaudio.functional.mask_along_axis_iid(x, max_width, 0.0, axis)
 
 
 def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float,

@@ -137,9 +137,12 @@ def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) 
     total = len(make_plan(seed=seed, size=SIZES[size]).recordings)
     started = time.perf_counter()
     with progress_bar("rendering recordings", total=total, enabled=not obj.quiet) as advance:
-        def report(done: int, _total: int, state: list[int] = [0]) -> None:  # noqa: B006
-            advance(done - state[0])
-            state[0] = done
+        reported = 0
+
+        def report(done: int, _total: int) -> None:
+            nonlocal reported
+            advance(done - reported)
+            reported = done
 
         if out is None:
             folder = cached_corpus(obj.cache, seed=seed, size=size, progress=report)

@@ -156,7 +156,8 @@ class TAU22Dataset:
         self.require_audio(listed)
         if self.validation is not None:
             validation = self.validation
-            train = tuple(name for name in listed if name not in set(validation))
+            held = set(validation)
+            train = tuple(name for name in listed if name not in held)
             source = VALIDATION_LIST
         else:
             train, validation = hold_out(

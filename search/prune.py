@@ -151,8 +151,8 @@ def prune(
     recipe = recipe or TrainingRecipe()
     chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
     example = torch.zeros(1, spec.in_channels, 256, 65)
-    result = PruningResult(model=model, spec=spec,
-                           card=count_complexity(model, storage_dtype=plan.storage_dtype))
+    steps: list[PruningStep] = []
+    card: ComplexityCard | None = None
     current_base = spec.base_channels
     for stage, target in enumerate(chain, start=1):
         ratio = uniform_ratio(current_base, target)
@@ -172,7 +172,7 @@ def prune(
             model.zero_grad(set_to_none=True)
             card = count_complexity(model, storage_dtype=plan.storage_dtype)
             record = PruningStep(stage, step, card.macs, card.params, ratios[step])
-            result.steps.append(record)
+            steps.append(record)
             if on_step is not None:
                 on_step(record)
             last = stage == len(chain) and step == plan.steps
@@ -184,14 +184,14 @@ def prune(
                 model.to("cpu").to(memory_format=torch.contiguous_format)
         current_base = target
     new_spec = spec.with_(channel_overrides=read_widths(model, spec))
-    card = count_complexity(model, storage_dtype=plan.storage_dtype)
+    # Fine-tuning changes weights, not shapes: the last step's count is the final network's.
+    assert card is not None
     if card.macs > plan.max_macs or card.param_bytes > plan.max_param_bytes:
         raise PruningError(
             f"pruned network has {card.macs:,} MACs and {card.param_bytes:,} bytes, over the "
             f"budget of {plan.max_macs:,} / {plan.max_param_bytes:,}; choose a narrower chain target"
         )
-    result.model, result.spec, result.card = model, new_spec, card
-    return result
+    return PruningResult(model=model, spec=new_spec, card=card, steps=steps)
 
 
 def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:

@@ -204,9 +204,8 @@ def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -
                         description=str(data.get("description", "")), source=source,
                         fixed=fixed, dimensions=tuple(dimensions), infos=infos)
     # Build the space's smallest corner once, so a spec field the architecture rejects fails here.
-    corner = {d.name: (d.low if d.kind != "categorical" else d.choices[0]) for d in dimensions}
-    corner = {k: (int(v) if next(d for d in dimensions if d.name == k).kind == "int" else v)
-              for k, v in corner.items()}
+    corner = {d.name: d.choices[0] if d.kind == "categorical" else
+              int(d.low) if d.kind == "int" else d.low for d in dimensions}
     try:
         build_model(space.candidate(corner).spec, pm=pm)
     except SpecError as exc:

@@ -129,7 +129,7 @@ def ensemble_logits(
                                      workdir=workdir, option=option, progress=progress)
             fitted = known[name].fit(context)
             logits = np.asarray(fitted.logits, dtype=np.float32)
-            if logits.shape != (len(train), logits.shape[1] if logits.ndim == 2 else -1):
+            if logits.ndim != 2 or logits.shape[0] != len(train):
                 raise PluginError(f"teacher {name!r} returned logits of shape {logits.shape} "
                                   f"for {len(train)} clips")
             if not np.isfinite(logits).all():
