@@ -606,8 +606,10 @@ def cached_corpus(cache_dir: Path, *, seed: int = 0, size: str = "default",
         shutil.rmtree(folder)  # left by an older or interrupted writer without its marker
     try:
         return write_corpus(folder, seed=seed, size=size, progress=progress)
-    except FileNotFoundError:
-        if is_complete(folder, seed=seed, size=size):  # another process won the rename
+    except (DataError, OSError):
+        # Another process finished first: write_corpus refuses the now non-empty folder
+        # (DataError) or the final rename fails (OSError). Its complete corpus is as good as ours.
+        if is_complete(folder, seed=seed, size=size):
             return folder
         raise
 
