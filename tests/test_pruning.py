@@ -152,6 +152,10 @@ class BrokenSchedule:
 def test_plugin_schedules_are_checked() -> None:
     pm = build_plugin_manager(load_entry_points=False)
     pm.register(BrokenSchedule())
+    from asc_search.prune import importance_metrics
+
+    assert importance_metrics(pm)["constant"].description == "every channel the same"
+    assert "backwards" in pruning_schedules(pm)
     spec = ArchSpec(base_channels=48)
     with pytest.raises(PluginError, match="'backwards' returned"):
         prune(build_model(spec, pm=pm), spec, PruningPlan(schedule="backwards", steps=2,
