@@ -35,10 +35,13 @@ def _stdout() -> Console:
 class Context:
     """What every command needs: the plugin manager and the cache folder."""
 
-    def __init__(self, pm: pluggy.PluginManager, cache: Path, quiet: bool) -> None:
+    def __init__(self, pm: pluggy.PluginManager, cache: Path, quiet: bool,
+                 plugin_modules: Sequence[str] = ()) -> None:
         self.pm = pm
         self.cache = cache
         self.quiet = quiet
+        #: ``--plugin`` modules, so worker processes load the same plugins.
+        self.pm_modules = tuple(plugin_modules)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -57,8 +60,8 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     @click.pass_context
     def cli(ctx: click.Context, plugins: tuple[str, ...], cache: Path | None, quiet: bool) -> None:
         """Find, prune and distil tiny acoustic-scene classifiers under DCASE budgets."""
-        del plugins  # already loaded by main() before the tree was built
-        ctx.obj = Context(pm, cache_dir(cache), quiet)
+        # Plugins were loaded by main() before the tree was built; workers need their names.
+        ctx.obj = Context(pm, cache_dir(cache), quiet, plugins)
 
     cli.add_command(plugins_group)
     cli.add_command(data_group)
@@ -71,6 +74,10 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     from asc_search.cli_pruning import prune_command
 
     cli.add_command(prune_command)
+    from asc_search.cli_search import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
     pm.hook.asc_register_commands(cli=cli)
     return cli
 

@@ -79,8 +79,13 @@ class Dimension:
                                        step=self.step, log=self.log)
         # Optuna stores categorical choices as primitives; lists travel as JSON text.
         encoded = [json.dumps(c) if isinstance(c, list | dict) else c for c in self.choices]
-        picked = trial.suggest_categorical(self.name, encoded)
-        return json.loads(picked) if isinstance(picked, str) and picked[:1] in "[{" else picked
+        return self.decode(trial.suggest_categorical(self.name, encoded))
+
+    def decode(self, stored: Any) -> Any:
+        """The value a trial's stored parameter stands for (lists travel as JSON text)."""
+        if self.kind == "categorical" and isinstance(stored, str) and stored[:1] in "[{":
+            return json.loads(stored)
+        return stored
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,33 @@ class SearchSpace:
         """Sample every dimension through ``trial`` and assemble the candidate."""
         values = {d.name: d.suggest(trial) for d in self.dimensions}
         return self.candidate(values)
+
+    def values_of(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Dimension values from a finished trial's ``params`` (the reverse of ``suggest``)."""
+        return {d.name: d.decode(params[d.name]) for d in self.dimensions if d.name in params}
+
+    def params_for(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Trial params that make ``suggest`` return ``values`` (a seed trial), or None when
+        a value lies outside the space: a fixed field that differs, or a choice it lacks."""
+        params: dict[str, Any] = {}
+        for name, value in values.items():
+            dimension = next((d for d in self.dimensions if d.name == name), None)
+            if dimension is None:
+                if name in self.fixed and self.fixed[name] != value:
+                    return None
+                continue
+            if dimension.kind == "categorical":
+                encoded = json.dumps(value) if isinstance(value, list | dict) else value
+                choices = [json.dumps(c) if isinstance(c, list | dict) else c
+                           for c in dimension.choices]
+                if encoded not in choices:
+                    return None
+                params[name] = encoded
+            else:
+                if not dimension.low <= value <= dimension.high:
+                    return None
+                params[name] = value
+        return params
 
     def candidate(self, values: Mapping[str, Any]) -> Candidate:
         """Assemble a candidate from dimension values (sampled, or a seed trial's)."""
@@ -155,6 +187,18 @@ def builtin_space_path(name: str) -> Path:
 
 def load_space(name_or_path: str | Path, *, pm: pluggy.PluginManager) -> SearchSpace:
     """Load and validate a space by shipped name or file path."""
+    data, source = read_space(name_or_path)
+    return space_from_dict(data, source=source, pm=pm)
+
+
+def space_from_dict(data: dict[str, Any], *, source: str,
+                    pm: pluggy.PluginManager) -> SearchSpace:
+    """Validate a parsed space (a study stores its space this way, so workers need no file)."""
+    return _validated(data, source=source, pm=pm)
+
+
+def read_space(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """The parsed table of a space file, shipped name or path, and where it came from."""
     path = Path(name_or_path)
     if not path.suffix:
         path = builtin_space_path(str(name_or_path))
@@ -167,7 +211,7 @@ def load_space(name_or_path: str | Path, *, pm: pluggy.PluginManager) -> SearchS
         raise SpaceError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
     if not isinstance(data, dict):
         raise SpaceError(f"{path}: expected a table at the top level")
-    return _validated(data, source=str(path), pm=pm)
+    return data, str(path)
 
 
 def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -> SearchSpace:

@@ -1,0 +1,367 @@
+"""``asc-search run`` and everything that reads a study afterwards.
+
+``run`` is the product: ``asc-search run --budget-macs 30M --split 5`` creates (or resumes) a study,
+queues the seed and baseline trials, searches, promotes the best feasible trials to full-length
+distillation and writes the report. ``worker`` joins a study from another process or machine;
+``distill``, ``report``, ``export``, ``dashboard`` and ``studies`` work on a finished one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from asc_search.cli import Context, _stdout, pass_context
+from asc_search.cli_training import _data_options
+
+DEFAULT_STUDY = "asc-search"
+
+
+def _say(line: str) -> None:
+    _stdout().print(line, highlight=False)
+
+
+def _storage_options(command: Any) -> Any:
+    command = click.option("--storage", default=None, metavar="URL",
+                           help="Optuna storage URL [default: $ASC_SEARCH_STORAGE, else "
+                                "sqlite under the studies folder].")(command)
+    command = click.option("--studies", type=click.Path(path_type=Path), default=None,
+                           help="Studies folder [default: $ASC_SEARCH_STUDIES or ./studies].")(
+        command)
+    return command
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _open(name: str, storage: str | None, studies: Path | None) -> Any:
+    from asc_search.paths import studies_dir
+    from asc_search.storage import load_study, resolve_storage
+
+    _quiet_optuna()
+    return load_study(name, resolve_storage(storage, studies=studies_dir(studies)))
+
+
+@click.command("run")
+@_data_options
+@click.option("--space", default="sscp_mobile", show_default=True,
+              help="Shipped space name or a TOML/YAML file.")
+@click.option("--budget-macs", default="30M", show_default=True)
+@click.option("--budget-bytes", default="128kB", show_default=True)
+@click.option("--dtype", "storage_dtype", default="float16", show_default=True,
+              type=click.Choice(["float32", "float16", "bfloat16", "int8"]),
+              help="Parameter storage type the byte budget counts.")
+@click.option("--trials", "n_trials", type=int, default=16, show_default=True,
+              help="Trials in the study, seed trials included (a rerun tops it up).")
+@click.option("--timeout", type=float, default=360, show_default=True,
+              help="Stop starting trials after this many seconds of search (0: no limit).")
+@click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True)
+@_storage_options
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), default="tpe",
+              show_default=True)
+@click.option("--objective", type=click.Choice(["pareto", "accuracy"]), default="pareto",
+              show_default=True,
+              help="pareto: accuracy and MACs; accuracy: accuracy under the budgets, with early "
+                   "stopping.")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
+              show_default=True, help="Early stopping of poor trials (--objective accuracy).")
+@click.option("--n-jobs", type=int, default=1, show_default=True,
+              help="Worker processes on this machine, sharing the storage and the cores.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
+@click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
+              help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
+@click.option("--proxy-epochs", type=int, default=4, show_default=True,
+              help="KD epochs of a trial's wide network.")
+@click.option("--promote", "top", type=int, default=1, show_default=True,
+              help="Pareto-optimal trials to distil at full length (0: none).")
+@click.option("--promote-epochs", type=int, default=20, show_default=True)
+@click.option("--teacher", "teacher_names", multiple=True,
+              help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
+@click.option("--teacher-epochs", type=int, default=30, show_default=True)
+@pass_context
+def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
+                budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
+                timeout: float, study_name: str, storage: str | None, studies: Path | None,
+                sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
+                seed_trials: bool, proxy_epochs: int, top: int, promote_epochs: int,
+                teacher_names: tuple[str, ...], teacher_epochs: int) -> None:
+    """Search the space under the budgets, promote the best trials, and write the report."""
+    import optuna
+
+    from asc_search.complexity import parse_budget
+    from asc_search.errors import AscSearchError
+    from asc_search.objective import SearchSettings
+    from asc_search.paths import studies_dir
+    from asc_search.search_space import read_space, space_from_dict
+    from asc_search.storage import mask_url, resolve_storage
+    from asc_search.study import (
+        WorkerJob,
+        create_or_resume,
+        load_resources,
+        run_workers,
+        split_threads,
+    )
+
+    _quiet_optuna()
+    if n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or top < 0:
+        raise AscSearchError("--n-jobs, --trials and --proxy-epochs must be ≥ 1, --promote ≥ 0")
+    folder = studies_dir(studies)
+    raw, source = read_space(space)
+    parsed = space_from_dict(raw, source=source, pm=obj.pm)
+    settings = SearchSettings(
+        space=raw, space_source=source, data=data, split=int(split),
+        max_macs=parse_budget(budget_macs, what="--budget-macs"),
+        max_param_bytes=parse_budget(budget_bytes, what="--budget-bytes"),
+        storage_dtype=storage_dtype, objective=objective, proxy_epochs=proxy_epochs,
+        promote_epochs=promote_epochs,
+        teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
+    )
+    url = resolve_storage(storage, studies=folder)
+    study = create_or_resume(name=study_name, storage_url=url, settings=settings,
+                             sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    _say(f"study {study_name} in {mask_url(url)}: {len(study.trials) - waiting} trials so far, "
+         f"{waiting} queued")
+    started = time.perf_counter()
+    # Data, features and teachers once, here, so parallel workers all find them cached.
+    load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
+                   progress=not obj.quiet)
+    _say(f"data and teachers ready ({time.perf_counter() - started:.0f} s); searching")
+    jobs = [WorkerJob(study=study_name, storage_url=url, sampler=sampler,
+                      seed=None if seed is None else seed + index, n_trials=n_trials,
+                      timeout=timeout or None, pruner=pruner,
+                      threads=split_threads(n_jobs) if n_jobs > 1 else None,
+                      plugins=tuple(obj.pm_modules), cache=str(obj.cache), studies=str(folder),
+                      device=device, progress=not obj.quiet and n_jobs == 1)
+            for index in range(n_jobs)]
+    run_workers(jobs, announce=_say, pm=obj.pm)
+    _after_search(obj, study_name, url, folder, top, device)
+    _say(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
+                  device: str) -> None:
+    from asc_search.promote import distill
+    from asc_search.report import write_report
+    from asc_search.storage import load_study
+
+    study = load_study(name, url)
+    if top > 0:
+        distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
+                progress=not obj.quiet, announce=_say)
+    page = write_report(load_study(name, url), folder=folder / "reports" / name)
+    _say(f"report: {page}")
+
+
+@click.command("worker")
+@click.option("--study", "study_name", required=True)
+@_storage_options
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), default="tpe",
+              show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
+              show_default=True)
+@click.option("--trials", "n_trials", type=int, default=None,
+              help="Stop when the study holds this many trials [default: no limit].")
+@click.option("--timeout", type=float, default=None, help="Seconds [default: no limit].")
+@click.option("--seed", type=int, default=None, help="Sampler seed [default: random].")
+@click.option("--device", default="cpu", show_default=True)
+@pass_context
+def worker_command(obj: Context, study_name: str, storage: str | None, studies: Path | None,
+                   sampler: str, pruner: str, n_trials: int | None, timeout: float | None,
+                   seed: int | None, device: str) -> None:
+    """Join an existing study (same settings, read from the study) and run trials on it."""
+    from asc_search.paths import studies_dir
+    from asc_search.storage import mask_url, resolve_storage
+    from asc_search.study import WorkerJob, run_worker
+
+    _quiet_optuna()
+    folder = studies_dir(studies)
+    url = resolve_storage(storage, studies=folder)
+    _open(study_name, url, folder)  # one clear line if the study is not there
+    _say(f"worker on study {study_name} in {mask_url(url)}")
+    done = run_worker(WorkerJob(study=study_name, storage_url=url, sampler=sampler, seed=seed,
+                                n_trials=n_trials, timeout=timeout, pruner=pruner,
+                                studies=str(folder), cache=str(obj.cache), device=device,
+                                progress=not obj.quiet),
+                      pm=obj.pm, announce=_say)
+    _say(f"worker finished {done} trials")
+
+
+@click.command("distill")
+@click.argument("study_name", metavar="STUDY")
+@click.option("--top", type=int, default=1, show_default=True)
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also promote the DCASE baseline seed trial, for comparison.")
+@_storage_options
+@click.option("--device", default="cpu", show_default=True)
+@pass_context
+def distill_command(obj: Context, study_name: str, top: int, baseline: bool,
+                    storage: str | None, studies: Path | None, device: str) -> None:
+    """Distil the top Pareto-optimal trials at full length; evaluate them on validation and test."""
+    from asc_search.paths import studies_dir
+    from asc_search.promote import distill
+
+    study = _open(study_name, storage, studies)
+    distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
+            device=device, progress=not obj.quiet, with_baseline=baseline, announce=_say)
+
+
+@click.command("report")
+@click.argument("study_name", metavar="STUDY")
+@_storage_options
+@pass_context
+def report_command(obj: Context, study_name: str, storage: str | None,
+                   studies: Path | None) -> None:
+    """Write the study's HTML report (Pareto front, history, importances, finalists)."""
+    from asc_search.paths import studies_dir
+    from asc_search.report import write_report
+
+    del obj
+    study = _open(study_name, storage, studies)
+    page = write_report(study, folder=studies_dir(studies) / "reports" / study_name)
+    _say(f"report: {page}")
+
+
+@click.command("export")
+@click.argument("study_name", metavar="STUDY")
+@click.option("--trial", "number", type=int, required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@_storage_options
+@pass_context
+def export_command(obj: Context, study_name: str, number: int, out: Path,
+                   storage: str | None, studies: Path | None) -> None:
+    """Write a trial's 16-bit weights, spec, complexity card and DCASE output.csv."""
+    from asc_search.export import export_trial
+    from asc_search.paths import studies_dir
+
+    study = _open(study_name, storage, studies)
+    summary = export_trial(study, number=number, out=out, pm=obj.pm, cache=obj.cache,
+                           studies=studies_dir(studies), progress=not obj.quiet)
+    _say(f"exported trial {number} ({'finalist' if summary['finalist'] else 'search'} network,"
+         f" {summary['macs']:,} MACs, {summary['param_bytes']:,} B) to {out}")
+
+
+@click.command("dashboard")
+@_storage_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+def dashboard_command(storage: str | None, studies: Path | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the studies (needs ``pip install optuna-dashboard``)."""
+    from asc_search.errors import AscSearchError
+    from asc_search.paths import studies_dir
+    from asc_search.storage import artifact_store, mask_url, open_storage, resolve_storage
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise AscSearchError("optuna-dashboard is not installed: pip install optuna-dashboard "
+                             "(or asc-search[dashboard])") from None
+    folder = studies_dir(studies)
+    url = resolve_storage(storage, studies=folder)
+    _say(f"dashboard for {mask_url(url)} on http://{host}:{port}")
+    optuna_dashboard.run_server(open_storage(url), host=host, port=port,
+                                artifact_store=artifact_store(folder))
+
+
+@click.group("studies")
+def studies_group() -> None:
+    """List and inspect studies (plain Optuna storages)."""
+
+
+@studies_group.command("list")
+@_storage_options
+def studies_list(storage: str | None, studies: Path | None) -> None:
+    """Every study in the storage: trials, feasible trials, best validation accuracy."""
+    import optuna
+
+    from asc_search.paths import studies_dir
+    from asc_search.storage import mask_url, open_storage, resolve_storage
+
+    _quiet_optuna()
+    url = resolve_storage(storage, studies=studies_dir(studies))
+    summaries = optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)
+    table = Table("study", "trials", "objectives", "created", title=f"studies in {mask_url(url)}")
+    for summary in summaries:
+        table.add_row(summary.study_name, str(summary.n_trials),
+                      ", ".join(d.name.lower() for d in summary.directions),
+                      f"{summary.datetime_start:%Y-%m-%d %H:%M}" if summary.datetime_start else "")
+    _stdout().print(table)
+
+
+@studies_group.command("show")
+@click.argument("study_name", metavar="STUDY")
+@_storage_options
+def studies_show(study_name: str, storage: str | None, studies: Path | None) -> None:
+    """One row per trial: spec summary, plan, MACs, bytes, validation accuracy, state, duration."""
+    study = _open(study_name, storage, studies)
+    _stdout().print(_trial_table(study, study.get_trials(deepcopy=False),
+                                 title=f"study {study_name}"))
+    _print_finalists(study)
+
+
+@studies_group.command("pareto")
+@click.argument("study_name", metavar="STUDY")
+@_storage_options
+def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -> None:
+    """The feasible Pareto-optimal trials (validation accuracy vs MACs), best first."""
+    from asc_search.study import pareto_trials
+
+    study = _open(study_name, storage, studies)
+    _stdout().print(_trial_table(study, pareto_trials(study),
+                                 title=f"Pareto front of {study_name} (feasible trials)"))
+
+
+def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
+    table = Table("trial", "seed", "spec", "plan", "MACs", "bytes", "val %", "state", "seconds",
+                  title=title)
+    for trial in trials:
+        attrs = trial.user_attrs
+        spec = attrs.get("spec", {})
+        plan = attrs.get("plan", {})
+        spec_text = (f"{spec.get('arch', '?')} w{spec.get('base_channels', '?')} "
+                     f"×{spec.get('channels_multiplier', 0):.2f} e{spec.get('expansion_rate', 0):.2f}"
+                     f" {spec.get('n_blocks', '')} {'/'.join(f[:3] for f in spec.get('factorization', []))}"
+                     if spec else "")
+        ratio = float(plan.get("prune_width_ratio", 1.0))
+        plan_text = (f"×{ratio:g} {plan.get('importance', '')} {plan.get('schedule', '')} "
+                     f"{plan.get('prune_steps', '')}×{plan.get('prune_stages', 1)}"
+                     if ratio > 1 else "no pruning") if plan or spec else ""
+        state = attrs.get("status", trial.state.name.lower())
+        if trial.state.name != "COMPLETE":
+            state = trial.state.name.lower()
+        value = f"{100 * trial.values[0]:.1f}" if trial.values and state == "trained" else ""
+        seconds = (f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.0f}"
+                   if trial.datetime_complete and trial.datetime_start else "")
+        table.add_row(str(trial.number), attrs.get("seed_trial", ""), spec_text, plan_text,
+                      f"{attrs['macs']:,}" if "macs" in attrs else "",
+                      f"{attrs['param_bytes']:,}" if "param_bytes" in attrs else "", value,
+                      state, seconds)
+    return table
+
+
+def _print_finalists(study: Any) -> None:
+    from asc_search.promote import finalists
+
+    promoted = finalists(study)
+    if not promoted:
+        return
+    table = Table("trial", "kind", "MACs", "bytes", "val %", "test %", "test unseen %",
+                  title="finalists (full-length distillation)")
+    for number, record in sorted(promoted.items()):
+        unseen = record["test"]["unseen"]
+        table.add_row(str(number), record["label"], f"{record['macs']:,}",
+                      f"{record['param_bytes']:,}", f"{100 * record['validation']['macro']:.1f}",
+                      f"{100 * record['test']['macro']:.1f}",
+                      "" if unseen is None else f"{100 * unseen:.1f}")
+    _stdout().print(table)
+
+
+COMMANDS = (run_command, worker_command, distill_command, report_command, export_command,
+            dashboard_command, studies_group)

@@ -1,0 +1,88 @@
+"""``asc-search export STUDY --trial N --out DIR``: what a DCASE submission needs from one trial.
+
+The folder holds ``model.pt`` (tensor-only checkpoint, weights stored in 16 bits as the budget
+counts them), ``spec.json`` (the pruned network's per-layer widths), ``complexity.json`` (the DCASE
+count) and ``output.csv`` (the challenge's format: file name, predicted scene, one probability
+per scene, tab-separated) for the test list. A promoted trial exports its finalist network;
+otherwise the trial's search-time network. The folder appears only when everything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import download_artifact
+
+from asc_search.architecture import build_model
+from asc_search.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.complexity import count_complexity
+from asc_search.dataset import SCENES
+from asc_search.errors import AscSearchError
+from asc_search.promote import finalists
+from asc_search.storage import artifact_store
+from asc_search.study import settings_of
+from asc_search.train import precision_for, predict
+
+
+def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache: Path,
+                 studies: Path | None, progress: bool = False) -> dict[str, Any]:
+    """Write the export folder (see the module docstring); return a summary of what it holds."""
+    from asc_search.experiment import load_split_data
+
+    settings = settings_of(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise AscSearchError(f"study {study.study_name!r} has no trial {number}")
+    promoted = finalists(study).get(number)
+    artifact = (promoted or {}).get("checkpoint_artifact") or \
+        trials[number].user_attrs.get("checkpoint_artifact")
+    if artifact is None:
+        status = trials[number].user_attrs.get("status", trials[number].state.name.lower())
+        raise AscSearchError(f"trial {number} has no trained network ({status})")
+    if out.exists() and any(out.iterdir()):
+        raise AscSearchError(f"{out}: folder exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        downloaded = partial / "downloaded.pt"
+        download_artifact(artifact_store=artifact_store(studies), artifact_id=artifact,
+                          file_path=str(downloaded))
+        loaded = load_checkpoint(downloaded)
+        downloaded.unlink()
+        model = build_model(loaded.spec, pm=pm)
+        model.load_state_dict(loaded.state_dict)
+        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        save_checkpoint(partial / "model.pt", spec=loaded.spec, state_dict=half,
+                        metadata={**loaded.metadata, "study": study.study_name,
+                                  "weights_dtype": "float16"})
+        (partial / "spec.json").write_text(json.dumps(loaded.spec.to_dict(), indent=2) + "\n")
+        # The network as submitted: the 16-bit weights, restored to float for counting and scoring.
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in half.items()})
+        card = count_complexity(model, storage_dtype=settings.storage_dtype)
+        (partial / "complexity.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
+                               progress=progress, with_test=True)
+        logits = predict(model, data.test.features, precision=precision_for("cpu"))
+        probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        with (partial / "output.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["filename", "scene_label", *SCENES])
+            for name, row in zip(data.test.files, probabilities, strict=True):
+                writer.writerow([name, SCENES[int(row.argmax())],
+                                 *(f"{p:.6f}" for p in row)])
+        if out.exists():
+            out.rmdir()
+        os.rename(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return {"trial": number, "finalist": promoted is not None, "macs": card.macs,
+            "param_bytes": card.param_bytes, "test_clips": len(data.test.files), "out": str(out)}

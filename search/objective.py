@@ -1,0 +1,270 @@
+"""One search trial: sample, count, and only then train, prune, fine-tune and score.
+
+The order is the point. A candidate is counted with the DCASE counter before any training; if its
+final architecture breaks a budget the trial ends at once, untrained, keeping its counted MACs and
+bytes as Optuna constraints, so the sampler learns where the wall is and no second is spent on a
+network that could never be submitted. Feasible candidates are trained wide with KD on a short
+proxy schedule, pruned by their plan, fine-tuned with KD, and scored on the validation list. The
+test list is never loaded here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pluggy
+import torch
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.checkpoint import save_checkpoint
+from asc_search.complexity import count_complexity
+from asc_search.evaluate import Evaluation, evaluate
+from asc_search.prune import PruningPlan, prune
+from asc_search.recipe import TrainingRecipe
+from asc_search.search_space import Candidate, SearchSpace
+from asc_search.train import LabelledSet, Precision, fit, predict
+
+OBJECTIVES = ("pareto", "accuracy")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a worker needs to run the same trials: stored with the study as a user attr.
+
+    A second machine (``asc-search worker``) rebuilds its trials from this alone, and a rerun of
+    ``asc-search run`` refuses to resume a study whose settings differ.
+    """
+
+    space: dict[str, Any]
+    space_source: str
+    data: str | None = None
+    split: int = 5
+    max_macs: int = 30_000_000
+    max_param_bytes: int = 128_000
+    storage_dtype: str = "float16"
+    objective: str = "pareto"
+    proxy_epochs: int = 6
+    finetune_epochs: int = 1
+    final_finetune_epochs: int = 3
+    promote_epochs: int = 30
+    promote_final_finetune_epochs: int = 10
+    teachers: tuple[str, ...] = ("wide_cp_mobile",)
+    teacher_epochs: int = 40
+    ensemble: str = "mean_logits"
+    recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchSettings:
+        data = json.loads(text)
+        data["teachers"] = tuple(data["teachers"])
+        return cls(**data)
+
+    def base_recipe(self) -> TrainingRecipe:
+        return TrainingRecipe().with_(**self.recipe)
+
+    def teacher_recipe(self, n_train: int) -> TrainingRecipe:
+        """Teachers train on the split with the base recipe, warm-up 10 % of their steps."""
+        steps = self.teacher_epochs * math.ceil(n_train / self.base_recipe().batch_size)
+        defaults = TrainingRecipe()
+        return self.base_recipe().with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
+                                        kd_weight=defaults.kd_weight,
+                                        kd_temperature=defaults.kd_temperature)
+
+
+@dataclass
+class TrialResources:
+    """What every trial of one worker process shares: loaded once, read-only."""
+
+    settings: SearchSettings
+    space: SearchSpace
+    pm: pluggy.PluginManager
+    train: LabelledSet
+    validation: LabelledSet
+    teacher_logits: np.ndarray
+    precision: Precision
+    artifacts: Any  # an Optuna artifact store
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A trained candidate: the pruned network, its count and its scores."""
+
+    model: torch.nn.Module
+    spec: ArchSpec
+    macs: int
+    params: int
+    param_bytes: int
+    validation: Evaluation
+    seconds: float
+
+
+def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
+    """The network to train first and the widths to prune it through.
+
+    ``prune_width_ratio`` r trains at r × the final base width (rounded up to 8); ``prune_stages``
+    s spaces s targets evenly from there down to the final width (s = 2 for 96 → 64 → 32).
+    """
+    final = candidate.spec
+    ratio = float(candidate.plan.get("prune_width_ratio", 1.0))
+    stages = int(candidate.plan.get("prune_stages", 1))
+    wide_base = int(math.ceil(final.base_channels * ratio / 8) * 8)
+    if wide_base <= final.base_channels:
+        return final, ()
+    chain = []
+    for k in range(1, stages + 1):
+        width = final.base_channels + (wide_base - final.base_channels) * (stages - k) / stages
+        width = int(round(width / 8) * 8)
+        if (not chain or width < chain[-1]) and width < wide_base:
+            chain.append(width)
+    if chain[-1] != final.base_channels:
+        chain.append(final.base_channels)
+    return final.with_(base_channels=wide_base), tuple(chain)
+
+
+def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
+                    train: LabelledSet, validation: LabelledSet, teacher_logits: np.ndarray,
+                    precision: Precision, epochs: int, finetune_epochs: int,
+                    final_finetune_epochs: int, seed: int = 0, progress: bool = False,
+                    on_epoch: Callable[[torch.nn.Module, int], None] | None = None) -> Outcome:
+    """Train wide with KD, prune by the candidate's plan, fine-tune with KD, score on validation.
+
+    Search trials call this with the proxy lengths; promotion calls it again with longer ones.
+    ``on_epoch(model, epoch)`` follows every epoch of the wide training (intermediate reports).
+    """
+    started = time.perf_counter()
+    wide, chain = wide_and_chain(candidate)
+    recipe = settings.base_recipe().with_(**candidate.training, seed=seed)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    recipe = recipe.with_(epochs=epochs,
+                          warmup_steps=min(recipe.warmup_steps, epochs * steps_per_epoch // 10))
+    model = build_model(wide, pm=pm, seed=seed)
+    fit(model, train, recipe, teacher_logits=teacher_logits, precision=precision,
+        on_epoch=None if on_epoch is None else lambda epoch, _loss: on_epoch(model, epoch),
+        progress=progress, label=f"train {wide.base_channels}-wide")
+    model.to("cpu")
+    spec = wide
+    if chain:
+        schedule = candidate.plan.get("schedule", "agp")
+        plan = PruningPlan(
+            importance=candidate.plan.get("importance", "l2"),
+            schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), chain=chain,
+            max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
+            storage_dtype=settings.storage_dtype, finetune_epochs=finetune_epochs,
+            final_finetune_epochs=final_finetune_epochs,
+        )
+        result = prune(model, wide, plan, pm=pm, train=train, teacher_logits=teacher_logits,
+                       recipe=recipe, precision=precision, progress=progress)
+        model, spec = result.model, result.spec
+        model.to("cpu")
+    card = count_complexity(model, storage_dtype=settings.storage_dtype)
+    logits = predict(model, validation.features, precision=precision)
+    model.to("cpu")
+    return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
+                   param_bytes=card.param_bytes,
+                   validation=evaluate(logits, validation.labels, validation.devices),
+                   seconds=time.perf_counter() - started)
+
+
+def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
+    """The objective Optuna calls: see the module docstring for the order of events."""
+    try:
+        return _run_trial(trial, resources)
+    except optuna.TrialPruned:
+        raise
+    except Exception:
+        # The study goes on (optimize catches); the trial keeps why it failed.
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        raise
+
+
+def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
+    settings = resources.settings
+    candidate = resources.space.suggest(trial)
+    final = build_model(candidate.spec, pm=resources.pm)
+    card = count_complexity(final, storage_dtype=settings.storage_dtype)
+    trial.set_user_attr("spec", candidate.spec.to_dict())
+    trial.set_user_attr("plan", candidate.plan)
+    trial.set_user_attr("training", candidate.training)
+    trial.set_user_attr("macs", card.macs)
+    trial.set_user_attr("params", card.params)
+    trial.set_user_attr("param_bytes", card.param_bytes)
+    over_macs = card.macs - settings.max_macs
+    over_bytes = card.param_bytes - settings.max_param_bytes
+    if over_macs > 0 or over_bytes > 0:
+        trial.set_constraint("macs", over_macs)
+        trial.set_constraint("param_bytes", over_bytes)
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("train_seconds", 0.0)
+        return _values(settings, 0.0, card.macs)
+
+    def report(model: torch.nn.Module, epoch: int) -> None:
+        logits = predict(model, resources.validation.features, precision=resources.precision)
+        score = evaluate(logits, resources.validation.labels,
+                         resources.validation.devices).macro_accuracy
+        model.train()
+        trial.report(score, epoch)
+        if trial.should_prune():
+            trial.set_user_attr("status", "pruned")
+            raise optuna.TrialPruned(f"validation {100 * score:.1f} % at epoch {epoch}")
+
+    # Intermediate reports (and so early stopping) exist for one objective only: Optuna's pruners
+    # do not handle several.
+    on_epoch = report if settings.objective == "accuracy" else None
+    outcome = train_candidate(
+        candidate, settings=settings, pm=resources.pm, train=resources.train,
+        validation=resources.validation, teacher_logits=resources.teacher_logits,
+        precision=resources.precision, epochs=settings.proxy_epochs,
+        finetune_epochs=settings.finetune_epochs,
+        final_finetune_epochs=settings.final_finetune_epochs, seed=trial.number,
+        progress=resources.progress, on_epoch=on_epoch,
+    )
+    # The pruned network, not the sampled spec, is what would be submitted: constrain that.
+    trial.set_constraint("macs", outcome.macs - settings.max_macs)
+    trial.set_constraint("param_bytes", outcome.param_bytes - settings.max_param_bytes)
+    trial.set_user_attr("status", "trained")
+    trial.set_user_attr("train_seconds", round(outcome.seconds, 1))
+    trial.set_user_attr("macs", outcome.macs)
+    trial.set_user_attr("params", outcome.params)
+    trial.set_user_attr("param_bytes", outcome.param_bytes)
+    trial.set_user_attr("pruned_spec", outcome.spec.to_dict())
+    trial.set_user_attr("validation", evaluation_attrs(outcome.validation))
+    _upload_checkpoint(trial, resources, outcome)
+    return _values(settings, outcome.validation.macro_accuracy, outcome.macs)
+
+
+def _values(settings: SearchSettings, accuracy: float, macs: int) -> float | tuple[float, float]:
+    return accuracy if settings.objective == "accuracy" else (accuracy, float(macs))
+
+
+def evaluation_attrs(result: Evaluation) -> dict[str, Any]:
+    return {"macro": round(result.macro_accuracy, 4), "seen": result.seen,
+            "unseen": result.unseen,
+            "per_device": {k: round(v, 4) for k, v in result.per_device.items()}}
+
+
+def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: Outcome) -> None:
+    """The trial's pruned network, tensor-only, as an Optuna artifact (``export`` reads it)."""
+    from optuna.artifacts import upload_artifact
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"trial-{trial.number}.pt"
+        save_checkpoint(path, spec=outcome.spec, state_dict=outcome.model.state_dict(),
+                        metadata={"trial": trial.number, "stage": "search",
+                                  "validation_macro_accuracy": outcome.validation.macro_accuracy})
+        artifact_id = upload_artifact(artifact_store=resources.artifacts, file_path=str(path),
+                                      study_or_trial=trial)
+    trial.set_user_attr("checkpoint_artifact", artifact_id)

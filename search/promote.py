@@ -1,0 +1,127 @@
+"""Promotion: the search's best feasible trials distilled again at full length, then tested.
+
+Search trials train on a short proxy schedule and are ranked on the validation list only. The
+Pareto-optimal feasible trials (best validation accuracy first) are retrained here with the same
+teachers on the longer promotion schedule, pruned by their plan, fine-tuned, and only now
+evaluated on the test list as well. The DCASE baseline's seed trial, when the study has one, is
+promoted with them, so every study reports the searched model against the baseline trained with
+the same recipe and teachers.
+
+Optuna refuses to change a finished trial, so a finalist's results are a study user attribute
+``finalist:<trial number>`` and its checkpoint and complexity card are study artifacts named after
+the trial.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import upload_artifact
+
+from asc_search.checkpoint import save_checkpoint
+from asc_search.complexity import count_complexity
+from asc_search.errors import AscSearchError
+from asc_search.evaluate import evaluate
+from asc_search.objective import evaluation_attrs, train_candidate
+from asc_search.storage import artifact_store
+from asc_search.study import feasible, pareto_trials, settings_of
+from asc_search.train import predict
+
+FINALIST_PREFIX = "finalist:"
+
+
+def choose_finalists(study: optuna.Study, *, top: int,
+                     with_baseline: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` Pareto-optimal feasible trials by validation accuracy, plus the baseline's."""
+    chosen = pareto_trials(study)[:top]
+    if with_baseline:
+        for trial in study.get_trials(deepcopy=False):
+            if (trial.user_attrs.get("seed_trial") == "dcase-baseline" and feasible(trial)
+                    and trial not in chosen):
+                chosen.append(trial)
+                break
+    return chosen
+
+
+def finalists(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Promoted trials' results, by trial number."""
+    return {int(key.removeprefix(FINALIST_PREFIX)): value
+            for key, value in study.user_attrs.items() if key.startswith(FINALIST_PREFIX)}
+
+
+def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Path | None,
+            device: str = "cpu", progress: bool = True, with_baseline: bool = True,
+            announce: Callable[[str], None] = lambda line: None) -> dict[int, dict[str, Any]]:
+    """Promote the study's finalists (see the module docstring); return their results."""
+    from asc_search.experiment import load_split_data
+    from asc_search.search_space import space_from_dict
+    from asc_search.teachers import ensemble_logits
+    from asc_search.train import precision_for
+
+    settings = settings_of(study)
+    chosen = choose_finalists(study, top=top, with_baseline=with_baseline)
+    if not chosen:
+        raise AscSearchError(f"study {study.study_name!r} has no feasible trained trial to promote")
+    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
+    data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
+                           progress=progress, with_test=True)
+    precision = precision_for(device)
+    ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
+                               cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
+                               precision=precision, mode=settings.ensemble, progress=progress)
+    store = artifact_store(studies)
+    results = {}
+    for trial in chosen:
+        candidate = space.candidate(space.values_of(trial.params))
+        label = trial.user_attrs.get("seed_trial", "searched")
+        announce(f"promoting trial {trial.number} ({label}): {settings.promote_epochs} epochs "
+                 f"with KD, prune, {settings.promote_final_finetune_epochs} epochs fine-tune")
+        outcome = train_candidate(
+            candidate, settings=settings, pm=pm, train=data.train, validation=data.validation,
+            teacher_logits=ensemble.logits, precision=precision, epochs=settings.promote_epochs,
+            finetune_epochs=max(settings.finetune_epochs, 2),
+            final_finetune_epochs=settings.promote_final_finetune_epochs, seed=0,
+            progress=progress,
+        )
+        # Selection is over; only now does the test list get looked at.
+        test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                        data.test.labels, data.test.devices)
+        outcome.model.to("cpu")
+        card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
+        if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
+            raise AscSearchError(f"trial {trial.number}'s promoted network does not fit the budget "
+                                 f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = Path(folder) / f"trial-{trial.number}-finalist.pt"
+            save_checkpoint(checkpoint, spec=outcome.spec, state_dict=outcome.model.state_dict(),
+                            metadata={"trial": trial.number, "stage": "finalist",
+                                      "validation_macro_accuracy":
+                                          outcome.validation.macro_accuracy,
+                                      "test_macro_accuracy": test.macro_accuracy})
+            complexity = Path(folder) / f"trial-{trial.number}-complexity.json"
+            complexity.write_text(json.dumps(card.to_dict(), indent=2))
+            checkpoint_id = upload_artifact(artifact_store=store, file_path=str(checkpoint),
+                                            study_or_trial=study)
+            complexity_id = upload_artifact(artifact_store=store, file_path=str(complexity),
+                                            study_or_trial=study)
+        record = {
+            "trial": trial.number, "label": label, "epochs": settings.promote_epochs,
+            "final_finetune_epochs": settings.promote_final_finetune_epochs,
+            "validation": evaluation_attrs(outcome.validation),
+            "test": evaluation_attrs(test), "macs": card.macs, "params": card.params,
+            "param_bytes": card.param_bytes, "seconds": round(outcome.seconds, 1),
+            "spec": outcome.spec.to_dict(), "checkpoint_artifact": checkpoint_id,
+            "complexity_artifact": complexity_id,
+        }
+        study.set_user_attr(f"{FINALIST_PREFIX}{trial.number}", record)
+        announce(f"finalist trial {trial.number} ({label}): validation "
+                 f"{100 * outcome.validation.macro_accuracy:.1f} %, test "
+                 f"{100 * test.macro_accuracy:.1f} %, {card.macs / 1e6:.2f} M MACs, "
+                 f"{card.param_bytes:,} B ({outcome.seconds:.0f} s)")
+        results[trial.number] = record
+    return results

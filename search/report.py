@@ -1,0 +1,203 @@
+"""``asc-search report STUDY``: one HTML page with PNG plots, readable without a server.
+
+Plots: the Pareto front of validation accuracy against MACs (seed and baseline trials marked,
+infeasible candidates as ticks at their counted MACs), the optimisation history, parameter
+importances (Optuna's evaluator on the feasible trained trials), and the finalists' test accuracy
+per device. The page is written next to the storage in the studies folder, all at once.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from asc_search.dataset import DEVICES
+from asc_search.promote import finalists
+from asc_search.study import feasible, pareto_trials, settings_of
+
+
+def write_report(study: optuna.Study, *, folder: Path) -> Path:
+    """Write ``folder/index.html`` and its PNGs, replacing an older report only when complete."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        sections = [_summary(study)]
+        for title, plot in (("Pareto front", _pareto_plot), ("Optimisation history", _history),
+                            ("Parameter importances", _importances),
+                            ("Finalists per device (test)", _finalists_plot)):
+            sections.append(f"<h2>{title}</h2>" + plot(study, partial))
+        sections.append(_finalists_table(study))
+        sections.append(_pareto_table(study))
+        page = ("<!doctype html><meta charset='utf-8'><title>asc-search: "
+                f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
+                "max-width:60em;margin:auto}table{border-collapse:collapse}td,th{padding:2px 8px;"
+                "border-bottom:1px solid #ddd;text-align:right}</style>"
+                f"<h1>Study {html.escape(study.study_name)}</h1>" + "\n".join(sections))
+        (partial / "index.html").write_text(page)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder / "index.html"
+
+
+def _summary(study: optuna.Study) -> str:
+    settings = settings_of(study)
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for trial in trials:
+        key = trial.user_attrs.get("status", trial.state.name.lower())
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            key = trial.state.name.lower()
+        states[key] = states.get(key, 0) + 1
+    spent = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
+    return (f"<p>{len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))});"
+            f" split {settings.split} %, budgets {settings.max_macs:,} MACs and "
+            f"{settings.max_param_bytes:,} bytes ({settings.storage_dtype}); objective "
+            f"{settings.objective}; space {html.escape(settings.space_source)}; proxy "
+            f"{settings.proxy_epochs} epochs; {spent / 60:.1f} minutes of trial training.</p>")
+
+
+def _png(figure: Any, folder: Path, name: str) -> str:
+    figure.tight_layout()
+    figure.savefig(folder / name, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return f"<img src='{name}' alt='{name}' style='max-width:100%'>"
+
+
+def _pareto_plot(study: optuna.Study, folder: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    settings = settings_of(study)
+    trials = study.get_trials(deepcopy=False)
+    trained = [t for t in trials if feasible(t)]
+    infeasible = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
+    if not trained:
+        return "<p>No feasible trained trial yet.</p>"
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.scatter([t.user_attrs["macs"] / 1e6 for t in trained],
+                 [100 * t.values[0] for t in trained], c="tab:blue", s=18, label="trained trials")
+    front = sorted(pareto_trials(study), key=lambda t: t.user_attrs["macs"])
+    axis.step([t.user_attrs["macs"] / 1e6 for t in front], [100 * t.values[0] for t in front],
+              where="post", c="tab:red", label="Pareto front")
+    low = min(100 * t.values[0] for t in trained) - 2
+    if infeasible:
+        axis.scatter([t.user_attrs["macs"] / 1e6 for t in infeasible], [low] * len(infeasible),
+                     marker="|", c="grey", s=80, label="over budget (not trained)")
+    for trial in trained:
+        if "seed_trial" in trial.user_attrs:
+            axis.annotate(trial.user_attrs["seed_trial"],
+                          (trial.user_attrs["macs"] / 1e6, 100 * trial.values[0]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+            axis.scatter([trial.user_attrs["macs"] / 1e6], [100 * trial.values[0]], marker="*",
+                         c="tab:orange", s=80)
+    axis.axvline(settings.max_macs / 1e6, c="k", ls="--", lw=1, label="MACs budget")
+    axis.set_xlabel("MACs (millions, DCASE count)")
+    axis.set_ylabel("validation macro accuracy (%)")
+    axis.legend(fontsize=8, loc="best")
+    return _png(figure, folder, "pareto.png")
+
+
+def _history(study: optuna.Study, folder: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    trained = [t for t in trials if feasible(t)]
+    if not trained:
+        return "<p>No feasible trained trial yet.</p>"
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.scatter([t.number for t in trained], [100 * t.values[0] for t in trained], s=14,
+                 label="feasible trial")
+    best, xs, ys = 0.0, [], []
+    for trial in sorted(trained, key=lambda t: t.number):
+        best = max(best, trial.values[0])
+        xs.append(trial.number)
+        ys.append(100 * best)
+    axis.step(xs, ys, where="post", c="tab:red", label="best so far")
+    axis.set_xlabel("trial")
+    axis.set_ylabel("validation macro accuracy (%)")
+    axis.legend(fontsize=8)
+    return _png(figure, folder, "history.png")
+
+
+def _importances(study: optuna.Study, folder: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    trained = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    if len(trained) < 3:
+        return "<p>Too few feasible trained trials for importances.</p>"
+    scratch = optuna.create_study(direction="maximize")  # accuracy only, feasible trials only
+    scratch.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                  value=t.values[0]) for t in trained])
+    try:
+        scores = optuna.importance.get_param_importances(scratch)
+    except (RuntimeError, ValueError) as exc:
+        return f"<p>Importances unavailable: {html.escape(str(exc))}</p>"
+    if not scores:
+        return "<p>No parameter varied among the feasible trials.</p>"
+    names = list(scores)[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.3 * len(names) + 1))
+    axis.barh(names, [scores[n] for n in names])
+    axis.set_xlabel("importance for validation accuracy")
+    return _png(figure, folder, "importances.png")
+
+
+def _finalists_plot(study: optuna.Study, folder: Path) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    promoted = finalists(study)
+    if not promoted:
+        return "<p>No finalists yet: run <code>asc-search distill</code>.</p>"
+    figure, axis = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(promoted)
+    for index, (number, record) in enumerate(sorted(promoted.items())):
+        per_device = record["test"]["per_device"]
+        axis.bar(np.arange(len(DEVICES)) + index * width,
+                 [100 * per_device.get(d, float("nan")) for d in DEVICES], width,
+                 label=f"trial {number} ({record['label']})")
+    axis.set_xticks(np.arange(len(DEVICES)) + 0.4 - width / 2, DEVICES)
+    axis.set_ylabel("test accuracy (%)")
+    axis.legend(fontsize=8)
+    return _png(figure, folder, "finalists.png")
+
+
+def _finalists_table(study: optuna.Study) -> str:
+    promoted = finalists(study)
+    if not promoted:
+        return ""
+    rows = "".join(
+        f"<tr><td>{n}</td><td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
+        f"<td>{r['param_bytes']:,}</td><td>{100 * r['validation']['macro']:.1f}</td>"
+        f"<td>{100 * r['test']['macro']:.1f}</td><td>{_pct(r['test']['seen'])}</td>"
+        f"<td>{_pct(r['test']['unseen'])}</td><td>{r['seconds']:.0f}</td></tr>"
+        for n, r in sorted(promoted.items()))
+    return ("<h2>Finalists</h2><table><tr><th>trial</th><th>kind</th><th>MACs</th><th>bytes</th>"
+            "<th>validation %</th><th>test %</th><th>test seen %</th><th>test unseen %</th>"
+            "<th>seconds</th></tr>" + rows + "</table>")
+
+
+def _pareto_table(study: optuna.Study) -> str:
+    rows = "".join(
+        f"<tr><td>{t.number}</td><td>{html.escape(t.user_attrs.get('seed_trial', ''))}</td>"
+        f"<td>{t.user_attrs['macs']:,}</td><td>{t.user_attrs['param_bytes']:,}</td>"
+        f"<td>{100 * t.values[0]:.1f}</td></tr>" for t in pareto_trials(study))
+    return ("<h2>Pareto-optimal trials (search, validation)</h2><table><tr><th>trial</th>"
+            "<th>seed</th><th>MACs</th><th>bytes</th><th>validation %</th></tr>" + rows
+            + "</table>")
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"

@@ -1,0 +1,101 @@
+"""Where studies live: an Optuna storage URL, resolved, opened and never printed with its password.
+
+Order: ``--storage``, then ``$ASC_SEARCH_STORAGE``, then one SQLite file under the studies folder.
+SQLite is opened in write-ahead-log mode with a long busy timeout, so several local processes
+(``--n-jobs``) write to it at once without "database is locked" errors. PostgreSQL URLs are passed
+to Optuna unchanged. The studies are plain Optuna studies: ``optuna studies --storage URL`` lists
+them and optuna-dashboard reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+
+from asc_search.errors import AscSearchError
+from asc_search.paths import studies_dir
+
+STORAGE_ENV = "ASC_SEARCH_STORAGE"
+DEFAULT_DB = "asc-search.db"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StorageError(AscSearchError):
+    """A storage URL that cannot be opened, or a study name that cannot be used."""
+
+
+def resolve_storage(url: str | None, *, studies: Path | None = None) -> str:
+    """The storage URL to use (see the module docstring for the order)."""
+    if url:
+        return url
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
+    folder = studies or studies_dir()
+    return f"sqlite:///{(folder / DEFAULT_DB).resolve()}"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for every line a user or log may see."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: mask anything between ':' and '@' after '//'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage at ``url``; one clear error if it cannot be reached."""
+    engine_kwargs: dict = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path, timeout=60) as connection:  # WAL persists in the file
+                connection.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open study storage {mask_url(url)}: {exc}") from None
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=60, grace_period=180)
+    except Exception as exc:  # SQLAlchemy / driver errors carry the URL; never print it raw
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"cannot open study storage {mask_url(url)}: "
+                           f"{reason.replace(url, mask_url(url))}") from None
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also an artifact folder name: letters, digits, '.', '_', '-' only."""
+    if not _NAME.match(name) or ".." in name:
+        raise StorageError(f"study name {name!r} is not allowed: use letters, digits, '.', '_' "
+                           "and '-' (no '/', no '..', at most 100 characters)")
+    return name
+
+
+def artifact_store(studies: Path | None = None) -> FileSystemArtifactStore:
+    """Checkpoints and cards of trials, under the studies folder (``studies/artifacts``)."""
+    folder = (studies or studies_dir()) / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """An existing study, or one line naming the known ones."""
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=check_study_name(name), storage=storage)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StorageError(f"no study {name!r} in {mask_url(url)} "
+                           f"(studies: {', '.join(known) or 'none'})") from None

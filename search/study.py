@@ -1,0 +1,293 @@
+"""A search study: create or resume it, enqueue the seed trials, and run workers on it.
+
+A study is a plain Optuna study. Its ``SearchSettings`` travel with it as a study user attribute,
+so ``asc-search worker`` on another machine runs exactly the same trials, and a rerun of
+``asc-search run`` resumes instead of silently mixing two different searches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from asc_search.errors import AscSearchError
+from asc_search.objective import SearchSettings, TrialResources, run_trial
+from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
+
+SETTINGS_ATTR = "asc_search_settings"
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+             optuna.trial.TrialState.FAIL)
+# Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
+_COUNTED = (*_FINISHED, optuna.trial.TrialState.RUNNING)
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+#: The hand-made systems every study starts from, as values of the shipped spaces' dimensions:
+#: the DCASE 2024 baseline, and the seed's three plans (SJTU-THU: train wide with KD, prune to 32).
+SEED_TRIALS: dict[str, dict[str, Any]] = {
+    "dcase-baseline": {
+        "arch": "cp_mobile", "base_channels": 32, "channels_multiplier": 1.8,
+        "expansion_rate": 2.1, "n_blocks": [3, 2, 1], "stem_factorization": "plain",
+        "stage1_factorization": "plain", "stage2_factorization": "plain",
+        "stage3_factorization": "plain", "prune_width_ratio": 1.0, "prune_stages": 1,
+    },
+    **{
+        name: {
+            "arch": "sscp_mobile", "base_channels": 32, "channels_multiplier": 1.8,
+            "expansion_rate": 2.1, "n_blocks": [3, 2, 1], "stem_factorization": "plain",
+            "stage1_factorization": "sequential", "stage2_factorization": "sequential",
+            "stage3_factorization": "sequential", "importance": "l2", **plan,
+        }
+        for name, plan in {
+            "seed-S1": {"prune_width_ratio": 2.0, "schedule": "agp", "prune_steps": 5,
+                        "prune_stages": 1},
+            "seed-S2": {"prune_width_ratio": 3.0, "schedule": "linear", "prune_steps": 5,
+                        "prune_stages": 1},
+            "seed-S3": {"prune_width_ratio": 3.0, "schedule": "agp", "prune_steps": 5,
+                        "prune_stages": 2},
+        }.items()
+    },
+}
+
+
+def seed_params(space: Any) -> dict[str, dict[str, Any]]:
+    """The seed trials this space can express, as trial params (a space without a dimension the
+    seed needs, or whose range excludes its value, skips that seed)."""
+    found = {}
+    for name, values in SEED_TRIALS.items():
+        arch = values["arch"]
+        if space.fixed.get("arch", "cp_mobile") != arch and "arch" not in {
+                d.name for d in space.dimensions}:
+            # The baseline is CP-Mobile; in an SSCP space it is the all-plain SSCP network,
+            # which builds the same layers (a test checks the count is identical).
+            if name != "dcase-baseline":
+                continue
+            values = {k: v for k, v in values.items() if k != "arch"}
+        params = space.params_for(values)
+        if params is not None:
+            found[name] = params
+    return found
+
+
+def make_sampler(name: str, *, seed: int | None, n_trials: int | None = None) -> optuna.samplers.BaseSampler:
+    """tpe (multivariate, constant liar for parallel workers), nsga2 or random."""
+    if name == "tpe":
+        # Seed trials complete first and all share most values; enough random trials after them
+        # keep TPE from modelling the seeds alone.
+        startup = max(8, min(12, (n_trials or 40) // 3))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=startup)
+    if name == "nsga2":
+        population = max(4, min(50, (n_trials or 200) // 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise AscSearchError(f"unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
+
+
+def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
+    """Early stopping for single-objective runs, on validation accuracy per proxy epoch."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise AscSearchError(f"unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
+
+
+def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, sampler: str,
+                     seed: int | None, seed_trials: bool, space: Any) -> optuna.Study:
+    """The study ``name``: created (with its seed trials queued) or, if it exists, resumed.
+
+    Resuming a study made with other settings is refused, naming the first settings that differ.
+    """
+    check_study_name(name)
+    storage = open_storage(storage_url)
+    directions = (["maximize"] if settings.objective == "accuracy"
+                  else ["maximize", "minimize"])
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                load_if_exists=True,
+                                sampler=make_sampler(sampler, seed=seed))
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        with warnings.catch_warnings():  # experimental in Optuna 5, and harmless
+            warnings.simplefilter("ignore")
+            study.set_metric_names(["validation_macro_accuracy", "macs"][:len(directions)])
+        if seed_trials:
+            for label, params in seed_params(space).items():
+                study.enqueue_trial(params, user_attrs={"seed_trial": label},
+                                    skip_if_exists=True)
+    elif stored != settings.to_json():
+        old, new = json.loads(stored), json.loads(settings.to_json())
+        differ = [key for key in new if old.get(key) != new.get(key)]
+        raise AscSearchError(
+            f"study {name!r} in {mask_url(storage_url)} was made with other settings "
+            f"({', '.join(differ)} differ); resume it with its own or choose another --study")
+    elif [d.name.lower() for d in study.directions] != directions:
+        raise AscSearchError(f"study {name!r} has objectives {study.directions}")
+    return study
+
+
+def settings_of(study: optuna.Study) -> SearchSettings:
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        raise AscSearchError(f"study {study.study_name!r} was not made by asc-search run")
+    return SearchSettings.from_json(stored)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One worker process's orders (plain data, so it pickles into a joblib worker)."""
+
+    study: str
+    storage_url: str
+    sampler: str
+    seed: int | None
+    n_trials: int | None  # total for the study, seed trials included
+    timeout: float | None
+    pruner: str = "median"
+    threads: int | None = None
+    plugins: tuple[str, ...] = ()
+    cache: str | None = None
+    studies: str | None = None
+    device: str = "cpu"
+    progress: bool = False
+
+
+def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: Path | None,
+                   device: str, progress: bool) -> TrialResources:
+    """Load a worker's data, teachers' logits and space (all cache hits after the first)."""
+    from asc_search.experiment import load_split_data
+    from asc_search.search_space import space_from_dict
+    from asc_search.teachers import ensemble_logits
+    from asc_search.train import precision_for
+
+    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
+    data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
+                           progress=progress, with_test=False)
+    precision = precision_for(device)
+    ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
+                               cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
+                               precision=precision, mode=settings.ensemble, progress=progress)
+    return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
+                          validation=data.validation, teacher_logits=ensemble.logits,
+                          precision=precision, artifacts=artifact_store(studies),
+                          progress=progress)
+
+
+def run_worker(job: WorkerJob, *, pm: Any = None,
+               announce: Callable[[str], None] | None = None) -> int:
+    """Run trials of ``job.study`` until it holds ``n_trials`` or ``timeout`` passes.
+
+    Returns how many trials this worker finished. Every worker counts the study's trials, so
+    N workers together stop at ``n_trials``, not N × ``n_trials``.
+    """
+    import torch
+
+    from asc_search.paths import cache_dir, studies_dir
+    from asc_search.plugin_manager import build_plugin_manager
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    pm = pm or build_plugin_manager(extra_modules=job.plugins)
+    storage = open_storage(job.storage_url)
+    probe = optuna.load_study(study_name=job.study, storage=storage)
+    settings = settings_of(probe)
+    sampler = make_sampler(job.sampler, seed=job.seed, n_trials=job.n_trials)
+    study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
+                              pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
+    resources = load_resources(settings, pm=pm, cache=cache_dir(job.cache),
+                               studies=studies_dir(job.studies), device=job.device,
+                               progress=job.progress)
+    announce = announce or (lambda line: None)
+    callbacks: list[Any] = [_ProgressLine(announce, job.n_trials)]
+    remaining = None
+    if job.n_trials is not None:
+        remaining = job.n_trials - len(study.get_trials(deepcopy=False,
+                                                        states=_COUNTED))
+        if remaining <= 0:
+            return 0
+        callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=_COUNTED))
+    before = len(study.get_trials(deepcopy=False, states=_FINISHED))
+    study.optimize(lambda trial: run_trial(trial, resources), n_trials=remaining,
+                   timeout=job.timeout, callbacks=callbacks, catch=(Exception,),
+                   gc_after_trial=True, show_progress_bar=False)
+    return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
+
+
+class _ProgressLine:
+    """One line per finished trial: its outcome and the best feasible accuracy so far."""
+
+    def __init__(self, announce: Callable[[str], None], n_trials: int | None) -> None:
+        self.announce, self.n_trials = announce, n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attrs = trial.user_attrs
+        done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        total = f"/{self.n_trials}" if self.n_trials else ""
+        label = f" [{attrs['seed_trial']}]" if "seed_trial" in attrs else ""
+        if trial.state == optuna.trial.TrialState.COMPLETE and attrs.get("status") == "trained":
+            what = (f"validation {100 * trial.values[0]:.1f} %, {attrs['macs'] / 1e6:.2f} M MACs, "
+                    f"{attrs['param_bytes']:,} B, {attrs['train_seconds']:.0f} s")
+        elif attrs.get("status") == "infeasible":
+            what = (f"infeasible, not trained ({attrs['macs'] / 1e6:.2f} M MACs, "
+                    f"{attrs['param_bytes']:,} B)")
+        else:
+            what = trial.state.name.lower()
+        best = best_feasible(study)
+        best_text = (f"best {100 * best.values[0]:.1f} % (trial {best.number})" if best
+                     else "no feasible trial yet")
+        self.announce(f"trial {trial.number}{label} ({done}{total}): {what} · {best_text}")
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return (trial.state == optuna.trial.TrialState.COMPLETE
+            and trial.user_attrs.get("status") == "trained"
+            and all(v <= 0 for v in trial.constraints.values()))
+
+
+def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    trials = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    return max(trials, key=lambda t: (t.values[0], -t.user_attrs["macs"]), default=None)
+
+
+def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials no other feasible trial beats on both accuracy and MACs, best first."""
+    trials = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+    front = [t for t in trials if not any(
+        o.values[0] >= t.values[0] and o.user_attrs["macs"] <= t.user_attrs["macs"]
+        and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"])
+        for o in trials)]
+    return sorted(front, key=lambda t: (-t.values[0], t.user_attrs["macs"]))
+
+
+def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
+                pm: Any = None) -> int:
+    """Run one job here, or several in parallel processes (joblib, loky) on one storage."""
+    if len(jobs) == 1:
+        return run_worker(jobs[0], pm=pm, announce=announce)
+    from joblib import Parallel, delayed
+
+    counts = Parallel(n_jobs=len(jobs), backend="loky")(
+        delayed(_worker_process)(job) for job in jobs)
+    return sum(counts)
+
+
+def _worker_process(job: WorkerJob) -> int:
+    # A child prints its own progress lines; stdout is shared with the parent's terminal.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return run_worker(job, announce=lambda line: print(line, flush=True))
+
+
+def split_threads(n_jobs: int) -> int:
+    """Torch threads per worker when ``n_jobs`` share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // n_jobs)

@@ -1,0 +1,179 @@
+"""The search's parts: seed trials, the trial's order of events, constraints, resuming, storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.complexity import count_complexity
+from asc_search.errors import AscSearchError
+from asc_search.objective import SearchSettings, wide_and_chain
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search_space import read_space, space_from_dict
+from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage
+from asc_search.study import SEED_TRIALS, WorkerJob, create_or_resume, run_worker, seed_params
+
+QUICK = {"proxy_epochs": 1, "final_finetune_epochs": 1, "teacher_epochs": 1,
+         "recipe": {"batch_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return build_plugin_manager()
+
+
+def _settings(corpus: Path, *, pm, space: str = "sscp_mobile", **changes) -> SearchSettings:
+    raw, source = read_space(space)
+    return SearchSettings(space=raw, space_source=source, data=str(corpus), split=25,
+                          **{**QUICK, **changes})
+
+
+def _study(name: str, settings: SearchSettings, *, pm, seed_trials: bool = False):
+    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
+    url = resolve_storage(None)
+    return create_or_resume(name=name, storage_url=url, settings=settings, sampler="random",
+                            seed=0, seed_trials=seed_trials, space=space), url
+
+
+def test_seed_trials_are_the_hand_made_systems(pm) -> None:
+    raw, source = read_space("sscp_mobile")
+    space = space_from_dict(raw, source=source, pm=pm)
+    params = seed_params(space)
+    assert set(params) == set(SEED_TRIALS)
+    candidates = {name: space.candidate(space.values_of(p)) for name, p in params.items()}
+    # The baseline, expressed in the SSCP space, is the DCASE baseline network, layer for layer.
+    baseline = count_complexity(build_model(candidates["dcase-baseline"].spec, pm=pm))
+    reference = count_complexity(build_model(ArchSpec(), pm=pm))
+    assert (baseline.macs, baseline.params) == (reference.macs, reference.params) == \
+        (29_419_156, 61_148)
+    assert wide_and_chain(candidates["seed-S1"])[0].base_channels == 64
+    assert wide_and_chain(candidates["seed-S1"])[1] == (32,)
+    assert wide_and_chain(candidates["seed-S2"])[1] == (32,)
+    assert wide_and_chain(candidates["seed-S3"])[0].base_channels == 96
+    assert wide_and_chain(candidates["seed-S3"])[1] == (64, 32)
+    assert wide_and_chain(candidates["dcase-baseline"])[1] == ()
+
+
+def test_a_seed_outside_the_space_is_skipped(pm) -> None:
+    raw, source = read_space("sscp_mobile")
+    raw = {**raw, "dimensions": {**raw["dimensions"],
+                                 "base_channels": {"type": "int", "low": 16, "high": 24,
+                                                   "step": 8}}}
+    space = space_from_dict(raw, source=source, pm=pm)
+    assert seed_params(space) == {}
+
+
+def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypatch) -> None:
+    import asc_search.objective as objective
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an infeasible candidate reached training")
+
+    monkeypatch.setattr(objective, "fit", no_training)
+    monkeypatch.setattr(objective, "prune", no_training)
+    settings = _settings(tiny_corpus, pm=pm, max_macs=1_000_000)  # nothing in the space fits
+    study, url = _study("infeasible", settings, pm=pm)
+    run_worker(WorkerJob(study="infeasible", storage_url=url, sampler="random", seed=0,
+                         n_trials=4, timeout=None), pm=pm)
+    trials = optuna.load_study(study_name="infeasible", storage=url).trials
+    assert len(trials) == 4
+    for trial in trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.user_attrs["status"] == "infeasible"
+        assert trial.user_attrs["train_seconds"] == 0.0
+        assert trial.constraints["macs"] == trial.user_attrs["macs"] - 1_000_000 > 0
+    assert study.best_trials == []  # the Pareto front holds feasible trials only
+
+
+def test_trials_train_count_and_store_a_checkpoint(pm, tiny_corpus: Path, tmp_path: Path) -> None:
+    from optuna.artifacts import download_artifact
+
+    from asc_search.checkpoint import load_checkpoint
+    from asc_search.storage import artifact_store
+
+    settings = _settings(tiny_corpus, pm=pm)
+    _, url = _study("trained", settings, pm=pm, seed_trials=True)
+    # Only the queued baseline and S1 (the two cheapest seeds) run: 2 trials.
+    run_worker(WorkerJob(study="trained", storage_url=url, sampler="random", seed=0,
+                         n_trials=2, timeout=None), pm=pm)
+    trials = optuna.load_study(study_name="trained", storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs["seed_trial"] for t in trials] == ["dcase-baseline", "seed-S1"]
+    baseline, s1 = trials
+    assert baseline.user_attrs["macs"] == 29_419_156
+    assert s1.user_attrs["pruned_spec"]["channel_overrides"]  # pruned from 64 wide
+    for trial in trials:
+        assert trial.user_attrs["status"] == "trained"
+        assert all(v <= 0 for v in trial.constraints.values())
+        assert trial.values[0] == trial.user_attrs["validation"]["macro"] or \
+            abs(trial.values[0] - trial.user_attrs["validation"]["macro"]) < 1e-4
+        target = tmp_path / f"t{trial.number}.pt"
+        download_artifact(artifact_store=artifact_store(), artifact_id=trial.user_attrs[
+            "checkpoint_artifact"], file_path=str(target))
+        loaded = load_checkpoint(target)
+        model = build_model(loaded.spec, pm=pm)
+        model.load_state_dict(loaded.state_dict)
+        assert count_complexity(model).macs == trial.user_attrs["macs"] == trial.values[1]
+
+
+def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corpus: Path,
+                                                                   monkeypatch) -> None:
+    import asc_search.objective as objective
+
+    real, calls = objective.train_candidate, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("plugin exploded inside a trial")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "train_candidate", flaky)
+    settings = _settings(tiny_corpus, pm=pm, max_macs=30_000_000)
+    _, url = _study("flaky", settings, pm=pm, seed_trials=True)
+    run_worker(WorkerJob(study="flaky", storage_url=url, sampler="random", seed=0, n_trials=2,
+                         timeout=None), pm=pm)
+    trials = optuna.load_study(study_name="flaky", storage=url).trials
+    assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.FAIL,
+                                             optuna.trial.TrialState.COMPLETE]
+    assert "plugin exploded inside a trial" in trials[0].user_attrs["traceback"]
+
+
+def test_single_objective_reports_every_epoch(pm, tiny_corpus: Path) -> None:
+    settings = _settings(tiny_corpus, pm=pm, objective="accuracy",
+                         proxy_epochs=2)
+    study, url = _study("single", settings, pm=pm, seed_trials=True)
+    assert len(study.directions) == 1
+    run_worker(WorkerJob(study="single", storage_url=url, sampler="tpe", seed=0, n_trials=1,
+                         timeout=None, pruner="median"), pm=pm)
+    trial = optuna.load_study(study_name="single", storage=url).trials[0]
+    assert sorted(trial.intermediate_values) == [1, 2]
+
+
+def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
+    settings = _settings(tiny_corpus, pm=pm)
+    first, _ = _study("resume", settings, pm=pm, seed_trials=True)
+    again, _ = _study("resume", settings, pm=pm, seed_trials=True)
+    assert len(again.trials) == len(first.trials) == 4  # seeds are queued once
+    with pytest.raises(AscSearchError, match="max_macs"):
+        _study("resume", SearchSettings(**{**settings.__dict__, "max_macs": 20_000_000}), pm=pm)
+
+
+def test_storage_urls_and_names() -> None:
+    assert mask_url("postgresql://alice:s3cret@db:5432/asc") == "postgresql://alice:***@db:5432/asc"
+    assert "s3cret" not in mask_url("postgresql+psycopg2://u:s3cret@h/db")
+    assert resolve_storage(None).startswith("sqlite:///")
+    assert resolve_storage(None).endswith("studies/asc-search.db")
+    for bad in ("a/b", "..", "x..y", "", "-x", "a b"):
+        with pytest.raises(StorageError):
+            check_study_name(bad)
+    assert check_study_name("split5-30M.v1") == "split5-30M.v1"
+
+
+def test_environment_storage_wins_over_the_default(monkeypatch) -> None:
+    monkeypatch.setenv("ASC_SEARCH_STORAGE", "sqlite:////tmp/elsewhere.db")
+    assert resolve_storage(None) == "sqlite:////tmp/elsewhere.db"
+    assert resolve_storage("sqlite:////tmp/given.db") == "sqlite:////tmp/given.db"
