@@ -22,7 +22,7 @@ DEFAULT_STUDY = "asc-search"
 
 
 def _say(line: str) -> None:
-    _stdout().print(line, highlight=False)
+    _stdout().print(line, highlight=False, markup=False)
 
 
 def _storage_options(command: Any) -> Any:

@@ -12,6 +12,7 @@ import html
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,9 @@ def _importances(study: optuna.Study, folder: Path) -> str:
     scratch.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
                                                   value=t.values[0]) for t in trained])
     try:
-        scores = optuna.importance.get_param_importances(scratch)
+        with warnings.catch_warnings():  # "importances will be equal" on flat results: shown
+            warnings.simplefilter("ignore")
+            scores = optuna.importance.get_param_importances(scratch)
     except (RuntimeError, ValueError) as exc:
         return f"<p>Importances unavailable: {html.escape(str(exc))}</p>"
     if not scores:

@@ -1,0 +1,115 @@
+"""``asc-search run`` as a user types it, and every command that reads the study afterwards."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from asc_search.checkpoint import load_checkpoint
+from conftest import one_line_error
+
+QUICK = ("--split", "25", "--proxy-epochs", "1", "--teacher-epochs", "1", "--promote-epochs", "1")
+
+
+def _storage(tmp_path: Path) -> str:
+    return f"sqlite:///{(tmp_path / 'studies' / 'asc-search.db').resolve()}"
+
+
+@pytest.mark.slow
+def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_path: Path) -> None:
+    result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "6", "--study", "e2e")
+    assert result.code == 0, result.err
+    assert "trial 0 [dcase-baseline]" in result.out
+    assert "finalist trial" in result.out and "report:" in result.out
+    study = optuna.load_study(study_name="e2e", storage=_storage(tmp_path))
+    assert len(study.trials) == 6
+    labels = [t.user_attrs.get("seed_trial") for t in study.trials[:4]]
+    assert labels == ["dcase-baseline", "seed-S1", "seed-S2", "seed-S3"]
+    finalists = {k: v for k, v in study.user_attrs.items() if k.startswith("finalist:")}
+    assert "finalist:0" in finalists  # the baseline is promoted for comparison
+    for record in finalists.values():
+        assert set(record["test"]["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5",
+                                                     "s6"}
+        assert record["macs"] <= 30_000_000 and record["param_bytes"] <= 128_000
+
+    report = tmp_path / "studies" / "reports" / "e2e"
+    for name in ("index.html", "pareto.png", "history.png", "finalists.png"):
+        assert (report / name).is_file(), name
+    assert "Finalists" in (report / "index.html").read_text()
+
+    shown = cli("studies", "show", "e2e")
+    assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out
+    assert "e2e" in cli("studies", "list").out
+    pareto = cli("studies", "pareto", "e2e")
+    assert pareto.code == 0 and "Pareto" in pareto.out
+
+    out = tmp_path / "export"
+    exported = cli("-q", "export", "e2e", "--trial", "0", "--out", out)
+    assert exported.code == 0, exported.err
+    assert {p.name for p in out.iterdir()} == {"model.pt", "spec.json", "complexity.json",
+                                               "output.csv"}
+    loaded = load_checkpoint(out / "model.pt")
+    assert all(t.dtype != torch.float32 for t in loaded.state_dict.values())
+    rows = list(csv.reader((out / "output.csv").open(), delimiter="\t"))
+    assert rows[0][:2] == ["filename", "scene_label"] and len(rows[0]) == 12
+    test_list = (tiny_corpus / "test.csv").read_text().splitlines()
+    assert len(rows) == len(test_list)  # header + one row per test clip, like the list
+
+    # The stock Optuna command line reads the study.
+    optuna_cli = Path(sys.executable).with_name("optuna")  # the console script beside python
+    listed = subprocess.run([str(optuna_cli), "studies", "--storage",
+                             _storage(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ}, check=False)
+    assert listed.returncode == 0 and "e2e" in listed.stdout, listed.stderr
+
+    # Rerunning the same command tops the study up instead of starting again.
+    again = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "7", "--study", "e2e",
+                "--promote", "0")
+    assert again.code == 0, again.err
+    assert len(optuna.load_study(study_name="e2e", storage=_storage(tmp_path)).trials) == 7
+    # ... and refuses to mix in other settings.
+    one_line_error(cli("run", "--data", tiny_corpus, *QUICK, "--study", "e2e",
+                       "--budget-macs", "20M"), "e2e", "max_macs")
+    # A worker joins it with the study's own settings.
+    joined = cli("-q", "worker", "--study", "e2e", "--trials", "8")
+    assert joined.code == 0, joined.err
+    assert len(optuna.load_study(study_name="e2e", storage=_storage(tmp_path)).trials) == 8
+
+    # Bad input on the reading side.
+    one_line_error(cli("export", "e2e", "--trial", "0", "--out", out), "not empty")
+    one_line_error(cli("export", "e2e", "--trial", "99", "--out", tmp_path / "x"), "no trial 99")
+    assert not (tmp_path / "x").exists()
+    one_line_error(cli("studies", "show", "nope"), "no study 'nope'", "e2e")
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_one_study(cli, tiny_corpus: Path, tmp_path: Path) -> None:
+    result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "6", "--n-jobs", "2",
+                 "--no-seed-trials", "--promote", "0", "--study", "pair")
+    assert result.code == 0, result.err
+    trials = optuna.load_study(study_name="pair", storage=_storage(tmp_path)).trials
+    # Each worker stops once the study holds 6 trials; one may be running as the other stops.
+    assert 6 <= len(trials) <= 7
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def test_run_bad_input(cli, tiny_corpus: Path, tmp_path: Path) -> None:
+    one_line_error(cli("run", "--data", tiny_corpus, "--study", "a/b"), "a/b")
+    one_line_error(cli("run", "--data", tiny_corpus, "--study", ".."), "'..'")
+    one_line_error(cli("run", "--data", tiny_corpus, "--space", "nope"), "unknown space 'nope'")
+    one_line_error(cli("run", "--data", tiny_corpus, "--budget-macs", "lots"), "--budget-macs")
+    one_line_error(cli("studies", "show", "ghost"), "no study 'ghost'")
+    assert not (tmp_path / "studies" / "reports").exists()
+
+
+def test_dashboard_without_optuna_dashboard(cli, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if absent
+    one_line_error(cli("dashboard"), "optuna-dashboard is not installed")
