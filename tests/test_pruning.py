@@ -82,6 +82,18 @@ def test_every_schedule_reaches_its_target(schedule: str) -> None:
         assert drops[0] == max(drops)
 
 
+@pytest.mark.parametrize(("schedule", "chain"), [("linear", (32,)), ("agp", (64, 32))])
+def test_a_third_of_96_channels_is_32_not_24(schedule: str, chain: tuple[int, ...]) -> None:
+    # Regression: 1 − 2/3 in floating point kept int(31.99…) = 31 channels, rounded down to 24.
+    spec = resolve_preset("seed-s2-start", pm=PM)  # base 96
+    result = prune(build_model(spec, pm=PM, seed=0), spec,
+                   PruningPlan(schedule=schedule, steps=5, chain=chain, final_finetune_epochs=0),
+                   pm=PM, progress=False)
+    final = count_complexity(build_model(resolve_preset("seed-final", pm=PM), pm=PM))
+    assert (result.card.macs, result.card.params) == (final.macs, final.params) == \
+        (28_684_404, 60_652)
+
+
 def test_default_target_is_the_widest_fitting_width_and_fits() -> None:
     spec = resolve_preset("seed-s2-start", pm=PM)  # base 96, 255 M MACs
     result = prune(build_model(spec, pm=PM, seed=0), spec, PruningPlan(steps=2, final_finetune_epochs=0),
