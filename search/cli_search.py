@@ -60,7 +60,7 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Parameter storage type the byte budget counts.")
 @click.option("--trials", "n_trials", type=int, default=16, show_default=True,
               help="Trials in the study, seed trials included (a rerun tops it up).")
-@click.option("--timeout", type=float, default=360, show_default=True,
+@click.option("--timeout", type=float, default=300, show_default=True,
               help="Stop starting trials after this many seconds of search (0: no limit).")
 @click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True)
 @_storage_options
@@ -81,10 +81,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="KD epochs of a trial's wide network.")
 @click.option("--promote", "top", type=int, default=1, show_default=True,
               help="Pareto-optimal trials to distil at full length (0: none).")
-@click.option("--promote-epochs", type=int, default=20, show_default=True)
+@click.option("--promote-epochs", type=int, default=16, show_default=True)
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
-@click.option("--teacher-epochs", type=int, default=30, show_default=True)
+@click.option("--teacher-epochs", type=int, default=20, show_default=True)
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,

@@ -53,13 +53,13 @@ class SearchSettings:
     max_param_bytes: int = 128_000
     storage_dtype: str = "float16"
     objective: str = "pareto"
-    proxy_epochs: int = 6
+    proxy_epochs: int = 4
     finetune_epochs: int = 1
     final_finetune_epochs: int = 3
-    promote_epochs: int = 30
-    promote_final_finetune_epochs: int = 10
+    promote_epochs: int = 16
+    promote_final_finetune_epochs: int = 8
     teachers: tuple[str, ...] = ("wide_cp_mobile",)
-    teacher_epochs: int = 40
+    teacher_epochs: int = 20
     ensemble: str = "mean_logits"
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
 
