@@ -38,7 +38,8 @@ def _storage_options(command: Any) -> Any:
 def _quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Failed trials are summarised in one progress line; their tracebacks are kept in the study.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _open(name: str, storage: str | None, studies: Path | None) -> Any:
@@ -151,11 +152,14 @@ def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
     from asc_search.promote import distill
     from asc_search.report import write_report
     from asc_search.storage import load_study
+    from asc_search.study import best_feasible
 
     study = load_study(name, url)
-    if top > 0:
+    if top > 0 and best_feasible(study) is not None:
         distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
                 progress=not obj.quiet, announce=_say)
+    elif top > 0:
+        _say("no feasible trained trial to promote; the report shows what was tried")
     page = write_report(load_study(name, url), folder=folder / "reports" / name)
     _say(f"report: {page}")
 
@@ -297,13 +301,20 @@ def studies_list(storage: str | None, studies: Path | None) -> None:
 
 @studies_group.command("show")
 @click.argument("study_name", metavar="STUDY")
+@click.option("--failed", is_flag=True, help="Print the stored traceback of every failed trial.")
 @_storage_options
-def studies_show(study_name: str, storage: str | None, studies: Path | None) -> None:
+def studies_show(study_name: str, failed: bool, storage: str | None,
+                 studies: Path | None) -> None:
     """One row per trial: spec summary, plan, MACs, bytes, validation accuracy, state, duration."""
     study = _open(study_name, storage, studies)
-    _stdout().print(_trial_table(study, study.get_trials(deepcopy=False),
-                                 title=f"study {study_name}"))
+    trials = study.get_trials(deepcopy=False)
+    _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
+    if failed:
+        for trial in trials:
+            if trial.state.name == "FAIL":
+                _say(f"--- trial {trial.number} failed:")
+                _say(trial.user_attrs.get("traceback", "(no traceback stored)").rstrip())
 
 
 @studies_group.command("pareto")

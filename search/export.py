@@ -1,10 +1,11 @@
 """``asc-search export STUDY --trial N --out DIR``: what a DCASE submission needs from one trial.
 
-The folder holds ``model.pt`` (tensor-only checkpoint, weights stored in 16 bits as the budget
-counts them), ``spec.json`` (the pruned network's per-layer widths), ``complexity.json`` (the DCASE
-count) and ``output.csv`` (the challenge's format: file name, predicted scene, one probability
-per scene, tab-separated) for the test list. A promoted trial exports its finalist network;
-otherwise the trial's search-time network. The folder appears only when everything is written.
+The folder holds ``model.pt`` (tensor-only checkpoint, weights stored in the type the budget
+counts, 16-bit by default), ``spec.json`` (the pruned network's per-layer widths),
+``complexity.json`` (the DCASE count) and ``output.csv`` (the challenge's format: file name,
+predicted scene, one probability per scene, tab-separated) for the test list. A promoted trial
+exports its finalist network; otherwise the trial's search-time network. The folder appears
+only when everything is written.
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from asc_search.architecture import build_model
 from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.dataset import SCENES
 from asc_search.errors import AscSearchError
+from asc_search.paths import studies_dir
 from asc_search.promote import finalists
 from asc_search.storage import artifact_store
 from asc_search.study import settings_of
 from asc_search.train import precision_for, predict
+
+_WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache: Path,
@@ -47,24 +52,34 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
     if artifact is None:
         status = trials[number].user_attrs.get("status", trials[number].state.name.lower())
         raise AscSearchError(f"trial {number} has no trained network ({status})")
-    if out.exists() and any(out.iterdir()):
-        raise AscSearchError(f"{out}: folder exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AscSearchError(f"{out}: exists and is not an empty folder")
+    weights_dtype = _WEIGHT_TYPES.get(settings.storage_dtype)
+    if weights_dtype is None:
+        raise AscSearchError(f"export stores float weights; this study counts "
+                             f"{settings.storage_dtype} (quantise the exported model separately)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         downloaded = partial / "downloaded.pt"
-        download_artifact(artifact_store=artifact_store(studies), artifact_id=artifact,
-                          file_path=str(downloaded))
+        try:
+            download_artifact(artifact_store=artifact_store(studies), artifact_id=artifact,
+                              file_path=str(downloaded))
+        except ArtifactNotFound:
+            raise AscSearchError(
+                f"trial {number}'s checkpoint is not in {(studies or studies_dir()) / 'artifacts'}: a worker "
+                "on another machine keeps its own studies/artifacts; share or copy it") from None
         loaded = load_checkpoint(downloaded)
         downloaded.unlink()
         model = build_model(loaded.spec, pm=pm)
         model.load_state_dict(loaded.state_dict)
-        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        half = {k: v.to(weights_dtype) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()}
         save_checkpoint(partial / "model.pt", spec=loaded.spec, state_dict=half,
                         metadata={**loaded.metadata, "study": study.study_name,
-                                  "weights_dtype": "float16"})
+                                  "weights_dtype": settings.storage_dtype})
         (partial / "spec.json").write_text(json.dumps(loaded.spec.to_dict(), indent=2) + "\n")
-        # The network as submitted: the 16-bit weights, restored to float for counting and scoring.
+        # The network as submitted: the stored weights, restored to float for counting and scoring.
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in half.items()})
         card = count_complexity(model, storage_dtype=settings.storage_dtype)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from asc_search.evaluate import Evaluation, evaluate
 from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
 from asc_search.search_space import Candidate, SearchSpace
+from asc_search.storage import scratch
 from asc_search.train import LabelledSet, Precision, fit, predict
 
 OBJECTIVES = ("pareto", "accuracy")
@@ -96,6 +96,7 @@ class TrialResources:
     teacher_logits: np.ndarray
     precision: Precision
     artifacts: Any  # an Optuna artifact store
+    studies: Path | None = None  # the studies folder (artifacts and their scratch space)
     progress: bool = False
 
 
@@ -260,7 +261,7 @@ def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: 
     """The trial's pruned network, tensor-only, as an Optuna artifact (``export`` reads it)."""
     from optuna.artifacts import upload_artifact
 
-    with tempfile.TemporaryDirectory() as folder:
+    with scratch(resources.studies) as folder:
         path = Path(folder) / f"trial-{trial.number}.pt"
         save_checkpoint(path, spec=outcome.spec, state_dict=outcome.model.state_dict(),
                         metadata={"trial": trial.number, "stage": "search",

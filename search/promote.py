@@ -15,7 +15,6 @@ the trial.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.evaluate import evaluate
 from asc_search.objective import evaluation_attrs, train_candidate
-from asc_search.storage import artifact_store
+from asc_search.storage import artifact_store, scratch
 from asc_search.study import feasible, pareto_trials, settings_of
 from asc_search.train import predict
 
@@ -88,15 +87,16 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             final_finetune_epochs=settings.promote_final_finetune_epochs, seed=0,
             progress=progress,
         )
+        card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
+        if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
+            announce(f"trial {trial.number} skipped: its promoted network does not fit the budget "
+                     f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
+            continue
         # Selection is over; only now does the test list get looked at.
         test = evaluate(predict(outcome.model, data.test.features, precision=precision),
                         data.test.labels, data.test.devices)
         outcome.model.to("cpu")
-        card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
-        if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
-            raise AscSearchError(f"trial {trial.number}'s promoted network does not fit the budget "
-                                 f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
-        with tempfile.TemporaryDirectory() as folder:
+        with scratch(studies) as folder:
             checkpoint = Path(folder) / f"trial-{trial.number}-finalist.pt"
             save_checkpoint(checkpoint, spec=outcome.spec, state_dict=outcome.model.state_dict(),
                             metadata={"trial": trial.number, "stage": "finalist",

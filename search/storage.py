@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; one clear error if it cannot be reached."""
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+        from sqlalchemy.engine import make_url
+
+        path = Path(make_url(url).database or "")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(path, timeout=60) as connection:  # WAL persists in the file
@@ -84,10 +87,21 @@ def check_study_name(name: str) -> str:
 
 
 def artifact_store(studies: Path | None = None) -> FileSystemArtifactStore:
-    """Checkpoints and cards of trials, under the studies folder (``studies/artifacts``)."""
+    """Checkpoints and cards of trials, under the studies folder (``studies/artifacts``).
+
+    Workers on other machines need this folder shared (or synced) to export their trials.
+    """
     folder = (studies or studies_dir()) / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
+
+
+def scratch(studies: Path | None = None) -> tempfile.TemporaryDirectory:
+    """A temporary folder inside the studies folder: files on their way into the artifact store
+    never touch ``$TMPDIR``, so nothing is written outside the studies and cache folders."""
+    folder = (studies or studies_dir()) / ".tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=folder)
 
 
 def load_study(name: str, url: str) -> optuna.Study:

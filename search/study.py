@@ -22,10 +22,12 @@ from asc_search.objective import SearchSettings, TrialResources, run_trial
 from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
 
 SETTINGS_ATTR = "asc_search_settings"
-_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-             optuna.trial.TrialState.FAIL)
 # Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
-_COUNTED = (*_FINISHED, optuna.trial.TrialState.RUNNING)
+# Failed trials do not: after a fix, a rerun still gets its full number of trials.
+_COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.RUNNING)
+#: A worker stops after this many failed trials in a row: something is broken, not unlucky.
+MAX_FAILURES_IN_A_ROW = 3
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 
@@ -116,7 +118,16 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
     study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                 load_if_exists=True,
                                 sampler=make_sampler(sampler, seed=seed))
+    if [d.name.lower() for d in study.directions] != directions:
+        raise AscSearchError(f"study {name!r} optimises {', '.join(d.name.lower() for d in study.directions)}"
+                             f", not {', '.join(directions)}; choose another --study")
     stored = study.user_attrs.get(SETTINGS_ATTR)
+    started = [t for t in study.get_trials(deepcopy=False)
+               if t.state != optuna.trial.TrialState.WAITING]
+    if stored is not None and stored != settings.to_json() and not started:
+        # Nothing ran under the old settings (say, a first run with a wrong --data): replace them.
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        stored = settings.to_json()
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         with warnings.catch_warnings():  # experimental in Optuna 5, and harmless
@@ -132,8 +143,6 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
         raise AscSearchError(
             f"study {name!r} in {mask_url(storage_url)} was made with other settings "
             f"({', '.join(differ)} differ); resume it with its own or choose another --study")
-    elif [d.name.lower() for d in study.directions] != directions:
-        raise AscSearchError(f"study {name!r} has objectives {study.directions}")
     return study
 
 
@@ -181,7 +190,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                           validation=data.validation, teacher_logits=ensemble.logits,
                           precision=precision, artifacts=artifact_store(studies),
-                          progress=progress)
+                          studies=studies, progress=progress)
 
 
 def run_worker(job: WorkerJob, *, pm: Any = None,
@@ -202,26 +211,31 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     storage = open_storage(job.storage_url)
     probe = optuna.load_study(study_name=job.study, storage=storage)
     settings = settings_of(probe)
-    sampler = make_sampler(job.sampler, seed=job.seed, n_trials=job.n_trials)
+    # A resumed study must not replay its first random draws: the seed moves on with the study.
+    seed = None if job.seed is None else job.seed + 1000 * len(probe.get_trials(deepcopy=False))
+    sampler = make_sampler(job.sampler, seed=seed, n_trials=job.n_trials)
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
                               pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
     resources = load_resources(settings, pm=pm, cache=cache_dir(job.cache),
                                studies=studies_dir(job.studies), device=job.device,
                                progress=job.progress)
     announce = announce or (lambda line: None)
-    callbacks: list[Any] = [_ProgressLine(announce, job.n_trials)]
-    remaining = None
+    progress = _ProgressLine(announce, job.n_trials)
+    callbacks: list[Any] = [progress]
     if job.n_trials is not None:
-        remaining = job.n_trials - len(study.get_trials(deepcopy=False,
-                                                        states=_COUNTED))
-        if remaining <= 0:
+        if len(study.get_trials(deepcopy=False, states=_COUNTED)) >= job.n_trials:
             return 0
         callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=_COUNTED))
-    before = len(study.get_trials(deepcopy=False, states=_FINISHED))
-    study.optimize(lambda trial: run_trial(trial, resources), n_trials=remaining,
+    # No n_trials here: MaxTrialsCallback ends the run when the study (all workers, failed
+    # trials not counted) holds enough trials.
+    study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
                    timeout=job.timeout, callbacks=callbacks, catch=(Exception,),
                    gc_after_trial=True, show_progress_bar=False)
-    return len(study.get_trials(deepcopy=False, states=_FINISHED)) - before
+    if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+        raise AscSearchError(f"{progress.failures_in_a_row} trials failed in a row; the last: "
+                             f"{progress.last_failure} (tracebacks: asc-search studies show "
+                             f"{job.study} --failed)")
+    return progress.finished
 
 
 class _ProgressLine:
@@ -229,9 +243,21 @@ class _ProgressLine:
 
     def __init__(self, announce: Callable[[str], None], n_trials: int | None) -> None:
         self.announce, self.n_trials = announce, n_trials
+        self.finished = 0  # trials this process ran
+        self.failures_in_a_row = 0
+        self.last_failure = ""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.finished += 1
         attrs = trial.user_attrs
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.failures_in_a_row += 1
+            lines = attrs.get("traceback", "").strip().splitlines()
+            self.last_failure = lines[-1] if lines else "no traceback"
+            if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                study.stop()
+        else:
+            self.failures_in_a_row = 0
         done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
         total = f"/{self.n_trials}" if self.n_trials else ""
         label = f" [{attrs['seed_trial']}]" if "seed_trial" in attrs else ""
@@ -241,6 +267,8 @@ class _ProgressLine:
         elif attrs.get("status") == "infeasible":
             what = (f"infeasible, not trained ({attrs['macs'] / 1e6:.2f} M MACs, "
                     f"{attrs['param_bytes']:,} B)")
+        elif trial.state == optuna.trial.TrialState.FAIL:
+            what = f"failed: {self.last_failure}"
         else:
             what = trial.state.name.lower()
         best = best_feasible(study)
@@ -284,7 +312,7 @@ def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
 
 def _worker_process(job: WorkerJob) -> int:
     # A child prints its own progress lines; stdout is shared with the parent's terminal.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return run_worker(job, announce=lambda line: print(line, flush=True))
 
 

@@ -137,9 +137,26 @@ def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corp
     run_worker(WorkerJob(study="flaky", storage_url=url, sampler="random", seed=0, n_trials=2,
                          timeout=None), pm=pm)
     trials = optuna.load_study(study_name="flaky", storage=url).trials
-    assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.FAIL,
+    # The failed trial does not use up one of the 2 trials asked for.
+    assert [t.state for t in trials[:3]] == [optuna.trial.TrialState.FAIL,
+                                             optuna.trial.TrialState.COMPLETE,
                                              optuna.trial.TrialState.COMPLETE]
     assert "plugin exploded inside a trial" in trials[0].user_attrs["traceback"]
+
+
+def test_a_broken_search_stops_after_three_failures(pm, tiny_corpus: Path, monkeypatch) -> None:
+    import asc_search.objective as objective
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("always broken")
+
+    monkeypatch.setattr(objective, "train_candidate", broken)
+    settings = _settings(tiny_corpus, pm=pm)
+    _, url = _study("broken", settings, pm=pm, seed_trials=True)
+    with pytest.raises(AscSearchError, match=r"3 trials failed in a row.*always broken"):
+        run_worker(WorkerJob(study="broken", storage_url=url, sampler="random", seed=0,
+                             n_trials=10, timeout=None), pm=pm)
+    assert len(optuna.load_study(study_name="broken", storage=url).trials) == 4  # 3 + 1 queued
 
 
 def test_single_objective_reports_every_epoch(pm, tiny_corpus: Path) -> None:
@@ -158,8 +175,17 @@ def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
     first, _ = _study("resume", settings, pm=pm, seed_trials=True)
     again, _ = _study("resume", settings, pm=pm, seed_trials=True)
     assert len(again.trials) == len(first.trials) == 4  # seeds are queued once
+    # Nothing has run yet: new settings (a corrected first run) replace the old ones.
+    changed = SearchSettings(**{**settings.__dict__, "max_macs": 20_000_000})
+    replaced, url = _study("resume", changed, pm=pm)
+    assert len(replaced.trials) == 4
+    run_worker(WorkerJob(study="resume", storage_url=url, sampler="random", seed=0, n_trials=1,
+                         timeout=None), pm=pm)
+    # Once a trial has run, other settings are refused, naming what differs.
     with pytest.raises(AscSearchError, match="max_macs"):
-        _study("resume", SearchSettings(**{**settings.__dict__, "max_macs": 20_000_000}), pm=pm)
+        _study("resume", settings, pm=pm)
+    with pytest.raises(AscSearchError, match="optimises maximize, minimize"):
+        _study("resume", SearchSettings(**{**changed.__dict__, "objective": "accuracy"}), pm=pm)
 
 
 def test_storage_urls_and_names() -> None:

@@ -83,7 +83,10 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     assert len(optuna.load_study(study_name="e2e", storage=_storage(tmp_path)).trials) == 8
 
     # Bad input on the reading side.
-    one_line_error(cli("export", "e2e", "--trial", "0", "--out", out), "not empty")
+    one_line_error(cli("export", "e2e", "--trial", "0", "--out", out), "not an empty folder")
+    (tmp_path / "a-file").write_text("x")
+    one_line_error(cli("export", "e2e", "--trial", "0", "--out", tmp_path / "a-file"),
+                   "not an empty folder")
     one_line_error(cli("export", "e2e", "--trial", "99", "--out", tmp_path / "x"), "no trial 99")
     assert not (tmp_path / "x").exists()
     one_line_error(cli("studies", "show", "nope"), "no study 'nope'", "e2e")
