@@ -1,6 +1,6 @@
 """Search efficiency: hypervolume of (validation accuracy, MACs) after N trials, per sampler.
 
-One command: ``python benchmarks/search_efficiency.py [--trials 10] [--seeds 0 1 2]``.
+One command: ``python benchmarks/search_efficiency.py [--trials 16] [--seeds 0 1 2]``.
 For each sampler (tpe, nsga2, random) and seed, a fresh study searches the default space on the
 embedded corpus's 5 % split under 30 M MACs / 128 kB, without the seed trials (they would be the
 same for every sampler). After every trial the hypervolume of the feasible front is recorded,
@@ -50,11 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="embedded")
     parser.add_argument("--split", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS))
     parser.add_argument("--proxy-epochs", type=int, default=2)
-    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).with_name("search_efficiency.jsonl"))

@@ -80,6 +80,9 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
 @click.option("--proxy-epochs", type=int, default=4, show_default=True,
               help="KD epochs of a trial's wide network.")
+@click.option("--batch-size", type=int, default=None,
+              help="Clips per step for trials, teachers and finalists [default: split size / 25, "
+                   "between 16 and 256].")
 @click.option("--promote", "top", type=int, default=1, show_default=True,
               help="Pareto-optimal trials to distil at full length (0: none).")
 @click.option("--promote-epochs", type=int, default=16, show_default=True)
@@ -91,7 +94,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
                 timeout: float, study_name: str, storage: str | None, studies: Path | None,
                 sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
-                seed_trials: bool, proxy_epochs: int, top: int, promote_epochs: int,
+                seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
+                promote_epochs: int,
                 teacher_names: tuple[str, ...], teacher_epochs: int) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
@@ -111,8 +115,9 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     )
 
     _quiet_optuna()
-    if n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or top < 0:
-        raise AscSearchError("--n-jobs, --trials and --proxy-epochs must be ≥ 1, --promote ≥ 0")
+    if n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or top < 0 or (batch_size or 1) < 1:
+        raise AscSearchError("--n-jobs, --trials, --proxy-epochs and --batch-size must be ≥ 1, "
+                             "--promote ≥ 0")
     folder = studies_dir(studies)
     raw, source = read_space(space)
     parsed = space_from_dict(raw, source=source, pm=obj.pm)
@@ -123,6 +128,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         storage_dtype=storage_dtype, objective=objective, proxy_epochs=proxy_epochs,
         promote_epochs=promote_epochs,
         teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
+        recipe={} if batch_size is None else {"batch_size": batch_size},
     )
     url = resolve_storage(storage, studies=folder)
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,

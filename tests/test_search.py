@@ -16,8 +16,7 @@ from asc_search.search_space import read_space, space_from_dict
 from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage
 from asc_search.study import SEED_TRIALS, WorkerJob, create_or_resume, run_worker, seed_params
 
-QUICK = {"proxy_epochs": 1, "final_finetune_epochs": 1, "teacher_epochs": 1,
-         "recipe": {"batch_size": 64}}
+QUICK = {"proxy_epochs": 1, "final_finetune_epochs": 1, "teacher_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +185,17 @@ def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
         _study("resume", settings, pm=pm)
     with pytest.raises(AscSearchError, match="optimises maximize, minimize"):
         _study("resume", SearchSettings(**{**changed.__dict__, "objective": "accuracy"}), pm=pm)
+
+
+def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
+    from asc_search.objective import auto_batch_size
+
+    assert [auto_batch_size(n) for n in (40, 400, 1_000, 8_000, 139_000)] == [16, 16, 40, 256, 256]
+    settings = _settings(tiny_corpus, pm=pm)
+    assert settings.base_recipe(400).batch_size == 16
+    assert settings.teacher_recipe(400).batch_size == 16
+    fixed = SearchSettings(**{**settings.__dict__, "recipe": {"batch_size": 256}})
+    assert fixed.base_recipe(400).batch_size == 256
 
 
 def test_storage_urls_and_names() -> None:
