@@ -181,7 +181,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), chain=chain,
             max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
             storage_dtype=settings.storage_dtype, finetune_epochs=finetune_epochs,
-            final_finetune_epochs=final_finetune_epochs,
+            final_finetune_epochs=final_finetune_epochs, fit_budget=True,
         )
         result = prune(model, wide, plan, pm=pm, train=train, teacher_logits=teacher_logits,
                        recipe=recipe, precision=precision, progress=progress)

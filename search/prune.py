@@ -87,6 +87,10 @@ class PruningPlan:
     finetune_epochs: int = 2
     final_finetune_epochs: int = 10
     taylor_batches: int = 4
+    #: Prune further, in one-shot steps, while the result is over budget (the search sets this:
+    #: rounding channel counts to ``round_to`` can leave a uniformly pruned network a little
+    #: wider than the final spec that was counted). Off: an over-budget result is refused.
+    fit_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "chain": list(self.chain)}
@@ -181,22 +185,48 @@ def prune(
             if on_step is not None:
                 on_step(record)
             last = stage == len(chain) and step == plan.steps
-            epochs = plan.final_finetune_epochs if last else plan.finetune_epochs
-            if train is not None and epochs > 0:
-                fit(model, train, recipe.with_(epochs=epochs, warmup_steps=0),
+            if train is not None and plan.finetune_epochs > 0 and not last:
+                fit(model, train, recipe.with_(epochs=plan.finetune_epochs, warmup_steps=0),
                     teacher_logits=teacher_logits, precision=precision, progress=progress,
                     label=f"fine-tune stage {stage} step {step}")
                 model.to("cpu").to(memory_format=torch.contiguous_format)
         current_base = target
+    assert card is not None
+    extra = 0
+    while plan.fit_budget and _over(card, plan) and extra < 6:
+        # MACs and bytes shrink roughly with the square of the width: aim a little under budget.
+        keep = min(0.9, 0.97 * math.sqrt(min(plan.max_macs / card.macs,
+                                              plan.max_param_bytes / card.param_bytes)))
+        extra += 1
+        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        if metric.needs_gradients:
+            _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
+        tp.pruner.MetaPruner(model, example, importance=metric.make(), pruning_ratio=1 - keep,
+                             iterative_steps=1, ignored_layers=[_head(model)],
+                             round_to=plan.round_to, global_pruning=False).step()
+        model.zero_grad(set_to_none=True)
+        card = count_complexity(model, storage_dtype=plan.storage_dtype)
+        record = PruningStep(len(chain) + 1, extra, card.macs, card.params, 1 - keep)
+        steps.append(record)
+        if on_step is not None:
+            on_step(record)
+    if train is not None and plan.final_finetune_epochs > 0:
+        fit(model, train, recipe.with_(epochs=plan.final_finetune_epochs, warmup_steps=0),
+            teacher_logits=teacher_logits, precision=precision, progress=progress,
+            label="final fine-tune")
+        model.to("cpu").to(memory_format=torch.contiguous_format)
     new_spec = spec.with_(channel_overrides=read_widths(model, spec))
     # Fine-tuning changes weights, not shapes: the last step's count is the final network's.
-    assert card is not None
-    if card.macs > plan.max_macs or card.param_bytes > plan.max_param_bytes:
+    if _over(card, plan):
         raise PruningError(
             f"pruned network has {card.macs:,} MACs and {card.param_bytes:,} bytes, over the "
             f"budget of {plan.max_macs:,} / {plan.max_param_bytes:,}; choose a narrower chain target"
         )
     return PruningResult(model=model, spec=new_spec, card=card, steps=steps)
+
+
+def _over(card: ComplexityCard, plan: PruningPlan) -> bool:
+    return card.macs > plan.max_macs or card.param_bytes > plan.max_param_bytes
 
 
 def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:

@@ -65,6 +65,33 @@ def test_a_seed_outside_the_space_is_skipped(pm) -> None:
     assert seed_params(space) == {}
 
 
+def test_a_candidate_whose_rounded_widths_overshoot_is_pruned_until_it_fits(pm) -> None:
+    # Found by the search-efficiency benchmark: this final spec counts 29.6 M MACs, but the
+    # 72-wide network pruned uniformly to 24 rounds its stages up and came out at 39.7 M.
+    from asc_search.prune import PruningPlan, prune
+
+    raw, source = read_space("sscp_mobile")
+    space = space_from_dict(raw, source=source, pm=pm)
+    candidate = space.candidate({
+        "base_channels": 24, "channels_multiplier": 1.7643553195600217,
+        "expansion_rate": 2.102570303069398, "n_blocks": [2, 2, 2],
+        "stem_factorization": "parallel", "stage1_factorization": "parallel",
+        "stage2_factorization": "plain", "stage3_factorization": "sequential",
+        "prune_width_ratio": 3.0, "prune_stages": 1, "prune_steps": 2})
+    assert count_complexity(build_model(candidate.spec, pm=pm)).fits()
+    wide, chain = wide_and_chain(candidate)
+    plan = PruningPlan(importance="l1", schedule="agp", steps=2, chain=chain,
+                       final_finetune_epochs=0)
+    with pytest.raises(AscSearchError, match="over the budget"):
+        prune(build_model(wide, pm=pm, seed=0), wide, plan, pm=pm, progress=False)
+    fitted = prune(build_model(wide, pm=pm, seed=0), wide,
+                   PruningPlan(**{**plan.to_dict(), "chain": chain, "fit_budget": True}),
+                   pm=pm, progress=False)
+    assert fitted.card.fits()
+    assert fitted.steps[-1].stage == 2  # the extra, fitting step
+    assert count_complexity(build_model(fitted.spec, pm=pm)).macs == fitted.card.macs
+
+
 def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypatch) -> None:
     import asc_search.objective as objective
 
