@@ -104,7 +104,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.errors import AscSearchError
     from asc_search.objective import SearchSettings
     from asc_search.paths import studies_dir
-    from asc_search.search_space import read_space, space_from_dict
+    from asc_search.search_space import read_space, smallest_candidate, space_from_dict
     from asc_search.storage import mask_url, resolve_storage
     from asc_search.study import (
         WorkerJob,
@@ -130,6 +130,13 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
         recipe={} if batch_size is None else {"batch_size": batch_size},
     )
+    smallest, card = smallest_candidate(parsed, pm=obj.pm, storage_dtype=storage_dtype)
+    if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
+        raise AscSearchError(
+            f"no network in space {parsed.name!r} fits {settings.max_macs:,} MACs and "
+            f"{settings.max_param_bytes:,} bytes ({storage_dtype}): its smallest counts "
+            f"{card.macs:,} MACs and {card.param_bytes:,} bytes (base_channels "
+            f"{smallest.spec.base_channels}); raise the budget or widen the space")
     url = resolve_storage(storage, studies=folder)
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,
                              sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)

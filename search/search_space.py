@@ -34,7 +34,7 @@ import pluggy
 import yaml
 
 from asc_search.architecture import ArchSpec, SpecError, architectures, build_model
-from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, count_complexity
+from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.plugin_manager import collect_named
 
@@ -296,6 +296,37 @@ def _check_allowed(info: DimensionInfo, values: Collection[Any], *, source: str,
         if value not in allowed:
             shown = ", ".join(map(str, allowed))
             raise SpaceError(f"{source}: {info.name} {value!r} is not known (known: {shown})")
+
+
+def smallest_candidate(space: SearchSpace, *, pm: pluggy.PluginManager,
+                       storage_dtype: str = "float16") -> tuple[Candidate, ComplexityCard]:
+    """The space's cheapest final network, found one spec dimension at a time.
+
+    Numeric dimensions shrink the network towards their low end; for each categorical one, every
+    choice is counted with the others held at their cheapest. Complexity is close to additive over
+    these dimensions, so this finds the minimum in about 20 counts (≈ 1 s) instead of searching
+    the product. A run uses it to refuse, before any training, a budget no candidate can meet.
+    """
+    values: dict[str, Any] = {}
+    for dimension in space.dimensions:
+        if space.infos[dimension.name].target != "spec":
+            continue
+        values[dimension.name] = (dimension.choices[0] if dimension.kind == "categorical"
+                                  else int(dimension.low) if dimension.kind == "int"
+                                  else dimension.low)
+
+    def count(trial_values: Mapping[str, Any]) -> ComplexityCard:
+        model = build_model(space.candidate(trial_values).spec, pm=pm)
+        return count_complexity(model, storage_dtype=storage_dtype)
+
+    for dimension in space.dimensions:
+        if dimension.name not in values or dimension.kind != "categorical":
+            continue
+        cards = {index: count({**values, dimension.name: choice})
+                 for index, choice in enumerate(dimension.choices)}
+        best = min(cards, key=lambda i: (cards[i].macs, cards[i].param_bytes))
+        values[dimension.name] = dimension.choices[best]
+    return space.candidate(values), count(values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,10 @@ def test_run_bad_input(cli, tiny_corpus: Path, tmp_path: Path) -> None:
     one_line_error(cli("run", "--data", tiny_corpus, "--space", "nope"), "unknown space 'nope'")
     one_line_error(cli("run", "--data", tiny_corpus, "--budget-macs", "lots"), "--budget-macs")
     one_line_error(cli("studies", "show", "ghost"), "no study 'ghost'")
+    # A budget nothing in the space can meet is refused before any study, data or training.
+    one_line_error(cli("run", "--data", tiny_corpus, "--budget-macs", "1M", "--study", "tiny"),
+                   "no network in space 'sscp_mobile' fits 1,000,000 MACs", "smallest counts")
+    assert not list((tmp_path / "cache").glob("teachers/*"))
     assert not (tmp_path / "studies" / "reports").exists()
 
 

@@ -125,3 +125,16 @@ def test_recipe_fields_are_training_dimensions(tmp_path: Path) -> None:
 
     recipe = TrainingRecipe().with_(**candidate.training)
     assert recipe.kd_weight in (0.9, 0.98)
+
+
+def test_smallest_candidate_is_no_larger_than_random_ones() -> None:
+    from asc_search.search_space import smallest_candidate
+
+    pm = build_plugin_manager()
+    space = load_space("sscp_mobile", pm=pm)
+    _, smallest = smallest_candidate(space, pm=pm)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(15):
+        candidate = space.suggest(study.ask())
+        card = count_complexity(build_model(candidate.spec, pm=pm))
+        assert smallest.macs <= card.macs and smallest.param_bytes <= card.param_bytes
