@@ -202,6 +202,13 @@ def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[f
         return _run_trial(trial, resources)
     except optuna.TrialPruned:
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C: Optuna records this trial as FAIL; queue its parameters again so the rerun
+        # that resumes the study trains the same candidate (a seed trial stays a seed trial).
+        trial.set_user_attr("status", "interrupted")
+        keep = {k: v for k, v in trial.user_attrs.items() if k == "seed_trial"}
+        trial.study.enqueue_trial(trial.params, user_attrs=keep)
+        raise
     except Exception:
         # The study goes on (optimize catches); the trial keeps why it failed.
         trial.set_user_attr("traceback", traceback.format_exc()[-4000:])

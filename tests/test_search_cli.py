@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -102,6 +104,49 @@ def test_two_local_workers_share_one_study(cli, tiny_corpus: Path, tmp_path: Pat
     assert 6 <= len(trials) <= 7
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "run", "--data",
+               str(tiny_corpus), *QUICK, "--proxy-epochs", "3", "--trials", "5", "--study", "int",
+               "--promote", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("trial 0 "):
+            break
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # interrupt while the second trial trains
+        running = optuna.load_study(study_name="int", storage=_storage(tmp_path)).get_trials(
+            states=(optuna.trial.TrialState.RUNNING,))
+        if running:
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.1)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert [line for line in err.splitlines() if line.strip()] == ["error: interrupted"]
+    study = optuna.load_study(study_name="int", storage=_storage(tmp_path))
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states  # nothing left half-recorded
+    interrupted = [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
+    queued = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert interrupted[0].params in [t.system_attrs.get("fixed_params") for t in queued]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="int", storage=_storage(tmp_path))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 5
+    assert interrupted[0].user_attrs["seed_trial"] in {t.user_attrs.get("seed_trial")
+                                                       for t in done}
 
 
 def test_run_bad_input(cli, tiny_corpus: Path, tmp_path: Path) -> None:
