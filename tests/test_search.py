@@ -225,6 +225,39 @@ def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
     assert fixed.base_recipe(400).batch_size == 256
 
 
+WRITER = """
+import sys, optuna
+from asc_search.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="writers", storage=open_storage(sys.argv[1]))
+def objective(trial):
+    for k in range(5):  # many small writes per trial, as a search trial makes
+        trial.set_user_attr(f"a{k}", k)
+    return trial.suggest_float("x", 0, 1)
+study.optimize(objective, n_trials=25)
+"""
+
+
+def test_the_default_storage_takes_four_concurrent_writers() -> None:
+    import subprocess
+    import sys
+
+    from asc_search.storage import open_storage
+
+    url = resolve_storage(None)
+    optuna.create_study(study_name="writers", storage=open_storage(url))
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url], stderr=subprocess.PIPE,
+                                text=True) for _ in range(4)]
+    errors = [w.communicate(timeout=300)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0, 0, 0], errors
+    assert not any("locked" in e for e in errors), errors
+    trials = optuna.load_study(study_name="writers", storage=url).trials
+    assert len(trials) == 100
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.user_attrs) == 5
+               for t in trials)
+    assert sorted(t.number for t in trials) == list(range(100))  # none lost, none twice
+
+
 def test_storage_urls_and_names() -> None:
     assert mask_url("postgresql://alice:s3cret@db:5432/asc") == "postgresql://alice:***@db:5432/asc"
     assert "s3cret" not in mask_url("postgresql+psycopg2://u:s3cret@h/db")
