@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +81,48 @@ def one_line_error(result: CliResult, *needles: str) -> None:
         assert needle in errors[0], (needle, errors[0])
 
 
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on loopback for this test session (installed by ``.ci/run``).
+
+    The URL carries a password, so tests can check that it is never printed. Run as root (CI
+    containers), the server runs as the ``postgres`` user, since PostgreSQL refuses root.
+    """
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    folder = binaries[-1] if binaries else os.path.dirname(shutil.which("initdb") or "")
+    if not folder or not os.path.exists(os.path.join(folder, "initdb")):
+        pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
+    # Not under pytest's temporary folder: as root that is mode 0700, closed to the postgres user.
+    base = Path(tempfile.mkdtemp(prefix="asc-search-pg-"))
+    data, password = base / "data", "s3cret-pw"
+    (base / "pw").write_text(password + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(base / "pw", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+
+    def run(*args: str) -> None:
+        subprocess.run([*prefix, *args], check=True, capture_output=True, text=True)
+
+    run(os.path.join(folder, "initdb"), "-D", str(data), "-U", "asc", "--pwfile", str(base / "pw"),
+        "-A", "scram-sha-256", "-E", "UTF8")
+    run(os.path.join(folder, "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start")
+    try:
+        yield f"postgresql://asc:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        run(os.path.join(folder, "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(base, ignore_errors=True)

@@ -165,3 +165,23 @@ def test_run_bad_input(cli, tiny_corpus: Path, tmp_path: Path) -> None:
 def test_dashboard_without_optuna_dashboard(cli, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if absent
     one_line_error(cli("dashboard"), "optuna-dashboard is not installed")
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql(cli, tiny_corpus: Path, postgres_url: str,
+                                   monkeypatch) -> None:
+    monkeypatch.setenv("ASC_SEARCH_STORAGE", postgres_url)  # the password never on a command line
+    result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "6", "--n-jobs", "2",
+                 "--no-seed-trials", "--promote", "0", "--study", "pg")
+    assert result.code == 0, result.err
+    assert "s3cret-pw" not in result.out + result.err
+    assert "asc:***@127.0.0.1" in result.out
+    trials = optuna.load_study(study_name="pg", storage=postgres_url).trials
+    assert 6 <= len(trials) <= 7
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                optuna.trial.TrialState.FAIL)
+    assert all(t.state in finished for t in trials)  # none lost (left RUNNING)
+    assert len({t.number for t in trials}) == len(trials)  # none run twice
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    listed = cli("studies", "list")
+    assert "pg" in listed.out and "s3cret-pw" not in listed.out
