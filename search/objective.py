@@ -114,6 +114,7 @@ class TrialResources:
     artifacts: Any  # an Optuna artifact store
     studies: Path | None = None  # the studies folder (artifacts and their scratch space)
     progress: bool = False
+    test: LabelledSet | None = None  # loaded for promotion only: trials never see it
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.evaluate import evaluate
 from asc_search.objective import evaluation_attrs, train_candidate
-from asc_search.storage import artifact_store, scratch
-from asc_search.study import feasible, pareto_trials, settings_of
+from asc_search.storage import scratch
+from asc_search.study import feasible, load_resources, pareto_trials, settings_of
 from asc_search.train import predict
 
 FINALIST_PREFIX = "finalist:"
@@ -57,23 +57,14 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             device: str = "cpu", progress: bool = True, with_baseline: bool = True,
             announce: Callable[[str], None] = lambda line: None) -> dict[int, dict[str, Any]]:
     """Promote the study's finalists (see the module docstring); return their results."""
-    from asc_search.experiment import load_split_data
-    from asc_search.search_space import space_from_dict
-    from asc_search.teachers import ensemble_logits
-    from asc_search.train import precision_for
-
     settings = settings_of(study)
     chosen = choose_finalists(study, top=top, with_baseline=with_baseline)
     if not chosen:
         raise AscSearchError(f"study {study.study_name!r} has no feasible trained trial to promote")
-    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
-    data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
-                           progress=progress, with_test=True)
-    precision = precision_for(device)
-    ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
-                               cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
-                               precision=precision, mode=settings.ensemble, progress=progress)
-    store = artifact_store(studies)
+    loaded = load_resources(settings, pm=pm, cache=cache, studies=studies, device=device,
+                            progress=progress, with_test=True)
+    space, precision, store = loaded.space, loaded.precision, loaded.artifacts
+    data, teacher_logits = loaded, loaded.teacher_logits
     results = {}
     for trial in chosen:
         candidate = space.candidate(space.values_of(trial.params))
@@ -82,7 +73,7 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                  f"with KD, prune, {settings.promote_final_finetune_epochs} epochs fine-tune")
         outcome = train_candidate(
             candidate, settings=settings, pm=pm, train=data.train, validation=data.validation,
-            teacher_logits=ensemble.logits, precision=precision, epochs=settings.promote_epochs,
+            teacher_logits=teacher_logits, precision=precision, epochs=settings.promote_epochs,
             finetune_epochs=max(settings.finetune_epochs, 2),
             final_finetune_epochs=settings.promote_final_finetune_epochs, seed=0,
             progress=progress,

@@ -173,8 +173,11 @@ class WorkerJob:
 
 
 def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: Path | None,
-                   device: str, progress: bool) -> TrialResources:
-    """Load a worker's data, teachers' logits and space (all cache hits after the first)."""
+                   device: str, progress: bool, with_test: bool = False) -> TrialResources:
+    """Load a worker's data, teachers' logits and space (all cache hits after the first).
+
+    ``with_test`` adds the test list, for promotion; search workers never load it.
+    """
     from asc_search.experiment import load_split_data
     from asc_search.search_space import space_from_dict
     from asc_search.teachers import ensemble_logits
@@ -182,7 +185,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
 
     space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
     data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
-                           progress=progress, with_test=False)
+                           progress=progress, with_test=with_test)
     precision = precision_for(device)
     ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
                                cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
@@ -190,7 +193,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                           validation=data.validation, teacher_logits=ensemble.logits,
                           precision=precision, artifacts=artifact_store(studies),
-                          studies=studies, progress=progress)
+                          studies=studies, progress=progress, test=data.test)
 
 
 def run_worker(job: WorkerJob, *, pm: Any = None,
