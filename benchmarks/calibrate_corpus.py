@@ -14,10 +14,11 @@ epochs for 5 / 10 / 25 / 50 / 100 %, warm-up 10 % of the steps.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
+
+from results import append_result, read_results
 
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.evaluate import evaluate
@@ -71,17 +72,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
-    done = set()
-    if args.out.is_file():  # resume: runs already recorded are not repeated
-        for line in args.out.read_text().splitlines():
-            entry = json.loads(line)
-            if "kd" in entry:
-                done.add((entry["split"], entry["kd"], entry["seed"]))
+    # Resume: runs already recorded are not repeated.
+    done = {(e["split"], e["kd"], e["seed"]) for e in read_results(args.out) if "kd" in e}
 
     def record(entry: dict) -> None:
-        print(json.dumps(entry), flush=True)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_result(args.out, entry)
 
     for split in args.splits:
         data = load_split_data(args.data, split, pm=pm, cache_dir=cache, progress=False)
@@ -111,7 +106,7 @@ def main() -> None:
 
 def report(path: Path) -> str:
     """Markdown tables (test and validation macro accuracy per split, KD at split 5) from results."""
-    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    entries = read_results(path)
     runs = [e for e in entries if "kd" in e]
 
     def pct(value) -> str:

@@ -14,13 +14,13 @@ candidates are the wall time of those trials minus their counting, which the sea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import optuna
 import torch
+from results import append_result, read_results
 
 from asc_search.objective import SearchSettings
 from asc_search.paths import cache_dir
@@ -70,9 +70,7 @@ def main() -> None:
     folder = cache / "benchmarks" / "search-efficiency"
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder / 'studies.db'}"
-    done = set()
-    if args.out.is_file():
-        done = {(e["sampler"], e["seed"]) for e in map(json.loads, args.out.read_text().splitlines())}
+    done = {(e["sampler"], e["seed"]) for e in read_results(args.out)}
     raw, source = read_space("sscp_mobile")
     space = space_from_dict(raw, source=source, pm=pm)
     settings = SearchSettings(space=raw, space_source=source, data=args.data, split=args.split,
@@ -109,13 +107,11 @@ def main() -> None:
                     for t in infeasible), 2),
                 "seconds": round(seconds, 1), "proxy_epochs": args.proxy_epochs,
             }
-            print(json.dumps(entry), flush=True)
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            append_result(args.out, entry)
 
 
 def report(path: Path) -> str:
-    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    entries = read_results(path)
     lines = ["| sampler | seeds | trials | hypervolume after N/2 | after N (mean ± sd) | "
              "best validation % (mean) | feasible / infeasible | training s on infeasible | "
              "wall s of infeasible trials (counting only) | minutes per study |",

@@ -19,12 +19,12 @@ is kept under ``--work`` so a rerun skips training it. Results are appended as J
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from calibrate_corpus import recipe_for
+from results import append_result, read_results
 
 from asc_search.architecture import build_model, resolve_preset
 from asc_search.checkpoint import load_checkpoint, save_checkpoint
@@ -80,14 +80,10 @@ def main() -> None:
     pm, cache = build_plugin_manager(), cache_dir()
     work = args.work or cache / "benchmarks" / "seed-plans"
     work.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.out.is_file():
-        done = {json.loads(line)["plan"] for line in args.out.read_text().splitlines()}
+    done = {e["plan"] for e in read_results(args.out)}
 
     def record(entry: dict) -> None:
-        print(json.dumps(entry), flush=True)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_result(args.out, entry)
 
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
     # The teachers' recipe is calibrate_corpus.py's, so its cached ensemble is reused.
@@ -153,7 +149,7 @@ def main() -> None:
 
 def report(path: Path) -> str:
     """A markdown table of the recorded plans."""
-    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    entries = read_results(path)
 
     def pct(value: float) -> str:
         return f"{100 * value:.1f}"

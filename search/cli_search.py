@@ -145,8 +145,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
          f"{waiting} queued")
     started = time.perf_counter()
     # Data, features and teachers once, here, so parallel workers all find them cached.
-    load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
-                   progress=not obj.quiet)
+    resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
+                               device=device, progress=not obj.quiet)
     _say(f"data and teachers ready ({time.perf_counter() - started:.0f} s); searching")
     jobs = [WorkerJob(study=study_name, storage_url=url, sampler=sampler,
                       seed=None if seed is None else seed + index, n_trials=n_trials,
@@ -155,7 +155,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                       plugins=tuple(obj.pm_modules), cache=str(obj.cache), studies=str(folder),
                       device=device, progress=not obj.quiet and n_jobs == 1)
             for index in range(n_jobs)]
-    run_workers(jobs, announce=_say, pm=obj.pm)
+    run_workers(jobs, announce=_say, pm=obj.pm, resources=resources)
     _after_search(obj, study_name, url, folder, top, device)
     _say(f"done in {(time.perf_counter() - started) / 60:.1f} min")
 

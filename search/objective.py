@@ -26,7 +26,7 @@ import torch
 
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.checkpoint import save_checkpoint
-from asc_search.complexity import count_complexity
+from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
 from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
@@ -157,11 +157,14 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                     train: LabelledSet, validation: LabelledSet, teacher_logits: np.ndarray,
                     precision: Precision, epochs: int, finetune_epochs: int,
                     final_finetune_epochs: int, seed: int = 0, progress: bool = False,
-                    on_epoch: Callable[[torch.nn.Module, int], None] | None = None) -> Outcome:
+                    on_epoch: Callable[[torch.nn.Module, int], None] | None = None,
+                    final_card: ComplexityCard | None = None) -> Outcome:
     """Train wide with KD, prune by the candidate's plan, fine-tune with KD, score on validation.
 
     Search trials call this with the proxy lengths; promotion calls it again with longer ones.
     ``on_epoch(model, epoch)`` follows every epoch of the wide training (intermediate reports).
+    ``final_card`` is the candidate's count if the caller has one: an unpruned network is then
+    not counted again (a pruned one carries the count its last pruning step made).
     """
     started = time.perf_counter()
     wide, chain = wide_and_chain(candidate)
@@ -188,7 +191,9 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                        recipe=recipe, precision=precision, progress=progress)
         model, spec = result.model, result.spec
         model.to("cpu")
-    card = count_complexity(model, storage_dtype=settings.storage_dtype)
+        card = result.card
+    else:
+        card = final_card or count_complexity(model, storage_dtype=settings.storage_dtype)
     logits = predict(model, validation.features, precision=precision)
     model.to("cpu")
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
@@ -255,7 +260,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
         precision=resources.precision, epochs=settings.proxy_epochs,
         finetune_epochs=settings.finetune_epochs,
         final_finetune_epochs=settings.final_finetune_epochs, seed=trial.number,
-        progress=resources.progress, on_epoch=on_epoch,
+        progress=resources.progress, on_epoch=on_epoch, final_card=card,
     )
     # The pruned network, not the sampled spec, is what would be submitted: constrain that.
     trial.set_constraint("macs", outcome.macs - settings.max_macs)

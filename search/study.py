@@ -197,8 +197,11 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
 
 
 def run_worker(job: WorkerJob, *, pm: Any = None,
-               announce: Callable[[str], None] | None = None) -> int:
+               announce: Callable[[str], None] | None = None,
+               resources: TrialResources | None = None) -> int:
     """Run trials of ``job.study`` until it holds ``n_trials`` or ``timeout`` passes.
+
+    ``resources``: the data and teacher logits when the caller has loaded them already.
 
     Returns how many trials this worker finished. Every worker counts the study's trials, so
     N workers together stop at ``n_trials``, not N × ``n_trials``.
@@ -219,9 +222,9 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     sampler = make_sampler(job.sampler, seed=seed, n_trials=job.n_trials)
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
                               pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
-    resources = load_resources(settings, pm=pm, cache=cache_dir(job.cache),
-                               studies=studies_dir(job.studies), device=job.device,
-                               progress=job.progress)
+    resources = resources or load_resources(settings, pm=pm, cache=cache_dir(job.cache),
+                                            studies=studies_dir(job.studies),
+                                            device=job.device, progress=job.progress)
     announce = announce or (lambda line: None)
     progress = _ProgressLine(announce, job.n_trials)
     callbacks: list[Any] = [progress]
@@ -302,10 +305,11 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
-                pm: Any = None) -> int:
-    """Run one job here, or several in parallel processes (joblib, loky) on one storage."""
+                pm: Any = None, resources: TrialResources | None = None) -> int:
+    """Run one job here (reusing ``resources``), or several in parallel processes (joblib,
+    loky) on one storage, each loading its own from the cache."""
     if len(jobs) == 1:
-        return run_worker(jobs[0], pm=pm, announce=announce)
+        return run_worker(jobs[0], pm=pm, announce=announce, resources=resources)
     from joblib import Parallel, delayed
 
     counts = Parallel(n_jobs=len(jobs), backend="loky")(
