@@ -89,6 +89,9 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
+@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Seconds between a running trial's heartbeats; a trial silent for three is "
+                   "taken as lost with its worker and queued again.")
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
@@ -96,7 +99,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
                 promote_epochs: int,
-                teacher_names: tuple[str, ...], teacher_epochs: int) -> None:
+                teacher_names: tuple[str, ...], teacher_epochs: int, heartbeat: int) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -107,7 +110,9 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.search_space import read_space, smallest_candidate, space_from_dict
     from asc_search.storage import mask_url, resolve_storage
     from asc_search.study import (
+        HEARTBEAT_ATTR,
         WorkerJob,
+        check_resumable,
         create_or_resume,
         load_resources,
         run_workers,
@@ -138,16 +143,18 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
             f"{card.macs:,} MACs and {card.param_bytes:,} bytes (base_channels "
             f"{smallest.spec.base_channels}); raise the budget or widen the space")
     url = resolve_storage(storage, studies=folder)
-    study = create_or_resume(name=study_name, storage_url=url, settings=settings,
-                             sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
-    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-    _say(f"study {study_name} in {mask_url(url)}: {len(study.trials) - waiting} trials so far, "
-         f"{waiting} queued")
+    # Refusals first, then the data: a bad --data or teacher leaves no study behind.
+    check_resumable(name=study_name, storage_url=url, settings=settings)
     started = time.perf_counter()
     # Data, features and teachers once, here, so parallel workers all find them cached.
     resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
                                device=device, progress=not obj.quiet)
-    _say(f"data and teachers ready ({time.perf_counter() - started:.0f} s); searching")
+    study = create_or_resume(name=study_name, storage_url=url, settings=settings,
+                             sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
+    study.set_user_attr(HEARTBEAT_ATTR, heartbeat)  # workers joining later beat at the same pace
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    _say(f"study {study_name} in {mask_url(url)}: {len(study.trials) - waiting} trials so far, "
+         f"{waiting} queued; data and teachers ready ({time.perf_counter() - started:.0f} s)")
     jobs = [WorkerJob(study=study_name, storage_url=url, sampler=sampler,
                       seed=None if seed is None else seed + index, n_trials=n_trials,
                       timeout=timeout or None, pruner=pruner,
@@ -324,10 +331,25 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
     _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
     if failed:
+        retried = {t.system_attrs["failed_trial"]: t.number for t in trials
+                   if "failed_trial" in t.system_attrs}
         for trial in trials:
-            if trial.state.name == "FAIL":
+            if trial.state.name != "FAIL":
+                continue
+            if _lost(trial):
+                again = (f"queued again as trial {retried[trial.number]}"
+                         if trial.number in retried else "not queued again")
+                _say(f"--- trial {trial.number} was lost: its worker "
+                     f"({trial.user_attrs.get('worker', 'unknown')}) stopped beating; {again}")
+            else:
                 _say(f"--- trial {trial.number} failed:")
                 _say(trial.user_attrs.get("traceback", "(no traceback stored)").rstrip())
+
+
+def _lost(trial: Any) -> bool:
+    """Failed without a traceback or an interrupt: its worker died (no heartbeat), so Optuna did."""
+    return (trial.state.name == "FAIL" and "traceback" not in trial.user_attrs
+            and trial.user_attrs.get("status") != "interrupted")
 
 
 @studies_group.command("pareto")
@@ -359,7 +381,7 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
                      if ratio > 1 else "no pruning") if plan or spec else ""
         state = attrs.get("status", trial.state.name.lower())
         if trial.state.name != "COMPLETE":
-            state = trial.state.name.lower()
+            state = "lost" if _lost(trial) else trial.state.name.lower()
         value = f"{100 * trial.values[0]:.1f}" if trial.values and state == "trained" else ""
         seconds = (f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.0f}"
                    if trial.datetime_complete and trial.datetime_start else "")

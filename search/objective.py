@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -223,6 +225,8 @@ def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[f
 
 def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
     settings = resources.settings
+    # Which machine and process ran it: the first thing to look at when a trial was lost.
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     candidate = resources.space.suggest(trial)
     final = build_model(candidate.spec, pm=resources.pm)
     card = count_complexity(final, storage_dtype=settings.storage_dtype)

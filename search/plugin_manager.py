@@ -89,7 +89,10 @@ def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
     try:
         module = importlib.import_module(dotted)
     except ModuleNotFoundError as exc:
-        raise PluginError(f"unknown plugin module {dotted!r}: {exc}") from exc
+        installed = sorted(name for name, _ in pm.list_name_plugin() if name not in DEFAULT_PLUGINS)
+        raise PluginError(f"unknown plugin module {dotted!r}: {exc} (installed plugins: "
+                          f"{', '.join(installed) or 'none'}; --plugin takes an importable "
+                          "module path)") from exc
     except Exception as exc:
         raise PluginError(
             f"plugin module {dotted!r} failed to import: {type(exc).__name__}: {exc}"

@@ -14,16 +14,21 @@ import re
 import sqlite3
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import FrozenTrial
 
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
 
 STORAGE_ENV = "ASC_SEARCH_STORAGE"
 DEFAULT_DB = "asc-search.db"
+#: A running trial whose worker has missed this many heartbeats in a row is taken as lost.
+GRACE_HEARTBEATS = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -51,8 +56,15 @@ def mask_url(url: str) -> str:
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage at ``url``; one clear error if it cannot be reached."""
+def open_storage(url: str, *, heartbeat: int | None = None,
+                 on_lost_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 ) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage at ``url``; one clear error if it cannot be reached.
+
+    ``heartbeat``: seconds between a running trial's heartbeats, for workers. A trial silent for
+    ``GRACE_HEARTBEATS`` heartbeats (its worker was killed, or its machine went away) is marked
+    FAIL by the next worker to start a trial, which then calls ``on_lost_trial`` (re-queue it).
+    """
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
         from sqlalchemy.engine import make_url
@@ -70,8 +82,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=60, grace_period=180)
+            beats: dict[str, Any] = {} if heartbeat is None else {
+                "heartbeat_interval": heartbeat, "grace_period": GRACE_HEARTBEATS * heartbeat,
+                "heartbeat_stale_trial_callback": on_lost_trial}
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except Exception as exc:  # SQLAlchemy / driver errors carry the URL; never print it raw
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StorageError(f"cannot open study storage {mask_url(url)}: "

@@ -19,7 +19,13 @@ import optuna
 
 from asc_search.errors import AscSearchError
 from asc_search.objective import SearchSettings, TrialResources, run_trial
-from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
+from asc_search.storage import (
+    GRACE_HEARTBEATS,
+    artifact_store,
+    check_study_name,
+    mask_url,
+    open_storage,
+)
 
 SETTINGS_ATTR = "asc_search_settings"
 # Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
@@ -105,6 +111,43 @@ def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
     raise AscSearchError(f"unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
 
 
+def check_resumable(*, name: str, storage_url: str, settings: SearchSettings) -> None:
+    """Refuse, before any data is loaded or anything is written, a study ``name`` that exists
+    with other objectives or, once trials have run, other settings. A missing study is fine."""
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=check_study_name(name), storage=storage,
+                                  sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        return
+    _refuse_other_settings(study, settings, storage_url)
+
+
+def _directions(settings: SearchSettings) -> list[str]:
+    return ["maximize"] if settings.objective == "accuracy" else ["maximize", "minimize"]
+
+
+def _refuse_other_settings(study: optuna.Study, settings: SearchSettings, url: str) -> None:
+    directions = _directions(settings)
+    if [d.name.lower() for d in study.directions] != directions:
+        raise AscSearchError(f"study {study.study_name!r} optimises "
+                             f"{', '.join(d.name.lower() for d in study.directions)}, not "
+                             f"{', '.join(directions)}; choose another --study")
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None or stored == settings.to_json() or not _started(study):
+        return  # new, identical, or nothing ran under the old settings (they will be replaced)
+    old, new = json.loads(stored), json.loads(settings.to_json())
+    differ = [key for key in new if old.get(key) != new.get(key)]
+    raise AscSearchError(
+        f"study {study.study_name!r} in {mask_url(url)} was made with other settings "
+        f"({', '.join(differ)} differ); resume it with its own or choose another --study")
+
+
+def _started(study: optuna.Study) -> bool:
+    return any(t.state != optuna.trial.TrialState.WAITING
+               for t in study.get_trials(deepcopy=False))
+
+
 def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, sampler: str,
                      seed: int | None, seed_trials: bool, space: Any) -> optuna.Study:
     """The study ``name``: created (with its seed trials queued) or, if it exists, resumed.
@@ -113,36 +156,23 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
     """
     check_study_name(name)
     storage = open_storage(storage_url)
-    directions = (["maximize"] if settings.objective == "accuracy"
-                  else ["maximize", "minimize"])
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
-                                load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=storage,
+                                directions=_directions(settings), load_if_exists=True,
                                 sampler=make_sampler(sampler, seed=seed))
-    if [d.name.lower() for d in study.directions] != directions:
-        raise AscSearchError(f"study {name!r} optimises {', '.join(d.name.lower() for d in study.directions)}"
-                             f", not {', '.join(directions)}; choose another --study")
+    _refuse_other_settings(study, settings, storage_url)
     stored = study.user_attrs.get(SETTINGS_ATTR)
-    started = [t for t in study.get_trials(deepcopy=False)
-               if t.state != optuna.trial.TrialState.WAITING]
-    if stored is not None and stored != settings.to_json() and not started:
+    if stored is not None and stored != settings.to_json():
         # Nothing ran under the old settings (say, a first run with a wrong --data): replace them.
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
-        stored = settings.to_json()
-    if stored is None:
+    elif stored is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         with warnings.catch_warnings():  # experimental in Optuna 5, and harmless
             warnings.simplefilter("ignore")
-            study.set_metric_names(["validation_macro_accuracy", "macs"][:len(directions)])
+            study.set_metric_names(["validation_macro_accuracy", "macs"][:len(study.directions)])
         if seed_trials:
             for label, params in seed_params(space).items():
                 study.enqueue_trial(params, user_attrs={"seed_trial": label},
                                     skip_if_exists=True)
-    elif stored != settings.to_json():
-        old, new = json.loads(stored), json.loads(settings.to_json())
-        differ = [key for key in new if old.get(key) != new.get(key)]
-        raise AscSearchError(
-            f"study {name!r} in {mask_url(storage_url)} was made with other settings "
-            f"({', '.join(differ)} differ); resume it with its own or choose another --study")
     return study
 
 
@@ -204,8 +234,12 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     ``resources``: the data and teacher logits when the caller has loaded them already.
 
     Returns how many trials this worker finished. Every worker counts the study's trials, so
-    N workers together stop at ``n_trials``, not N × ``n_trials``.
+    N workers together stop at ``n_trials``, not N × ``n_trials``. Trials beat a heartbeat into
+    the storage; a trial whose worker died is failed and queued again by the next worker to start
+    a trial after the grace period (see ``asc_search.storage.open_storage``).
     """
+    import time
+
     import torch
 
     from asc_search.paths import cache_dir, studies_dir
@@ -214,34 +248,90 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     if job.threads:
         torch.set_num_threads(job.threads)
     pm = pm or build_plugin_manager(extra_modules=job.plugins)
-    storage = open_storage(job.storage_url)
-    probe = optuna.load_study(study_name=job.study, storage=storage)
+    announce = announce or (lambda line: None)
+    probe = optuna.load_study(study_name=job.study, storage=open_storage(job.storage_url))
     settings = settings_of(probe)
+    heartbeat = heartbeat_of(probe)
     # A resumed study must not replay its first random draws: the seed moves on with the study.
     seed = None if job.seed is None else job.seed + 1000 * len(probe.get_trials(deepcopy=False))
     sampler = make_sampler(job.sampler, seed=seed, n_trials=job.n_trials)
+    storage = open_storage(job.storage_url, heartbeat=heartbeat,
+                           on_lost_trial=_RequeueLostTrial(announce, grace=GRACE_HEARTBEATS
+                                                           * heartbeat))
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
                               pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
+    _fail_stale_trials(study)  # a lost trial counts as running until failed; it must not stop us
+    if not _wanted(study, job.n_trials):
+        return 0
     resources = resources or load_resources(settings, pm=pm, cache=cache_dir(job.cache),
                                             studies=studies_dir(job.studies),
                                             device=job.device, progress=job.progress)
-    announce = announce or (lambda line: None)
     progress = _ProgressLine(announce, job.n_trials)
     callbacks: list[Any] = [progress]
     if job.n_trials is not None:
-        if len(study.get_trials(deepcopy=False, states=_COUNTED)) >= job.n_trials:
-            return 0
         callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=_COUNTED))
-    # No n_trials here: MaxTrialsCallback ends the run when the study (all workers, failed
-    # trials not counted) holds enough trials.
-    study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
-                   timeout=job.timeout, callbacks=callbacks, catch=(Exception,),
-                   gc_after_trial=True, show_progress_bar=False)
-    if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-        raise AscSearchError(f"{progress.failures_in_a_row} trials failed in a row; the last: "
-                             f"{progress.last_failure} (tracebacks: asc-search studies show "
-                             f"{job.study} --failed)")
+    deadline = None if job.timeout is None else time.monotonic() + job.timeout
+    while _wanted(study, job.n_trials) and (deadline is None or time.monotonic() < deadline):
+        # No n_trials here: MaxTrialsCallback ends the run when the study (all workers, failed
+        # trials not counted) holds enough trials.
+        study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
+                       timeout=None if deadline is None else deadline - time.monotonic(),
+                       callbacks=callbacks, catch=(Exception,), gc_after_trial=True,
+                       show_progress_bar=False)
+        if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise AscSearchError(f"{progress.failures_in_a_row} trials failed in a row; the last:"
+                                 f" {progress.last_failure} (tracebacks: asc-search studies show "
+                                 f"{job.study} --failed)")
+        # A trial lost while this worker ran its last one is queued again now, and run above
+        # if the study still wants it; one lost within the grace period waits for the next worker.
+        _fail_stale_trials(study)
     return progress.finished
+
+
+def _wanted(study: optuna.Study, n_trials: int | None) -> bool:
+    """Whether the study still wants trials from this worker (``None``: until the timeout)."""
+    return n_trials is None or len(study.get_trials(deepcopy=False, states=_COUNTED)) < n_trials
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+#: The study user attribute holding the seconds between heartbeats: one value for all workers,
+#: since a worker with a short grace period would fail the live trials of one beating slowly.
+HEARTBEAT_ATTR = "asc_search_heartbeat"
+DEFAULT_HEARTBEAT = 60
+#: A trial lost with its worker is queued again at most this many times (a candidate that kills
+#: every worker that trains it, say by running out of memory, must not loop forever).
+MAX_RETRIES = 2
+
+
+def heartbeat_of(study: optuna.Study) -> int:
+    return int(study.user_attrs.get(HEARTBEAT_ATTR, DEFAULT_HEARTBEAT))
+
+
+class _RequeueLostTrial:
+    """Optuna's retry callback (a WAITING copy of the lost trial, same parameters), announced."""
+
+    def __init__(self, announce: Callable[[str], None], *, grace: int) -> None:
+        with warnings.catch_warnings():  # experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES)
+        self.announce, self.grace = announce, grace
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retries = len(trial.system_attrs.get("retry_history", ()))
+        self._retry(study, trial)
+        where = trial.user_attrs.get("worker", "its worker")
+        if retries < MAX_RETRIES:
+            self.announce(f"trial {trial.number} was lost ({where} silent for {self.grace} s); "
+                          "queued again")
+        else:
+            self.announce(f"trial {trial.number} was lost ({where} silent for {self.grace} s) "
+                          f"after {MAX_RETRIES} retries; not queued again")
 
 
 class _ProgressLine:

@@ -1,0 +1,75 @@
+"""Workers that die: a worker killed with SIGKILL mid-trial on a real PostgreSQL study.
+
+Its trial stops beating; once three heartbeats are missed, the surviving worker marks it FAIL,
+queues the same candidate again (Optuna's retry callback) and trains it. Nothing is lost, nothing
+is run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+QUICK = ("--split", "25", "--proxy-epochs", "3", "--teacher-epochs", "1")
+States = optuna.trial.TrialState
+
+
+def _worker(study: str, env: dict[str, str], seed: str) -> subprocess.Popen[str]:
+    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "worker", "--study",
+               study, "--trials", "7", "--seed", seed]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgres_url: str,
+                                                 monkeypatch) -> None:
+    monkeypatch.setenv("ASC_SEARCH_STORAGE", postgres_url)
+    # The study, its data and its teacher, and the baseline trial: both workers find everything
+    # cached, and the queued seed trials (S1-S3) give them candidates that train.
+    created = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "1", "--promote", "0",
+                  "--study", "kill", "--heartbeat", "2")
+    assert created.code == 0, created.err
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    victim, survivor = _worker("kill", env, "1"), _worker("kill", env, "2")
+    storage = optuna.storages.RDBStorage(postgres_url)
+    mark = f"{socket.gethostname()}:{victim.pid}"
+    deadline, lost = time.monotonic() + 300, None
+    while lost is None and time.monotonic() < deadline:  # kill it while it trains a candidate
+        running = optuna.load_study(study_name="kill", storage=storage).get_trials(
+            states=(States.RUNNING,))
+        lost = next((t.number for t in running if t.user_attrs.get("worker") == mark
+                     and "spec" in t.user_attrs), None)
+        time.sleep(0.2)
+    assert lost is not None, "the victim never started a trial"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    trials = optuna.load_study(study_name="kill", storage=storage).trials
+    assert trials[lost].state == States.RUNNING  # killed mid-trial, not between trials
+
+    out, err = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, err
+    assert f"trial {lost} was lost ({mark} silent for 6 s); queued again" in out
+    trials = optuna.load_study(study_name="kill", storage=storage).trials
+    assert trials[lost].state == States.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost]
+    assert len(retries) == 1  # queued again once, not twice
+    assert retries[0].state == States.COMPLETE and retries[0].params == trials[lost].params
+    assert retries[0].user_attrs["seed_trial"] == trials[lost].user_attrs["seed_trial"]
+    assert retries[0].user_attrs["worker"] == f"{socket.gethostname()}:{survivor.pid}"
+    # Nothing lost (left RUNNING or WAITING), nothing run twice, the study holds its 7 trials.
+    assert [t.number for t in trials if t.state not in (States.COMPLETE, States.FAIL)] == []
+    assert [t.number for t in trials if t.state == States.FAIL] == [lost]
+    assert len([t for t in trials if t.state == States.COMPLETE]) == 7
+    assert len({t.number for t in trials}) == len(trials)
+    shown = cli("studies", "show", "kill", "--failed").out
+    assert (f"trial {lost} was lost: its worker ({mark}) stopped beating; queued again as trial "
+            f"{retries[0].number}") in shown
