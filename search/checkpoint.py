@@ -55,10 +55,14 @@ def save_checkpoint(path: Path, *, spec: ArchSpec, state_dict: Mapping[str, torc
     return path
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint with ``weights_only=True``; anything else is a one-line refusal."""
+def load_checkpoint(path: Path, *, label: str | None = None) -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``; anything else is a one-line refusal.
+
+    ``label`` names the file in messages when ``path`` is a temporary copy (a study artifact).
+    """
+    label = label or str(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{label}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
@@ -67,14 +71,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
             reason = "not a tensor-only torch file; refused without unpickling it"
         else:
             reason = (text.splitlines()[0] if text else type(exc).__name__)[:160]
-        raise CheckpointError(f"{path}: not an asc-search checkpoint ({reason})") from exc
+        raise CheckpointError(f"{label}: not an asc-search checkpoint ({reason})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an asc-search checkpoint (no {FORMAT!r} marker)")
+        raise CheckpointError(f"{label}: not an asc-search checkpoint (no {FORMAT!r} marker)")
     try:
         spec = ArchSpec.from_json(payload["spec"])
     except (KeyError, SpecError) as exc:
-        raise CheckpointError(f"{path}: checkpoint spec unreadable: {exc}") from exc
+        raise CheckpointError(f"{label}: checkpoint spec unreadable: {exc}") from exc
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: checkpoint has no tensor state dict")
+        raise CheckpointError(f"{label}: checkpoint has no tensor state dict")
     return Checkpoint(spec=spec, state_dict=state, metadata=dict(payload.get("metadata") or {}))

@@ -69,7 +69,8 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
             raise AscSearchError(
                 f"trial {number}'s checkpoint is not in {(studies or studies_dir()) / 'artifacts'}: a worker "
                 "on another machine keeps its own studies/artifacts; share or copy it") from None
-        loaded = load_checkpoint(downloaded)
+        loaded = load_checkpoint(downloaded, label=f"trial {number}'s checkpoint (artifact "
+                                                   f"{artifact})")
         downloaded.unlink()
         model = build_model(loaded.spec, pm=pm)
         model.load_state_dict(loaded.state_dict)
