@@ -22,7 +22,7 @@ from rich.table import Table
 from asc_search import __version__
 from asc_search.dataset import DEVICES, load_dataset
 from asc_search.errors import AscSearchError
-from asc_search.paths import cache_dir
+from asc_search.paths import cache_dir, keep_library_files_in
 from asc_search.plugin_manager import build_plugin_manager, describe_plugins
 from asc_search.progress import progress_bar
 
@@ -62,6 +62,7 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
         """Find, prune and distil tiny acoustic-scene classifiers under DCASE budgets."""
         # Plugins were loaded by main() before the tree was built; workers need their names.
         ctx.obj = Context(pm, cache_dir(cache), quiet, plugins)
+        keep_library_files_in(ctx.obj.cache)
 
     cli.add_command(plugins_group)
     cli.add_command(data_group)
@@ -405,7 +406,10 @@ def _plugin_args(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: load plugins, build the tree, run, map errors to one line."""
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # Our own notes (a cache rebuilt) at INFO; libraries' chatter only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("asc_search").setLevel(logging.INFO)
     try:
         pm = build_plugin_manager(extra_modules=_plugin_args(args))
         build_cli(pm).main(args=args, prog_name="asc-search", standalone_mode=False)

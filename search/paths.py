@@ -35,3 +35,16 @@ def studies_dir(override: str | os.PathLike[str] | None = None) -> Path:
     if os.environ.get(STUDIES_ENV):
         return Path(os.environ[STUDIES_ENV]).expanduser()
     return Path.cwd() / "studies"
+
+
+def keep_library_files_in(cache: Path) -> None:
+    """Point the libraries that keep files of their own into ``cache``, unless the user chose.
+
+    matplotlib writes its font list under ``~/.cache`` and ``~/.config``; importing
+    ``torch._dynamo`` (the optimisers do) creates a compile cache under ``$TMPDIR``; Triton, on a
+    GPU, one under ``~/.triton``. Routed here, a run writes only to its cache and studies folders.
+    """
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"),
+                             ("TORCHINDUCTOR_CACHE_DIR", "torchinductor"),
+                             ("TRITON_CACHE_DIR", "triton")):
+        os.environ.setdefault(variable, str(cache / "libraries" / folder))

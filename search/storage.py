@@ -85,11 +85,36 @@ def open_storage(url: str, *, heartbeat: int | None = None,
             beats: dict[str, Any] = {} if heartbeat is None else {
                 "heartbeat_interval": heartbeat, "grace_period": GRACE_HEARTBEATS * heartbeat,
                 "heartbeat_stale_trial_callback": on_lost_trial}
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except Exception as exc:  # SQLAlchemy / driver errors carry the URL; never print it raw
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StorageError(f"cannot open study storage {mask_url(url)}: "
                            f"{reason.replace(url, mask_url(url))}") from None
+    if url.startswith("sqlite:///"):
+        _serialise_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialise_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins.
+
+    Python's sqlite3 driver starts a transaction only at the first write, so Optuna's "read the
+    queued trial, then mark it running" ran as two: two processes could both read it as queued
+    and both train it (seen with two local workers and the seed trials). SQLAlchemy's documented
+    remedy: the driver begins nothing, and SQLAlchemy emits ``BEGIN IMMEDIATE`` itself. Workers
+    then queue for the lock (60 s busy timeout) instead of racing.
+    """
+    from sqlalchemy import event
+
+    def on_connect(connection: sqlite3.Connection, _record: Any) -> None:
+        connection.isolation_level = None
+
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    engine.dispose()  # connections made before the listeners go; new ones get them
 
 
 def check_study_name(name: str) -> str:

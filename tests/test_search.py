@@ -239,13 +239,17 @@ study.optimize(objective, n_trials=25)
 
 
 def test_the_default_storage_takes_four_concurrent_writers() -> None:
+    """Four processes asking, beating and telling at once: no lock errors, and a queued trial
+    is popped by exactly one of them (pysqlite's own transactions would let two take it)."""
     import subprocess
     import sys
 
     from asc_search.storage import open_storage
 
     url = resolve_storage(None)
-    optuna.create_study(study_name="writers", storage=open_storage(url))
+    study = optuna.create_study(study_name="writers", storage=open_storage(url))
+    for k in range(60):  # queued trials (seeds, retries of lost ones) are popped by whoever asks
+        study.enqueue_trial({"x": k / 100})
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, url], stderr=subprocess.PIPE,
                                 text=True) for _ in range(4)]
     errors = [w.communicate(timeout=300)[1] for w in writers]
@@ -256,6 +260,8 @@ def test_the_default_storage_takes_four_concurrent_writers() -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.user_attrs) == 5
                for t in trials)
     assert sorted(t.number for t in trials) == list(range(100))  # none lost, none twice
+    queued = sorted(t.params["x"] for t in trials if t.number < 60)
+    assert queued == [k / 100 for k in range(60)]  # each queued trial ran once, by one writer
 
 
 def test_storage_urls_and_names() -> None:
