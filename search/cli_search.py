@@ -89,9 +89,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
-@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Seconds between a running trial's heartbeats; a trial silent for three is "
-                   "taken as lost with its worker and queued again.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=None,
+              help="Seconds between a running trial's heartbeats, kept in the study for every "
+                   "worker; a trial silent for three is taken as lost with its worker and "
+                   "queued again [default: the study's, else 60].")
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
@@ -99,7 +100,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
                 promote_epochs: int,
-                teacher_names: tuple[str, ...], teacher_epochs: int, heartbeat: int) -> None:
+                teacher_names: tuple[str, ...], teacher_epochs: int, heartbeat: int | None) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -151,7 +152,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                                device=device, progress=not obj.quiet)
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,
                              sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
-    study.set_user_attr(HEARTBEAT_ATTR, heartbeat)  # workers joining later beat at the same pace
+    if heartbeat is not None:  # workers joining later beat at the same pace
+        study.set_user_attr(HEARTBEAT_ATTR, heartbeat)
     waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     _say(f"study {study_name} in {mask_url(url)}: {len(study.trials) - waiting} trials so far, "
          f"{waiting} queued; data and teachers ready ({time.perf_counter() - started:.0f} s)")

@@ -401,9 +401,19 @@ def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
     if len(jobs) == 1:
         return run_worker(jobs[0], pm=pm, announce=announce, resources=resources)
     from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    counts = Parallel(n_jobs=len(jobs), backend="loky")(
-        delayed(_worker_process)(job) for job in jobs)
+    try:
+        counts = Parallel(n_jobs=len(jobs), backend="loky")(
+            delayed(_worker_process)(job) for job in jobs)
+    except TerminatedWorkerError:
+        # joblib stops the other workers too; their trials are lost the same way and queued again.
+        grace = GRACE_HEARTBEATS * heartbeat_of(optuna.load_study(
+            study_name=jobs[0].study, storage=open_storage(jobs[0].storage_url)))
+        raise AscSearchError(
+            "a worker process died (killed, or out of memory); the trials it and the others were "
+            f"running are queued again after {grace} s without a heartbeat: rerun the same "
+            "command to go on") from None
     return sum(counts)
 
 
