@@ -9,12 +9,13 @@ them and optuna-dashboard reads them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,8 @@ def open_storage(url: str, *, heartbeat: int | None = None,
     elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with warnings.catch_warnings(), _creation_lock(url):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
             beats: dict[str, Any] = {} if heartbeat is None else {
                 "heartbeat_interval": heartbeat, "grace_period": GRACE_HEARTBEATS * heartbeat,
                 "heartbeat_stale_trial_callback": on_lost_trial}
@@ -93,6 +94,30 @@ def open_storage(url: str, *, heartbeat: int | None = None,
     if url.startswith("sqlite:///"):
         _serialise_sqlite_transactions(storage.engine)
     return storage
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` while Optuna opens a SQLite file.
+
+    Opening creates the tables when they are missing, outside any transaction we control: two
+    processes opening a new file at once (``run`` and a worker, or two workers) would both try to
+    create them, and one fails with "table ... already exists".
+    """
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    lock = Path(str(make_url(url).database) + ".lock")
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _serialise_sqlite_transactions(engine: Any) -> None:

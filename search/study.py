@@ -354,7 +354,9 @@ class _ProgressLine:
                 study.stop()
         else:
             self.failures_in_a_row = 0
-        done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        # Trials that took a slot of --trials (failed and lost ones do not), so N of N ends it.
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED)))
         total = f"/{self.n_trials}" if self.n_trials else ""
         label = f" [{attrs['seed_trial']}]" if "seed_trial" in attrs else ""
         if trial.state == optuna.trial.TrialState.COMPLETE and attrs.get("status") == "trained":

@@ -18,6 +18,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from asc_search.storage import open_storage
+
 QUICK = ("--split", "25", "--proxy-epochs", "3", "--teacher-epochs", "1")
 States = optuna.trial.TrialState
 
@@ -73,3 +75,46 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
     shown = cli("studies", "show", "kill", "--failed").out
     assert (f"trial {lost} was lost: its worker ({mark}) stopped beating; queued again as trial "
             f"{retries[0].number}") in shown
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
+        tiny_corpus: Path, tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "run", "--data",
+               str(tiny_corpus), *QUICK, "--trials", "6", "--n-jobs", "2", "--promote", "0",
+               "--study", "local", "--heartbeat", "2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    url = f"sqlite:///{tmp_path / 'studies' / 'asc-search.db'}"
+    deadline, child = time.monotonic() + 300, None
+    while child is None and time.monotonic() < deadline:  # a worker process training a seed
+        time.sleep(0.2)
+        try:
+            running = optuna.load_study(study_name="local", storage=open_storage(url)).get_trials(
+                states=(States.RUNNING,))
+        except KeyError:  # the study is created once the data and teacher are ready
+            continue
+        child = next((int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running
+                      if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
+    assert child is not None and child != run.pid
+    os.kill(child, signal.SIGKILL)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "error: a worker process died (killed, or out of memory); the trials it and the others "
+        "were running are queued again after 6 s without a heartbeat: rerun the same command to "
+        "go on"]
+    time.sleep(6)  # the grace period
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="local", storage=url).trials
+    lost = [t for t in trials if t.state == States.FAIL]
+    assert 1 <= len(lost) <= 2  # the killed worker's trial, and its partner's if it was running
+    for trial in lost:
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+        assert [t.state for t in retries] == [States.COMPLETE]
+        assert retries[0].user_attrs["seed_trial"] == trial.user_attrs["seed_trial"]
+    assert [t.number for t in trials if t.state not in (States.COMPLETE, States.FAIL)] == []
+    assert len([t for t in trials if t.state == States.COMPLETE]) >= 6
