@@ -94,7 +94,8 @@ def main() -> None:
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         reference = reference or seconds
         append_result(args.out, {
-            "workers": workers, "candidates": len(candidates), "completed": len(done),
+            "date": time.strftime("%Y-%m-%d"), "workers": workers,
+            "candidates": len(candidates), "completed": len(done),
             "trials": len(trials), "seconds": round(seconds, 1),
             "trials_per_hour": round(3600 * len(done) / seconds, 1),
             "train_seconds": round(sum(t.user_attrs.get("train_seconds", 0.0) for t in done), 1),
@@ -104,10 +105,12 @@ def main() -> None:
 
 
 def report(path: Path) -> str:
-    lines = ["| workers | trials | wall s | trials / hour | sum of trial training s | "
-             "speed-up vs first | distinct candidates |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| date | workers | trials | wall s | trials / hour | sum of trial training s | "
+             "speed-up vs first | distinct candidates |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in read_results(path):
-        lines.append(f"| {e['workers']} | {e['completed']}/{e['candidates']} | {e['seconds']:.0f} | "
+        lines.append(f"| {e['date']} | {e['workers']} | {e['completed']}/{e['candidates']} | "
+                     f"{e['seconds']:.0f} | "
                      f"{e['trials_per_hour']:.0f} | {e['train_seconds']:.0f} | "
                      f"{e['speedup_vs_first']:.2f}× | {e['distinct_candidates']} |")
     return "\n".join(lines)

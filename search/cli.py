@@ -62,7 +62,6 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
         """Find, prune and distil tiny acoustic-scene classifiers under DCASE budgets."""
         # Plugins were loaded by main() before the tree was built; workers need their names.
         ctx.obj = Context(pm, cache_dir(cache), quiet, plugins)
-        keep_library_files_in(ctx.obj.cache)
 
     cli.add_command(plugins_group)
     cli.add_command(data_group)
@@ -392,13 +391,14 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
 # --------------------------------------------------------------------------------------------
 
 
-def _plugin_args(argv: Sequence[str]) -> list[str]:
-    """Pick ``--plugin X`` / ``--plugin=X`` out of argv before click parses it."""
+def _option_values(argv: Sequence[str], option: str) -> list[str]:
+    """Pick ``OPTION X`` / ``OPTION=X`` out of argv before click parses it (plugins and the
+    cache folder are needed before the command tree exists)."""
     found, args = [], list(argv)
     for i, arg in enumerate(args):
-        if arg == "--plugin" and i + 1 < len(args):
+        if arg == option and i + 1 < len(args):
             found.append(args[i + 1])
-        elif arg.startswith("--plugin="):
+        elif arg.startswith(f"{option}="):
             found.append(arg.split("=", 1)[1])
     return found
 
@@ -411,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         stream=sys.stderr)
     logging.getLogger("asc_search").setLevel(logging.INFO)
     try:
-        pm = build_plugin_manager(extra_modules=_plugin_args(args))
+        # Before any plugin imports matplotlib or torch's compiler: their files go to the cache.
+        cache = _option_values(args, "--cache")
+        keep_library_files_in(cache_dir(cache[-1] if cache else None))
+        pm = build_plugin_manager(extra_modules=_option_values(args, "--plugin"))
         build_cli(pm).main(args=args, prog_name="asc-search", standalone_mode=False)
     except AscSearchError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -106,12 +106,12 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
 
     from asc_search.complexity import parse_budget
     from asc_search.errors import AscSearchError
+    from asc_search.heartbeat import set_heartbeat
     from asc_search.objective import SearchSettings
     from asc_search.paths import studies_dir
     from asc_search.search_space import read_space, smallest_candidate, space_from_dict
     from asc_search.storage import mask_url, resolve_storage
     from asc_search.study import (
-        HEARTBEAT_ATTR,
         WorkerJob,
         check_resumable,
         create_or_resume,
@@ -153,7 +153,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,
                              sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
     if heartbeat is not None:  # workers joining later beat at the same pace
-        study.set_user_attr(HEARTBEAT_ATTR, heartbeat)
+        set_heartbeat(study, heartbeat)
     waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     _say(f"study {study_name} in {mask_url(url)}: {len(study.trials) - waiting} trials so far, "
          f"{waiting} queued; data and teachers ready ({time.perf_counter() - started:.0f} s)")
@@ -333,25 +333,20 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
     _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
     if failed:
-        retried = {t.system_attrs["failed_trial"]: t.number for t in trials
-                   if "failed_trial" in t.system_attrs}
+        from asc_search.heartbeat import lost_trials, retried_as
+
+        lost, retries = lost_trials(study), retried_as(trials)
         for trial in trials:
             if trial.state.name != "FAIL":
                 continue
-            if _lost(trial):
-                again = (f"queued again as trial {retried[trial.number]}"
-                         if trial.number in retried else "not queued again")
-                _say(f"--- trial {trial.number} was lost: its worker "
-                     f"({trial.user_attrs.get('worker', 'unknown')}) stopped beating; {again}")
+            if trial.number in lost:
+                again = (f"queued again as trial {retries[trial.number]}"
+                         if trial.number in retries else "not queued again")
+                _say(f"--- trial {trial.number} was lost: its worker ({lost[trial.number]['worker']}"
+                     f") was silent for {lost[trial.number]['silent_seconds']} s; {again}")
             else:
                 _say(f"--- trial {trial.number} failed:")
                 _say(trial.user_attrs.get("traceback", "(no traceback stored)").rstrip())
-
-
-def _lost(trial: Any) -> bool:
-    """Failed without a traceback or an interrupt: its worker died (no heartbeat), so Optuna did."""
-    return (trial.state.name == "FAIL" and "traceback" not in trial.user_attrs
-            and trial.user_attrs.get("status") != "interrupted")
 
 
 @studies_group.command("pareto")
@@ -367,6 +362,9 @@ def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -
 
 
 def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
+    from asc_search.heartbeat import lost_trials
+
+    lost = lost_trials(study)
     table = Table("trial", "seed", "spec", "plan", "MACs", "bytes", "val %", "state", "seconds",
                   title=title)
     for trial in trials:
@@ -383,7 +381,7 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
                      if ratio > 1 else "no pruning") if plan or spec else ""
         state = attrs.get("status", trial.state.name.lower())
         if trial.state.name != "COMPLETE":
-            state = "lost" if _lost(trial) else trial.state.name.lower()
+            state = "lost" if trial.number in lost else trial.state.name.lower()
         value = f"{100 * trial.values[0]:.1f}" if trial.values and state == "trained" else ""
         seconds = (f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.0f}"
                    if trial.datetime_complete and trial.datetime_start else "")

@@ -24,12 +24,11 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from asc_search.errors import AscSearchError
+from asc_search.heartbeat import GRACE_HEARTBEATS
 from asc_search.paths import studies_dir
 
 STORAGE_ENV = "ASC_SEARCH_STORAGE"
 DEFAULT_DB = "asc-search.db"
-#: A running trial whose worker has missed this many heartbeats in a row is taken as lost.
-GRACE_HEARTBEATS = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -104,15 +103,20 @@ def _creation_lock(url: str) -> Iterator[None]:
     processes opening a new file at once (``run`` and a worker, or two workers) would both try to
     create them, and one fails with "table ... already exists".
     """
-    if not url.startswith("sqlite:///"):
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite:///") else None
+    if not database or database == ":memory:":
         yield
         return
     import fcntl
 
-    from sqlalchemy.engine import make_url
-
-    lock = Path(str(make_url(url).database) + ".lock")
-    with lock.open("a") as handle:
+    try:
+        handle = Path(database + ".lock").open("a")
+    except OSError:  # a read-only folder: nothing can create tables there anyway
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -127,7 +131,8 @@ def _serialise_sqlite_transactions(engine: Any) -> None:
     queued trial, then mark it running" ran as two: two processes could both read it as queued
     and both train it (seen with two local workers and the seed trials). SQLAlchemy's documented
     remedy: the driver begins nothing, and SQLAlchemy emits ``BEGIN IMMEDIATE`` itself. Workers
-    then queue for the lock (60 s busy timeout) instead of racing.
+    then queue for the lock (60 s busy timeout) instead of racing. Reads queue too, which is fine
+    for the few workers one machine runs; many workers belong on PostgreSQL.
     """
     from sqlalchemy import event
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,14 +19,15 @@ from typing import Any
 import optuna
 
 from asc_search.errors import AscSearchError
-from asc_search.objective import SearchSettings, TrialResources, run_trial
-from asc_search.storage import (
-    GRACE_HEARTBEATS,
-    artifact_store,
-    check_study_name,
-    mask_url,
-    open_storage,
+from asc_search.heartbeat import (
+    RequeueLostTrial,
+    fail_stale_trials,
+    grace_of,
+    heartbeat_of,
+    taken_as_lost,
 )
+from asc_search.objective import SearchSettings, TrialResources, run_trial
+from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
 
 SETTINGS_ATTR = "asc_search_settings"
 # Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
@@ -112,8 +114,13 @@ def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def check_resumable(*, name: str, storage_url: str, settings: SearchSettings) -> None:
-    """Refuse, before any data is loaded or anything is written, a study ``name`` that exists
-    with other objectives or, once trials have run, other settings. A missing study is fine."""
+    """Refuse, before any data is loaded or the study is created, a study ``name`` that exists
+    with other objectives or, once trials have run, other settings. A missing study is fine.
+
+    Two ``run`` commands creating the same new study at the same moment both pass this check;
+    the second then replaces the first's settings (nothing ran yet). Start extra machines with
+    ``asc-search worker``, which reads the settings from the study.
+    """
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=check_study_name(name), storage=storage,
@@ -234,12 +241,10 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     ``resources``: the data and teacher logits when the caller has loaded them already.
 
     Returns how many trials this worker finished. Every worker counts the study's trials, so
-    N workers together stop at ``n_trials``, not N × ``n_trials``. Trials beat a heartbeat into
-    the storage; a trial whose worker died is failed and queued again by the next worker to start
-    a trial after the grace period (see ``asc_search.storage.open_storage``).
+    N workers together stop at ``n_trials``, not N × ``n_trials``. A worker with nothing left to
+    start waits while other workers' trials run: one of them may turn out lost (its worker
+    killed), and is then queued again and run here (``asc_search.heartbeat``).
     """
-    import time
-
     import torch
 
     from asc_search.paths import cache_dir, studies_dir
@@ -256,12 +261,12 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     seed = None if job.seed is None else job.seed + 1000 * len(probe.get_trials(deepcopy=False))
     sampler = make_sampler(job.sampler, seed=seed, n_trials=job.n_trials)
     storage = open_storage(job.storage_url, heartbeat=heartbeat,
-                           on_lost_trial=_RequeueLostTrial(announce, grace=GRACE_HEARTBEATS
-                                                           * heartbeat))
+                           on_lost_trial=RequeueLostTrial(announce, grace=grace_of(probe)))
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
                               pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
-    _fail_stale_trials(study)  # a lost trial counts as running until failed; it must not stop us
-    if not _wanted(study, job.n_trials):
+    fail_stale_trials(study)  # a lost trial counts as running until failed; it must not stop us
+    if not _wanted(study, job.n_trials) and not study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         return 0
     resources = resources or load_resources(settings, pm=pm, cache=cache_dir(job.cache),
                                             studies=studies_dir(job.studies),
@@ -271,67 +276,42 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     if job.n_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=_COUNTED))
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
-    while _wanted(study, job.n_trials) and (deadline is None or time.monotonic() < deadline):
-        # No n_trials here: MaxTrialsCallback ends the run when the study (all workers, failed
-        # trials not counted) holds enough trials.
-        study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
-                       timeout=None if deadline is None else deadline - time.monotonic(),
-                       callbacks=callbacks, catch=(Exception,), gc_after_trial=True,
-                       show_progress_bar=False)
-        if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise AscSearchError(f"{progress.failures_in_a_row} trials failed in a row; the last:"
-                                 f" {progress.last_failure} (tracebacks: asc-search studies show "
-                                 f"{job.study} --failed)")
-        # A trial lost while this worker ran its last one is queued again now, and run above
-        # if the study still wants it; one lost within the grace period waits for the next worker.
-        _fail_stale_trials(study)
+    waiting = False
+    while deadline is None or time.monotonic() < deadline:
+        if _wanted(study, job.n_trials):
+            waiting = False
+            try:
+                # No n_trials here: MaxTrialsCallback ends the run when the study (all workers,
+                # failed trials not counted) holds enough trials.
+                study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
+                               timeout=None if deadline is None else deadline - time.monotonic(),
+                               callbacks=callbacks, catch=(Exception,), gc_after_trial=True,
+                               show_progress_bar=False)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                if not taken_as_lost(exc):
+                    raise
+                announce("another worker took this worker's trial as lost (its heartbeats were "
+                         "late) and queued it again; going on")
+            if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise AscSearchError(
+                    f"{progress.failures_in_a_row} trials failed in a row; the last: "
+                    f"{progress.last_failure} (tracebacks: asc-search studies show "
+                    f"{job.study} --failed)")
+        elif study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if not waiting:
+                announce(f"waiting for the trials other workers are running (one silent for "
+                         f"{grace_of(study)} s is taken as lost and run here)")
+                waiting = True
+            time.sleep(min(heartbeat, 5))
+        else:
+            break
+        fail_stale_trials(study)
     return progress.finished
 
 
 def _wanted(study: optuna.Study, n_trials: int | None) -> bool:
     """Whether the study still wants trials from this worker (``None``: until the timeout)."""
     return n_trials is None or len(study.get_trials(deepcopy=False, states=_COUNTED)) < n_trials
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    with warnings.catch_warnings():  # experimental in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-#: The study user attribute holding the seconds between heartbeats: one value for all workers,
-#: since a worker with a short grace period would fail the live trials of one beating slowly.
-HEARTBEAT_ATTR = "asc_search_heartbeat"
-DEFAULT_HEARTBEAT = 60
-#: A trial lost with its worker is queued again at most this many times (a candidate that kills
-#: every worker that trains it, say by running out of memory, must not loop forever).
-MAX_RETRIES = 2
-
-
-def heartbeat_of(study: optuna.Study) -> int:
-    return int(study.user_attrs.get(HEARTBEAT_ATTR, DEFAULT_HEARTBEAT))
-
-
-class _RequeueLostTrial:
-    """Optuna's retry callback (a WAITING copy of the lost trial, same parameters), announced."""
-
-    def __init__(self, announce: Callable[[str], None], *, grace: int) -> None:
-        with warnings.catch_warnings():  # experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES)
-        self.announce, self.grace = announce, grace
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        retries = len(trial.system_attrs.get("retry_history", ()))
-        self._retry(study, trial)
-        where = trial.user_attrs.get("worker", "its worker")
-        if retries < MAX_RETRIES:
-            self.announce(f"trial {trial.number} was lost ({where} silent for {self.grace} s); "
-                          "queued again")
-        else:
-            self.announce(f"trial {trial.number} was lost ({where} silent for {self.grace} s) "
-                          f"after {MAX_RETRIES} retries; not queued again")
 
 
 class _ProgressLine:
@@ -410,8 +390,8 @@ def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
             delayed(_worker_process)(job) for job in jobs)
     except TerminatedWorkerError:
         # joblib stops the other workers too; their trials are lost the same way and queued again.
-        grace = GRACE_HEARTBEATS * heartbeat_of(optuna.load_study(
-            study_name=jobs[0].study, storage=open_storage(jobs[0].storage_url)))
+        grace = grace_of(optuna.load_study(study_name=jobs[0].study,
+                                           storage=open_storage(jobs[0].storage_url)))
         raise AscSearchError(
             "a worker process died (killed, or out of memory); the trials it and the others were "
             f"running are queued again after {grace} s without a heartbeat: rerun the same "

@@ -73,7 +73,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
     assert len([t for t in trials if t.state == States.COMPLETE]) == 7
     assert len({t.number for t in trials}) == len(trials)
     shown = cli("studies", "show", "kill", "--failed").out
-    assert (f"trial {lost} was lost: its worker ({mark}) stopped beating; queued again as trial "
+    assert (f"trial {lost} was lost: its worker ({mark}) was silent for 6 s; queued again as trial "
             f"{retries[0].number}") in shown
 
 
@@ -105,7 +105,7 @@ def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
         "error: a worker process died (killed, or out of memory); the trials it and the others "
         "were running are queued again after 6 s without a heartbeat: rerun the same command to "
         "go on"]
-    time.sleep(6)  # the grace period
+    time.sleep(8)  # past the grace period
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
                            check=False)
     assert again.returncode == 0, again.stderr
@@ -115,6 +115,6 @@ def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
     for trial in lost:
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
         assert [t.state for t in retries] == [States.COMPLETE]
-        assert retries[0].user_attrs["seed_trial"] == trial.user_attrs["seed_trial"]
+        assert retries[0].user_attrs.get("seed_trial") == trial.user_attrs.get("seed_trial")
     assert [t.number for t in trials if t.state not in (States.COMPLETE, States.FAIL)] == []
     assert len([t for t in trials if t.state == States.COMPLETE]) >= 6

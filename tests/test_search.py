@@ -229,18 +229,19 @@ WRITER = """
 import sys, optuna
 from asc_search.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-study = optuna.load_study(study_name="writers", storage=open_storage(sys.argv[1]))
+study = optuna.load_study(study_name="writers", storage=open_storage(sys.argv[1], heartbeat=1))
 def objective(trial):
     for k in range(5):  # many small writes per trial, as a search trial makes
         trial.set_user_attr(f"a{k}", k)
+    print(trial.number, flush=True)
     return trial.suggest_float("x", 0, 1)
 study.optimize(objective, n_trials=25)
 """
 
 
 def test_the_default_storage_takes_four_concurrent_writers() -> None:
-    """Four processes asking, beating and telling at once: no lock errors, and a queued trial
-    is popped by exactly one of them (pysqlite's own transactions would let two take it)."""
+    """Four processes asking, beating (every second) and telling at once: no lock errors, and a
+    queued trial is taken by exactly one of them (pysqlite's own transactions let two take it)."""
     import subprocess
     import sys
 
@@ -250,9 +251,11 @@ def test_the_default_storage_takes_four_concurrent_writers() -> None:
     study = optuna.create_study(study_name="writers", storage=open_storage(url))
     for k in range(60):  # queued trials (seeds, retries of lost ones) are popped by whoever asks
         study.enqueue_trial({"x": k / 100})
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url], stderr=subprocess.PIPE,
-                                text=True) for _ in range(4)]
-    errors = [w.communicate(timeout=300)[1] for w in writers]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    errors = [err for _, err in outputs]
+    ran = [[int(n) for n in out.split()] for out, _ in outputs]
     assert [w.returncode for w in writers] == [0, 0, 0, 0], errors
     assert not any("locked" in e for e in errors), errors
     trials = optuna.load_study(study_name="writers", storage=url).trials
@@ -260,8 +263,8 @@ def test_the_default_storage_takes_four_concurrent_writers() -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.user_attrs) == 5
                for t in trials)
     assert sorted(t.number for t in trials) == list(range(100))  # none lost, none twice
-    queued = sorted(t.params["x"] for t in trials if t.number < 60)
-    assert queued == [k / 100 for k in range(60)]  # each queued trial ran once, by one writer
+    # Each trial, queued or new, was run by exactly one writer.
+    assert sorted(n for numbers in ran for n in numbers) == list(range(100))
 
 
 def test_storage_urls_and_names() -> None:
@@ -279,3 +282,59 @@ def test_environment_storage_wins_over_the_default(monkeypatch) -> None:
     monkeypatch.setenv("ASC_SEARCH_STORAGE", "sqlite:////tmp/elsewhere.db")
     assert resolve_storage(None) == "sqlite:////tmp/elsewhere.db"
     assert resolve_storage("sqlite:////tmp/given.db") == "sqlite:////tmp/given.db"
+
+
+def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: Path) -> None:
+    from asc_search.heartbeat import HEARTBEAT_ATTR, lost_trials
+    from asc_search.storage import open_storage
+
+    settings = _settings(tiny_corpus, pm=pm, max_macs=30_000_000)
+    study, url = _study("waits", settings, pm=pm)
+    study.set_user_attr(HEARTBEAT_ATTR, 1)
+    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
+    baseline = seed_params(space)["dcase-baseline"]
+    study.enqueue_trial(baseline, user_attrs={"seed_trial": "dcase-baseline"})
+    # Another worker takes the queued trial, beats once, and is killed.
+    storage = open_storage(url, heartbeat=1)
+    other = optuna.load_study(study_name="waits", storage=storage).ask()
+    storage.record_heartbeat(other._trial_id)
+    lines: list[str] = []
+    # The study already holds its 1 trial (the running one): earlier, this worker would stop
+    # at once and leave the dead trial running forever.
+    done = run_worker(WorkerJob(study="waits", storage_url=url, sampler="random", seed=0,
+                                n_trials=1, timeout=120), pm=pm, announce=lines.append)
+    trials = optuna.load_study(study_name="waits", storage=url).trials
+    assert done == 1 and trials[0].state == optuna.trial.TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert baseline.items() <= retry.params.items()  # the same candidate, trained here
+    assert retry.user_attrs["seed_trial"] == "dcase-baseline"
+    assert lines[0].startswith("waiting for the trials other workers are running")
+    assert lines[1] == "trial 0 was lost (its worker silent for 3 s); queued again"
+    reloaded = optuna.load_study(study_name="waits", storage=url)
+    assert lost_trials(reloaded) == {0: {"worker": "its worker", "silent_seconds": 3}}
+
+
+def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_corpus: Path,
+                                                                     monkeypatch) -> None:
+    import asc_search.study as study_module
+
+    real, calls = study_module.run_trial, []
+
+    def late_heartbeats(trial, resources):
+        calls.append(trial.number)
+        if len(calls) == 1:  # another worker decides this one is dead while it still trains
+            trial.study._storage.set_trial_state_values(
+                trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        return real(trial, resources)
+
+    monkeypatch.setattr(study_module, "run_trial", late_heartbeats)
+    settings = _settings(tiny_corpus, pm=pm, max_macs=30_000_000)
+    _, url = _study("late", settings, pm=pm, seed_trials=True)
+    lines: list[str] = []
+    run_worker(WorkerJob(study="late", storage_url=url, sampler="random", seed=0, n_trials=2,
+                         timeout=None), pm=pm, announce=lines.append)
+    states = [t.state for t in optuna.load_study(study_name="late", storage=url).trials[:3]]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE,
+                      optuna.trial.TrialState.COMPLETE]
+    assert any(line.startswith("another worker took this worker's trial as lost") for line in lines)
