@@ -342,8 +342,9 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
             if trial.number in lost:
                 again = (f"queued again as trial {retries[trial.number]}"
                          if trial.number in retries else "not queued again")
-                _say(f"--- trial {trial.number} was lost: its worker ({lost[trial.number]['worker']}"
-                     f") was silent for {lost[trial.number]['silent_seconds']} s; {again}")
+                record = lost[trial.number]
+                _say(f"--- trial {trial.number} was lost: its worker ({record['worker']}) "
+                     f"{record['why']}; {again}")
             else:
                 _say(f"--- trial {trial.number} failed:")
                 _say(trial.user_attrs.get("traceback", "(no traceback stored)").rstrip())

@@ -10,6 +10,8 @@ grace period would fail the live trials of a worker beating slowly.
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -61,24 +63,55 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 class RequeueLostTrial:
     """Optuna's retry callback (a WAITING copy of the lost trial, same parameters), recorded on
-    the study and announced."""
+    the study and announced. ``why`` completes "its worker ...": what happened to it."""
 
-    def __init__(self, announce: Callable[[str], None], *, grace: int) -> None:
+    def __init__(self, announce: Callable[[str], None], *, why: str) -> None:
         with warnings.catch_warnings():  # experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        self.announce, self.grace = announce, grace
+        self.announce, self.why = announce, why
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         retries = len(trial.system_attrs.get("retry_history", ()))
         self._retry(study, trial)
-        where = trial.user_attrs.get("worker", "its worker")
-        study.set_user_attr(f"{LOST_PREFIX}{trial.number}",
-                            {"worker": where, "silent_seconds": self.grace})
+        where = trial.user_attrs.get("worker", "unknown")
+        study.set_user_attr(f"{LOST_PREFIX}{trial.number}", {"worker": where, "why": self.why})
         again = ("queued again" if retries < MAX_RETRIES
                  else f"not queued again after {MAX_RETRIES} retries")
-        self.announce(f"trial {trial.number} was lost ({where} silent for {self.grace} s); "
-                      f"{again}")
+        self.announce(f"trial {trial.number} was lost: its worker ({where}) {self.why}; {again}")
+
+
+def settle_dead_local_trials(study: optuna.Study, *, why: str,
+                             announce: Callable[[str], None]) -> list[int]:
+    """Fail and queue again, now, the running trials whose worker was a process on this machine
+    that no longer exists (joblib stopped it after Ctrl-C, or after another worker died).
+
+    That loss is certain, so nobody need wait out the grace period. Trials of live processes and
+    of other machines are left to the heartbeats. Returns the trial numbers settled.
+    """
+    host, settled = socket.gethostname(), []
+    requeue = RequeueLostTrial(announce, why=why)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        name, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process settled it first
+        requeue(study, study.get_trials(deepcopy=False)[trial.number])
+        settled.append(trial.number)
+    return settled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def lost_trials(study: optuna.Study) -> dict[int, dict]:

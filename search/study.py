@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from asc_search.heartbeat import (
     fail_stale_trials,
     grace_of,
     heartbeat_of,
+    settle_dead_local_trials,
     taken_as_lost,
 )
 from asc_search.objective import SearchSettings, TrialResources, run_trial
@@ -261,7 +263,8 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     seed = None if job.seed is None else job.seed + 1000 * len(probe.get_trials(deepcopy=False))
     sampler = make_sampler(job.sampler, seed=seed, n_trials=job.n_trials)
     storage = open_storage(job.storage_url, heartbeat=heartbeat,
-                           on_lost_trial=RequeueLostTrial(announce, grace=grace_of(probe)))
+                           on_lost_trial=RequeueLostTrial(
+                               announce, why=f"was silent for {grace_of(probe)} s"))
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler,
                               pruner=make_pruner(job.pruner, epochs=settings.proxy_epochs))
     fail_stale_trials(study)  # a lost trial counts as running until failed; it must not stop us
@@ -385,21 +388,27 @@ def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],
     from joblib import Parallel, delayed
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
+    study = optuna.load_study(study_name=jobs[0].study, storage=open_storage(jobs[0].storage_url))
     try:
         counts = Parallel(n_jobs=len(jobs), backend="loky")(
             delayed(_worker_process)(job) for job in jobs)
+    except KeyboardInterrupt:
+        # joblib has stopped the worker processes mid-trial: record and queue their trials.
+        settle_dead_local_trials(study, why="was stopped by Ctrl-C", announce=announce)
+        raise
     except TerminatedWorkerError:
-        # joblib stops the other workers too; their trials are lost the same way and queued again.
-        grace = grace_of(optuna.load_study(study_name=jobs[0].study,
-                                           storage=open_storage(jobs[0].storage_url)))
+        # joblib stops the other workers too; all their trials go back in the queue.
+        settled = settle_dead_local_trials(study, why="stopped when a worker process died",
+                                           announce=announce)
         raise AscSearchError(
-            "a worker process died (killed, or out of memory); the trials it and the others were "
-            f"running are queued again after {grace} s without a heartbeat: rerun the same "
-            "command to go on") from None
+            f"a worker process died (killed, or out of memory); {len(settled)} running trial(s) "
+            "were queued again: rerun the same command to go on") from None
     return sum(counts)
 
 
 def _worker_process(job: WorkerJob) -> int:
+    # Ctrl-C is the parent's to handle: it stops the workers and records their trials, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A child prints its own progress lines; stdout is shared with the parent's terminal.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return run_worker(job, announce=lambda line: print(line, flush=True))

@@ -310,9 +310,9 @@ def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: 
     assert baseline.items() <= retry.params.items()  # the same candidate, trained here
     assert retry.user_attrs["seed_trial"] == "dcase-baseline"
     assert lines[0].startswith("waiting for the trials other workers are running")
-    assert lines[1] == "trial 0 was lost (its worker silent for 3 s); queued again"
+    assert lines[1] == "trial 0 was lost: its worker (unknown) was silent for 3 s; queued again"
     reloaded = optuna.load_study(study_name="waits", storage=url)
-    assert lost_trials(reloaded) == {0: {"worker": "its worker", "silent_seconds": 3}}
+    assert lost_trials(reloaded) == {0: {"worker": "unknown", "why": "was silent for 3 s"}}
 
 
 def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_corpus: Path,
