@@ -32,6 +32,25 @@ def _worker(study: str, env: dict[str, str], seed: str) -> subprocess.Popen[str]
                             env=env)
 
 
+def _training(url: str, study: str, *, enough: int = 1,
+              owner: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Wait (up to 5 min) until ``enough`` trials (of worker ``owner``, if given) are training a
+    candidate, and return them. The study may not exist yet: ``run`` creates it once the data
+    and teacher are ready."""
+    deadline, found = time.monotonic() + 300, []
+    while len(found) < enough and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            running = optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(
+                states=(States.RUNNING,))
+        except KeyError:
+            continue
+        found = [t for t in running if "spec" in t.user_attrs
+                 and owner in (None, t.user_attrs.get("worker"))]
+    assert len(found) >= enough, f"no {enough} trial(s) training in time"
+    return found
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgres_url: str,
                                                  monkeypatch) -> None:
@@ -45,14 +64,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
     victim, survivor = _worker("kill", env, "1"), _worker("kill", env, "2")
     storage = optuna.storages.RDBStorage(postgres_url)
     mark = f"{socket.gethostname()}:{victim.pid}"
-    deadline, lost = time.monotonic() + 300, None
-    while lost is None and time.monotonic() < deadline:  # kill it while it trains a candidate
-        running = optuna.load_study(study_name="kill", storage=storage).get_trials(
-            states=(States.RUNNING,))
-        lost = next((t.number for t in running if t.user_attrs.get("worker") == mark
-                     and "spec" in t.user_attrs), None)
-        time.sleep(0.2)
-    assert lost is not None, "the victim never started a trial"
+    lost = _training(postgres_url, "kill", owner=mark)[0].number  # kill it mid-candidate
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     trials = optuna.load_study(study_name="kill", storage=storage).trials
@@ -88,17 +100,8 @@ def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=env)
     url = f"sqlite:///{tmp_path / 'studies' / 'asc-search.db'}"
-    deadline, child = time.monotonic() + 300, None
-    while child is None and time.monotonic() < deadline:  # a worker process training a seed
-        time.sleep(0.2)
-        try:
-            running = optuna.load_study(study_name="local", storage=open_storage(url)).get_trials(
-                states=(States.RUNNING,))
-        except KeyError:  # the study is created once the data and teacher are ready
-            continue
-        child = next((int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running
-                      if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
-    assert child is not None and child != run.pid
+    child = int(_training(url, "local")[0].user_attrs["worker"].rsplit(":", 1)[1])
+    assert child != run.pid  # a worker process, not run itself
     os.kill(child, signal.SIGKILL)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2
@@ -134,15 +137,7 @@ def test_ctrl_c_on_local_workers_records_their_trials_and_the_rerun_resumes(
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=env, start_new_session=True)
     url = f"sqlite:///{tmp_path / 'studies' / 'asc-search.db'}"
-    deadline, training = time.monotonic() + 300, []
-    while len(training) < 2 and time.monotonic() < deadline:  # both workers mid-trial
-        time.sleep(0.2)
-        try:
-            running = optuna.load_study(study_name="ctrlc", storage=open_storage(url)).get_trials(
-                states=(States.RUNNING,))
-        except KeyError:
-            continue
-        training = [t for t in running if "spec" in t.user_attrs]
+    training = _training(url, "ctrlc", enough=2)  # both workers mid-trial
     assert len(training) == 2
     os.killpg(run.pid, signal.SIGINT)
     out, err = run.communicate(timeout=120)
