@@ -32,6 +32,12 @@ MAX_RETRIES = 2
 LOST_PREFIX = "lost:"
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process, kept on each trial it runs: who to blame when one is lost,
+    and, on this host, whether that process still exists."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def heartbeat_of(study: optuna.Study) -> int:
     """Seconds between heartbeats for ``study``'s workers."""
     return int(study.user_attrs.get(HEARTBEAT_ATTR, DEFAULT_HEARTBEAT))

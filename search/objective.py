@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
+from asc_search.heartbeat import worker_id
 from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
 from asc_search.search_space import Candidate, SearchSpace
@@ -226,7 +225,7 @@ def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[f
 def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
     settings = resources.settings
     # Which machine and process ran it: the first thing to look at when a trial was lost.
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("worker", worker_id())
     candidate = resources.space.suggest(trial)
     final = build_model(candidate.spec, pm=resources.pm)
     card = count_complexity(final, storage_dtype=settings.storage_dtype)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,18 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+#: The installed console script, for tests that need a real process (signals, kills, HOME).
+ASC_SEARCH = str(Path(sys.executable).with_name("asc-search"))
+
+
+def start(*args: str, env: dict[str, str] | None = None,
+          **popen: object) -> subprocess.Popen[str]:
+    """Start ``asc-search ARGS`` as its own process, output piped and unbuffered."""
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([ASC_SEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **popen)
 
 
 def write_wav(path: Path, samples: np.ndarray, *, rate: int = 44_100,

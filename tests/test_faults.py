@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,16 +19,15 @@ import optuna
 import pytest
 
 from asc_search.storage import open_storage
+from conftest import start
 
 QUICK = ("--split", "25", "--proxy-epochs", "3", "--teacher-epochs", "1")
 States = optuna.trial.TrialState
 
 
-def _worker(study: str, env: dict[str, str], seed: str) -> subprocess.Popen[str]:
-    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "worker", "--study",
-               study, "--trials", "7", "--seed", seed]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+def _worker(study: str, seed: str) -> subprocess.Popen[str]:
+    return start("-q", "worker", "--study", study, "--trials", "7", "--seed", seed,
+                 env={"OMP_NUM_THREADS": "1"})
 
 
 def _training(url: str, study: str, *, enough: int = 1,
@@ -60,8 +58,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
     created = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "1", "--promote", "0",
                   "--study", "kill", "--heartbeat", "2")
     assert created.code == 0, created.err
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    victim, survivor = _worker("kill", env, "1"), _worker("kill", env, "2")
+    victim, survivor = _worker("kill", "1"), _worker("kill", "2")
     storage = optuna.storages.RDBStorage(postgres_url)
     mark = f"{socket.gethostname()}:{victim.pid}"
     lost = _training(postgres_url, "kill", owner=mark)[0].number  # kill it mid-candidate
@@ -93,12 +90,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
 @pytest.mark.slow
 def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
         tiny_corpus: Path, tmp_path: Path) -> None:
-    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "run", "--data",
-               str(tiny_corpus), *QUICK, "--trials", "6", "--n-jobs", "2", "--promote", "0",
-               "--study", "local", "--heartbeat", "2"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=env)
+    command = ["-q", "run", "--data", str(tiny_corpus), *QUICK, "--trials", "6", "--n-jobs", "2",
+               "--promote", "0", "--study", "local", "--heartbeat", "2"]
+    run = start(*command)
     url = f"sqlite:///{tmp_path / 'studies' / 'asc-search.db'}"
     child = int(_training(url, "local")[0].user_attrs["worker"].rsplit(":", 1)[1])
     assert child != run.pid  # a worker process, not run itself
@@ -112,9 +106,9 @@ def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
     # Its processes are gone, so its trials were settled at once: none is left running.
     states = [t.state for t in optuna.load_study(study_name="local", storage=url).trials]
     assert States.RUNNING not in states
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                           check=False)
-    assert again.returncode == 0, again.stderr
+    again = start(*command)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
     trials = optuna.load_study(study_name="local", storage=url).trials
     lost = [t for t in trials if t.state == States.FAIL]
     assert 1 <= len(lost) <= 2  # the killed worker's trial, and its partner's if it was running
@@ -129,13 +123,10 @@ def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
 @pytest.mark.slow
 def test_ctrl_c_on_local_workers_records_their_trials_and_the_rerun_resumes(
         tiny_corpus: Path, tmp_path: Path) -> None:
-    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "run", "--data",
-               str(tiny_corpus), *QUICK, "--proxy-epochs", "6", "--trials", "5", "--n-jobs", "2",
-               "--promote", "0", "--study", "ctrlc"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = ["-q", "run", "--data", str(tiny_corpus), *QUICK, "--proxy-epochs", "6", "--trials",
+               "5", "--n-jobs", "2", "--promote", "0", "--study", "ctrlc"]
     # Its own process group, as in a terminal, where Ctrl-C reaches every process of the job.
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=env, start_new_session=True)
+    run = start(*command, start_new_session=True)
     url = f"sqlite:///{tmp_path / 'studies' / 'asc-search.db'}"
     training = _training(url, "ctrlc", enough=2)  # both workers mid-trial
     assert len(training) == 2
@@ -151,9 +142,9 @@ def test_ctrl_c_on_local_workers_records_their_trials_and_the_rerun_resumes(
         queued = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
         assert [t.state for t in queued] == [States.WAITING]
 
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                           check=False)
-    assert again.returncode == 0, again.stderr
+    again = start(*command)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
     trials = optuna.load_study(study_name="ctrlc", storage=url).trials
     for trial in training:  # each interrupted candidate trained once on the rerun
         retried = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from asc_search.plugin_manager import DEFAULT_PLUGINS, build_plugin_manager, describe_plugins
-from conftest import REPO
+from conftest import ASC_SEARCH, REPO
 
 SOURCES = sorted([*(REPO / "search").rglob("*.py"), *(REPO / "plugins").rglob("*.py"),
                   *(REPO / "benchmarks").rglob("*.py")])
@@ -91,12 +91,11 @@ def test_a_run_writes_only_to_its_studies_and_cache_folders(tiny_corpus: Path,
            if not k.startswith(("ASC_SEARCH_", "XDG_", "MPL", "TORCHINDUCTOR", "TRITON"))}
     env.update(HOME=str(home), TMPDIR=str(temp))  # defaults: ./studies, ~/.cache/asc-search
     corpus_before = _files(tiny_corpus)
-    asc = str(Path(sys.executable).with_name("asc-search"))
     for args in (["run", "--data", str(tiny_corpus), "--split", "25", "--proxy-epochs", "1",
                   "--teacher-epochs", "1", "--promote-epochs", "1", "--trials", "3",
                   "--n-jobs", "2"],
                  ["studies", "show", "asc-search"], ["report", "asc-search"]):
-        done = subprocess.run([asc, "-q", *args], cwd=work, env=env, capture_output=True,
+        done = subprocess.run([ASC_SEARCH, "-q", *args], cwd=work, env=env, capture_output=True,
                               text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
     assert {p.split(os.sep)[0] for p in _files(work)} == {"studies"}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from asc_search.checkpoint import load_checkpoint
-from conftest import one_line_error
+from conftest import one_line_error, start
 
 QUICK = ("--split", "25", "--proxy-epochs", "1", "--teacher-epochs", "1", "--promote-epochs", "1")
 
@@ -126,12 +126,9 @@ def test_two_local_workers_share_one_study(cli, tiny_corpus: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_corpus: Path,
                                                           tmp_path: Path) -> None:
-    command = [str(Path(sys.executable).with_name("asc-search")), "-q", "run", "--data",
-               str(tiny_corpus), *QUICK, "--proxy-epochs", "3", "--trials", "5", "--study", "int",
-               "--promote", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    command = ["-q", "run", "--data", str(tiny_corpus), *QUICK, "--proxy-epochs", "3", "--trials",
+               "5", "--study", "int", "--promote", "0"]
+    process = start(*command)
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("trial 0 "):
@@ -156,9 +153,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_corpus: Path,
     queued = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert interrupted[0].params in [t.system_attrs.get("fixed_params") for t in queued]
 
-    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                             check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = start(*command)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
     study = optuna.load_study(study_name="int", storage=_storage(tmp_path))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 5
