@@ -6,6 +6,8 @@ setting in the recipe, which is how a search can treat their strengths as dimens
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -46,9 +48,10 @@ def freq_mixstyle(x: torch.Tensor, *, p: float, alpha: float, generator: torch.G
     return normed * mixed_std + mixed_mean
 
 
-def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero one random band of up to ``max_width`` bins along ``axis`` (2 = mels, 3 = frames),
-    independently per clip: torchaudio's SpecAugment mask, drawn from ``generator``.
+def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.Generator,
+               value: float = 0.0) -> torch.Tensor:
+    """Set one random band of up to ``max_width`` bins along ``axis`` (2 = mels, 3 = frames) to
+    ``value``, independently per clip: torchaudio's SpecAugment mask, drawn from ``generator``.
 
     torchaudio samples from the global RNG, so it runs under a forked RNG seeded from ours.
     """
@@ -59,13 +62,20 @@ def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.G
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return torchaudio.functional.mask_along_axis_iid(x, max_width, 0.0, axis)
+        return torchaudio.functional.mask_along_axis_iid(x, max_width, value, axis)
 
 
 def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float,
-            generator: torch.Generator) -> torch.Tensor:
-    """The recipe's augmentations in the baseline's order: roll, Freq-MixStyle, masks."""
+            generator: torch.Generator, log_offset: float = 1e-5) -> torch.Tensor:
+    """The recipe's augmentations in the DCASE baseline's order: roll, masks, Freq-MixStyle.
+
+    The baseline masks the mel *power* before ``log(x + offset)`` and before Freq-MixStyle, so a
+    masked bin is silence (``log(offset)``, about −11.5) that MixStyle then re-scales with the
+    clip's statistics. Cached features are already logged: masking them to ``log(offset)`` is
+    the same thing, and it must come before MixStyle to match.
+    """
     x = time_roll(x, round(recipe.roll_seconds * frames_per_second), generator)
-    x = freq_mixstyle(x, p=recipe.mixstyle_p, alpha=recipe.mixstyle_alpha, generator=generator)
-    x = mask_along(x, max_width=recipe.freq_mask_bins, axis=2, generator=generator)
-    return mask_along(x, max_width=recipe.time_mask_frames, axis=3, generator=generator)
+    silence = math.log(log_offset)
+    x = mask_along(x, max_width=recipe.freq_mask_bins, axis=2, generator=generator, value=silence)
+    x = mask_along(x, max_width=recipe.time_mask_frames, axis=3, generator=generator, value=silence)
+    return freq_mixstyle(x, p=recipe.mixstyle_p, alpha=recipe.mixstyle_alpha, generator=generator)

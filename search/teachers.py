@@ -30,7 +30,8 @@ from asc_search.recipe import TrainingRecipe
 from asc_search.train import LabelledSet, Precision, precision_for
 
 log = logging.getLogger(__name__)
-TEACHER_FORMAT_VERSION = 1
+#: 2: masks before Freq-MixStyle and CP-JKU's KD scale changed what a fitted teacher is.
+TEACHER_FORMAT_VERSION = 2
 ENSEMBLE_MODES = ("mean_logits", "mean_probs")
 
 

@@ -98,11 +98,18 @@ def effective_warmup(warmup_steps: int, total_steps: int) -> int:
 
 def kd_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, *,
             temperature: float, weight: float) -> torch.Tensor:
-    """(1 − w) · CE(student, label) + w · T² · KL(teacher/T ‖ student/T), as CP-JKU distil."""
+    """(1 − w) · CE(student, label) + w · T² · KL(teacher/T ‖ student/T), as CP-JKU distil.
+
+    CP-JKU take the KL term element-wise and average it over the batch *and* the classes
+    (``KLDivLoss(reduction="none")(…).mean()``), not the per-clip sum over classes that
+    ``reduction="batchmean"`` gives. The difference is a factor of the class count (10), and it
+    sets how much the hard labels weigh at w = 0.98: about a sixth of the gradient with the
+    mean, a fiftieth with the sum.
+    """
     hard = F.cross_entropy(student, labels)
     soft = F.kl_div(F.log_softmax(student / temperature, dim=-1),
                     F.log_softmax(teacher / temperature, dim=-1),
-                    log_target=True, reduction="batchmean")
+                    log_target=True, reduction="none").mean()
     return (1.0 - weight) * hard + weight * temperature**2 * soft
 
 
@@ -116,6 +123,14 @@ class TrainHistory:
 
 
 EpochCallback = Callable[[int, float], None]
+StepCallback = Callable[[int], None]
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """A seed for one part of a run (a fine-tune after pruning step 3, say), derived from the
+    run's seed: every ``fit`` of a trial then draws its own batch order and augmentations instead
+    of repeating the first fit's."""
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0] >> 1)
 
 
 def fit(
@@ -127,6 +142,8 @@ def fit(
     precision: Precision | None = None,
     settings: FrontEndSettings | None = None,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
+    steps: int | None = None,
     progress: bool = True,
     label: str = "train",
     compile_model: bool = False,
@@ -135,7 +152,10 @@ def fit(
 
     ``teacher_logits`` is row-aligned with ``train`` (the ensemble cache guarantees it).
     ``on_epoch(epoch, mean_loss)`` runs after every epoch; a search uses it to report intermediate
-    values and may raise to stop the trial. ``compile_model`` runs the step through
+    values and may raise to stop the trial; ``on_step(step)`` runs after every optimiser step.
+    ``steps`` trains for exactly that many optimiser steps instead of ``recipe.epochs`` epochs (the
+    last epoch may be partial; warm-up and cosine span the steps): how a search gives every
+    candidate the same budget however a pruning plan divides it. ``compile_model`` runs the step through
     ``torch.compile``: about 1.2× faster per step on this CPU but a minute of compilation per
     architecture, so it pays off only for long runs.
     """
@@ -158,7 +178,10 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                                   weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch if steps is None else steps
+    if total < 1:
+        raise AscSearchError(f"{label}: a training run needs at least one step")
+    epochs = math.ceil(total / steps_per_epoch)
     warmup = effective_warmup(recipe.warmup_steps, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total=total, warmup=warmup))
@@ -170,16 +193,22 @@ def fit(
     step_model = torch.compile(model) if compile_model else model
     model.train()
     with progress_bar(label, total=total, enabled=progress) as advance:
-        for epoch in range(1, recipe.epochs + 1):
+        taken = 0
+        for epoch in range(1, epochs + 1):
             started, running, seen = time.perf_counter(), 0.0, 0
             order = order_rng.permutation(len(train))
             for start in range(0, len(order), recipe.batch_size):
+                if taken == total:
+                    break
+                taken += 1
                 rows = order[start:start + recipe.batch_size]
                 if len(rows) < 2:  # BatchNorm cannot train on one clip
                     advance(1)
+                    if on_step is not None:
+                        on_step(taken)
                     continue
-                x = augment(train.features.batch(rows), recipe,
-                            frames_per_second=frames_per_second, generator=generator)
+                x = augment(train.features.batch(rows), recipe, generator=generator,
+                            frames_per_second=frames_per_second, log_offset=settings.log_offset)
                 x = x.to(precision.device, non_blocking=True)
                 if precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -203,11 +232,13 @@ def fit(
                 running += loss.item() * len(rows)
                 seen += len(rows)
                 advance(1)
+                if on_step is not None:
+                    on_step(taken)
             mean_loss = running / max(seen, 1)
             history.losses.append(mean_loss)
             history.seconds.append(time.perf_counter() - started)
             history.samples += seen
-            advance.describe(f"{label} epoch {epoch}/{recipe.epochs} loss {mean_loss:.3f}")
+            advance.describe(f"{label} epoch {epoch}/{epochs} loss {mean_loss:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, mean_loss)
     model.eval()
