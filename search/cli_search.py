@@ -78,14 +78,16 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
-@click.option("--proxy-epochs", type=int, default=4, show_default=True,
-              help="KD epochs of a trial's wide network.")
+@click.option("--proxy-epochs", type=int, default=8, show_default=True,
+              help="Training budget of every trial, in epochs with KD; a pruning plan divides "
+                   "it (wide network, fine-tunes between steps, final fine-tune).")
 @click.option("--batch-size", type=int, default=None,
               help="Clips per step for trials, teachers and finalists [default: split size / 25, "
                    "between 16 and 256].")
 @click.option("--promote", "top", type=int, default=1, show_default=True,
               help="Pareto-optimal trials to distil at full length (0: none).")
-@click.option("--promote-epochs", type=int, default=16, show_default=True)
+@click.option("--promote-epochs", type=int, default=32, show_default=True,
+              help="Training budget of every finalist, in epochs with KD, divided the same way.")
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
@@ -121,8 +123,10 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     )
 
     _quiet_optuna()
-    if n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or top < 0 or (batch_size or 1) < 1:
-        raise AscSearchError("--n-jobs, --trials, --proxy-epochs and --batch-size must be ≥ 1, "
+    if (n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or promote_epochs < 1 or top < 0
+            or (batch_size or 1) < 1):
+        raise AscSearchError("--n-jobs, --trials, --proxy-epochs, --promote-epochs and "
+                             "--batch-size must be ≥ 1, "
                              "--promote ≥ 0")
     folder = studies_dir(studies)
     raw, source = read_space(space)

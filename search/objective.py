@@ -15,7 +15,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pluggy
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
+from asc_search.budget import StepBudget, step_budget, training_macs
 from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
@@ -33,7 +34,7 @@ from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
 from asc_search.search_space import Candidate, SearchSpace
 from asc_search.storage import scratch
-from asc_search.train import LabelledSet, Precision, fit, predict
+from asc_search.train import LabelledSet, Precision, derive_seed, fit, predict
 
 OBJECTIVES = ("pareto", "accuracy")
 
@@ -54,11 +55,10 @@ class SearchSettings:
     max_param_bytes: int = 128_000
     storage_dtype: str = "float16"
     objective: str = "pareto"
-    proxy_epochs: int = 4
-    finetune_epochs: int = 1
-    final_finetune_epochs: int = 3
-    promote_epochs: int = 16
-    promote_final_finetune_epochs: int = 8
+    #: Training budget of every candidate, in epochs at the study's batch size, for a search
+    #: trial and for a finalist. A pruning plan divides it (``asc_search.budget``).
+    proxy_epochs: int = 8
+    promote_epochs: int = 32
     teachers: tuple[str, ...] = ("wide_cp_mobile",)
     teacher_epochs: int = 20
     ensemble: str = "mean_logits"
@@ -69,9 +69,12 @@ class SearchSettings:
 
     @classmethod
     def from_json(cls, text: str) -> SearchSettings:
+        """Read stored settings; fields this version no longer has are dropped (the stored
+        text still differs from the new settings, so resuming such a study is refused)."""
         data = json.loads(text)
         data["teachers"] = tuple(data["teachers"])
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def base_recipe(self, n_train: int) -> TrainingRecipe:
         """The published recipe with the study's overrides, and a batch that fits the split.
@@ -129,6 +132,8 @@ class Outcome:
     param_bytes: int
     validation: Evaluation
     seconds: float
+    budget: StepBudget
+    training_macs: int
 
 
 def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
@@ -156,51 +161,83 @@ def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
 
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
                     train: LabelledSet, validation: LabelledSet, teacher_logits: np.ndarray,
-                    precision: Precision, epochs: int, finetune_epochs: int,
-                    final_finetune_epochs: int, seed: int = 0, progress: bool = False,
-                    on_epoch: Callable[[torch.nn.Module, int], None] | None = None,
+                    precision: Precision, epochs: int, seed: int = 0, progress: bool = False,
+                    on_report: Callable[[torch.nn.Module, int], None] | None = None,
                     final_card: ComplexityCard | None = None) -> Outcome:
-    """Train wide with KD, prune by the candidate's plan, fine-tune with KD, score on validation.
+    """Train with KD for a budget of ``epochs``, pruning by the candidate's plan on the way;
+    score the result on validation.
 
-    Search trials call this with the proxy lengths; promotion calls it again with longer ones.
-    ``on_epoch(model, epoch)`` follows every epoch of the wide training (intermediate reports).
-    ``final_card`` is the candidate's count if the caller has one: an unpruned network is then
-    not counted again (a pruned one carries the count its last pruning step made).
+    Every candidate gets the same ``epochs × steps-per-epoch`` optimiser steps
+    (``asc_search.budget``): an unpruned one trains its network for all of them, a pruning plan
+    divides them between the wide network, the fine-tunes between pruning steps and the final
+    fine-tune. Search trials call this with the proxy budget; promotion calls it again with the
+    longer one. ``on_report(model, epoch)`` runs at every whole epoch of the budget at which the
+    network being trained is the final one (every epoch of an unpruned candidate, the epochs of
+    the final fine-tune of a pruned one), so intermediate values always score a network of the
+    submitted width. ``final_card`` is the candidate's count if the caller has one: an unpruned
+    network is then not counted again (a pruned one carries the count its last step made).
     """
     started = time.perf_counter()
     wide, chain = wide_and_chain(candidate)
     recipe = settings.base_recipe(len(train)).with_(**candidate.training, seed=seed)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    pruning_steps = len(chain) * int(candidate.plan.get("prune_steps", 1)) if chain else 0
+    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps)
     recipe = recipe.with_(epochs=epochs,
-                          warmup_steps=min(recipe.warmup_steps, epochs * steps_per_epoch // 10))
+                          warmup_steps=min(recipe.warmup_steps, budget.wide // 10))
+
+    def reporting(offset: int) -> Callable[[int], None] | None:
+        """An ``on_step`` that reports at whole epochs of the budget, ``offset`` steps in."""
+        if on_report is None:
+            return None
+
+        def on_step(step: int) -> None:
+            done = offset + step
+            if done % steps_per_epoch == 0:
+                on_report(model, done // steps_per_epoch)
+
+        return on_step
+
     model = build_model(wide, pm=pm, seed=seed)
-    fit(model, train, recipe, teacher_logits=teacher_logits, precision=precision,
-        on_epoch=None if on_epoch is None else lambda epoch, _loss: on_epoch(model, epoch),
+    wide_macs = final_card.macs if final_card is not None and not chain else \
+        count_complexity(model, storage_dtype=settings.storage_dtype).macs
+    fit(model, train, recipe.with_(seed=derive_seed(seed, 0)), steps=budget.wide,
+        teacher_logits=teacher_logits, precision=precision,
+        on_step=None if chain else reporting(0),
         progress=progress, label=f"train {wide.base_channels}-wide")
     model.to("cpu")
     spec = wide
+    between_macs: list[int] = []
     if chain:
         schedule = candidate.plan.get("schedule", "agp")
         plan = PruningPlan(
             importance=candidate.plan.get("importance", "l2"),
             schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), chain=chain,
             max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
-            storage_dtype=settings.storage_dtype, finetune_epochs=finetune_epochs,
-            final_finetune_epochs=final_finetune_epochs, fit_budget=True,
+            storage_dtype=settings.storage_dtype, finetune_steps=budget.between,
+            final_finetune_epochs=0, fit_budget=True,
         )
         result = prune(model, wide, plan, pm=pm, train=train, teacher_logits=teacher_logits,
-                       recipe=recipe, precision=precision, progress=progress)
+                       recipe=recipe.with_(seed=derive_seed(seed, 1)), precision=precision,
+                       progress=progress)
         model, spec = result.model, result.spec
+        between_macs = [step.macs for step in result.steps[:pruning_steps - 1]]
+        fit(model, train, recipe.with_(warmup_steps=0, seed=derive_seed(seed, 2)),
+            steps=budget.final, teacher_logits=teacher_logits, precision=precision,
+            on_step=reporting(budget.total - budget.final), progress=progress,
+            label="final fine-tune")
         model.to("cpu")
         card = result.card
     else:
         card = final_card or count_complexity(model, storage_dtype=settings.storage_dtype)
     logits = predict(model, validation.features, precision=precision)
     model.to("cpu")
+    spent = training_macs(budget, batch_size=recipe.batch_size, wide_macs=wide_macs,
+                          between_macs=between_macs, final_macs=card.macs)
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
                    param_bytes=card.param_bytes,
                    validation=evaluate(logits, validation.labels, validation.devices),
-                   seconds=time.perf_counter() - started)
+                   seconds=time.perf_counter() - started, budget=budget, training_macs=spent)
 
 
 def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
@@ -255,21 +292,21 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
             raise optuna.TrialPruned(f"validation {100 * score:.1f} % at epoch {epoch}")
 
     # Intermediate reports (and so early stopping) exist for one objective only: Optuna's pruners
-    # do not handle several.
-    on_epoch = report if settings.objective == "accuracy" else None
+    # do not handle several. They score the final-width network only (see train_candidate).
     outcome = train_candidate(
         candidate, settings=settings, pm=resources.pm, train=resources.train,
         validation=resources.validation, teacher_logits=resources.teacher_logits,
-        precision=resources.precision, epochs=settings.proxy_epochs,
-        finetune_epochs=settings.finetune_epochs,
-        final_finetune_epochs=settings.final_finetune_epochs, seed=trial.number,
-        progress=resources.progress, on_epoch=on_epoch, final_card=card,
+        precision=resources.precision, epochs=settings.proxy_epochs, seed=trial.number,
+        progress=resources.progress, final_card=card,
+        on_report=report if settings.objective == "accuracy" else None,
     )
     # The pruned network, not the sampled spec, is what would be submitted: constrain that.
     trial.set_constraint("macs", outcome.macs - settings.max_macs)
     trial.set_constraint("param_bytes", outcome.param_bytes - settings.max_param_bytes)
     trial.set_user_attr("status", "trained")
     trial.set_user_attr("train_seconds", round(outcome.seconds, 1))
+    trial.set_user_attr("budget", outcome.budget.to_dict())
+    trial.set_user_attr("training_macs", outcome.training_macs)
     trial.set_user_attr("macs", outcome.macs)
     trial.set_user_attr("params", outcome.params)
     trial.set_user_attr("param_bytes", outcome.param_bytes)
@@ -284,7 +321,8 @@ def _values(settings: SearchSettings, accuracy: float, macs: int) -> float | tup
 
 
 def evaluation_attrs(result: Evaluation) -> dict[str, Any]:
-    return {"macro": round(result.macro_accuracy, 4), "seen": result.seen,
+    return {"macro": round(result.macro_accuracy, 4),
+            "macro_interval": [round(v, 4) for v in result.macro_interval], "seen": result.seen,
             "unseen": result.unseen,
             "per_device": {k: round(v, 4) for k, v in result.per_device.items()}}
 

@@ -69,14 +69,12 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     for trial in chosen:
         candidate = space.candidate(space.values_of(trial.params))
         label = trial.user_attrs.get("seed_trial", "searched")
-        announce(f"promoting trial {trial.number} ({label}): {settings.promote_epochs} epochs "
-                 f"with KD, prune, {settings.promote_final_finetune_epochs} epochs fine-tune")
+        announce(f"promoting trial {trial.number} ({label}): a budget of "
+                 f"{settings.promote_epochs} epochs with KD, shared by its pruning plan")
         outcome = train_candidate(
             candidate, settings=settings, pm=pm, train=data.train, validation=data.validation,
             teacher_logits=teacher_logits, precision=precision, epochs=settings.promote_epochs,
-            finetune_epochs=max(settings.finetune_epochs, 2),
-            final_finetune_epochs=settings.promote_final_finetune_epochs, seed=0,
-            progress=progress,
+            seed=0, progress=progress,
         )
         card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
         if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
@@ -102,7 +100,7 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                                             study_or_trial=study)
         record = {
             "trial": trial.number, "label": label, "epochs": settings.promote_epochs,
-            "final_finetune_epochs": settings.promote_final_finetune_epochs,
+            "budget": outcome.budget.to_dict(), "training_macs": outcome.training_macs,
             "validation": evaluation_attrs(outcome.validation),
             "test": evaluation_attrs(test), "macs": card.macs, "params": card.params,
             "param_bytes": card.param_bytes, "seconds": round(outcome.seconds, 1),

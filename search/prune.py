@@ -28,7 +28,7 @@ from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, cou
 from asc_search.errors import AscSearchError, PluginError
 from asc_search.plugin_manager import collect_named
 from asc_search.recipe import TrainingRecipe
-from asc_search.train import LabelledSet, Precision, fit, precision_for
+from asc_search.train import LabelledSet, Precision, derive_seed, fit, precision_for
 
 
 class PruningError(AscSearchError):
@@ -86,6 +86,9 @@ class PruningPlan:
     round_to: int = 8
     finetune_epochs: int = 2
     final_finetune_epochs: int = 10
+    #: Optimiser steps of KD after each intermediate step, instead of ``finetune_epochs`` (a
+    #: search gives every candidate the same step budget; see ``asc_search.budget``).
+    finetune_steps: int | None = None
     taylor_batches: int = 4
     #: Prune further, in one-shot steps, while the result is over budget (the search sets this:
     #: rounding channel counts to ``round_to`` can leave a uniformly pruned network a little
@@ -185,9 +188,14 @@ def prune(
             if on_step is not None:
                 on_step(record)
             last = stage == len(chain) and step == plan.steps
-            if train is not None and plan.finetune_epochs > 0 and not last:
-                fit(model, train, recipe.with_(epochs=plan.finetune_epochs, warmup_steps=0),
-                    teacher_logits=teacher_logits, precision=precision, progress=progress,
+            length = plan.finetune_steps if plan.finetune_steps is not None \
+                else plan.finetune_epochs
+            if train is not None and length > 0 and not last:
+                # Each fine-tune draws its own batches: the same seed would replay one order.
+                fit(model, train, recipe.with_(epochs=max(1, plan.finetune_epochs), warmup_steps=0,
+                                               seed=derive_seed(recipe.seed, stage, step)),
+                    steps=plan.finetune_steps, teacher_logits=teacher_logits,
+                    precision=precision, progress=progress,
                     label=f"fine-tune stage {stage} step {step}")
                 model.to("cpu").to(memory_format=torch.contiguous_format)
         current_base = target
@@ -211,7 +219,8 @@ def prune(
         if on_step is not None:
             on_step(record)
     if train is not None and plan.final_finetune_epochs > 0:
-        fit(model, train, recipe.with_(epochs=plan.final_finetune_epochs, warmup_steps=0),
+        fit(model, train, recipe.with_(epochs=plan.final_finetune_epochs, warmup_steps=0,
+                                       seed=derive_seed(recipe.seed, len(chain) + 1)),
             teacher_logits=teacher_logits, precision=precision, progress=progress,
             label="final fine-tune")
         model.to("cpu").to(memory_format=torch.contiguous_format)

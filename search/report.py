@@ -65,8 +65,15 @@ def _summary(study: optuna.Study) -> str:
     return (f"<p>{len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))});"
             f" split {settings.split} %, budgets {settings.max_macs:,} MACs and "
             f"{settings.max_param_bytes:,} bytes ({settings.storage_dtype}); objective "
-            f"{settings.objective}; space {html.escape(settings.space_source)}; proxy "
-            f"{settings.proxy_epochs} epochs; {spent / 60:.1f} minutes of trial training.</p>")
+            f"{settings.objective}; space {html.escape(settings.space_source)}; "
+            f"{spent / 60:.1f} minutes of trial training.</p>"
+            f"<p>Equal training budgets: every candidate trains for the same number of "
+            f"optimiser steps (epochs × steps per epoch at the study's batch size, so the same "
+            f"number of samples): {settings.proxy_epochs} epochs in a search trial, "
+            f"{settings.promote_epochs} for a finalist. A pruning plan divides its budget: a "
+            f"third for the final fine-tune, a tenth for the fine-tunes between pruning steps, "
+            f"the rest for the wide network. Steps of a wider network cost more; each trial "
+            f"records the training MACs it spent.</p>")
 
 
 def _png(figure: Any, folder: Path, name: str) -> str:

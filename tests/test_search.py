@@ -16,7 +16,7 @@ from asc_search.search_space import read_space, space_from_dict
 from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage
 from asc_search.study import SEED_TRIALS, WorkerJob, create_or_resume, run_worker, seed_params
 
-QUICK = {"proxy_epochs": 1, "final_finetune_epochs": 1, "teacher_epochs": 1}
+QUICK = {"proxy_epochs": 1, "teacher_epochs": 1}
 
 
 @pytest.fixture(scope="module")

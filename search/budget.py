@@ -1,0 +1,83 @@
+"""Equal training budgets: every candidate of a study trains for the same number of optimiser steps.
+
+A search compares candidates, so each must get the same training at a given fidelity, whatever its
+plan. Otherwise the comparison rewards plans for their extra epochs: before this rule an unpruned
+candidate (the DCASE baseline's seed trial among them) trained 4 proxy epochs while the seed's S3
+plan got 4 wide epochs plus 9 fine-tunes between pruning steps plus a final fine-tune, 16 in all,
+and promotion gave the baseline half of S1's epochs.
+
+The unit is the optimiser step at the study's batch size, i.e. the number of training samples
+seen: a budget of E epochs is E × ⌈n / batch⌉ steps for every candidate. An unpruned candidate
+spends all of them on its one network. A pruning plan divides the same steps the way the seed's
+recipe divided its 150 epochs (100 wide, 2 after each intermediate pruning step, 50 at the end):
+a third for the final fine-tune, a tenth shared by the fine-tunes between pruning steps, the rest
+for the wide network. The cost of a step is not equal (a 96-wide network costs about nine times a
+32-wide one per step), so each candidate also records the training MACs it spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from asc_search.errors import AscSearchError
+
+#: Shares of a pruning plan's budget, after the seed's 100 / 2-per-step / 50 epochs.
+FINAL_FINETUNE_SHARE = 1 / 3
+BETWEEN_STEPS_SHARE = 0.1
+#: Forward + backward ≈ three forward passes: how training MACs are estimated from the DCASE count.
+TRAINING_PASSES = 3
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """How one candidate spends ``total`` optimiser steps.
+
+    ``wide`` steps train the network the plan starts from, each of the ``pruning_steps − 1``
+    intermediate pruning steps is followed by ``between`` steps of fine-tuning, and ``final``
+    steps fine-tune the pruned network. An unpruned candidate has ``wide == total``.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    wide: int
+    between: int
+    final: int
+    pruning_steps: int
+
+    @property
+    def total(self) -> int:
+        return self.wide + self.between * max(0, self.pruning_steps - 1) + self.final
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+
+def step_budget(epochs: int, *, steps_per_epoch: int, pruning_steps: int) -> StepBudget:
+    """Divide ``epochs × steps_per_epoch`` optimiser steps for a plan of ``pruning_steps`` steps
+    (0 for a candidate that is not pruned)."""
+    if epochs < 1 or steps_per_epoch < 1:
+        raise AscSearchError("a training budget needs at least one epoch of at least one step")
+    total = epochs * steps_per_epoch
+    if pruning_steps <= 0:
+        return StepBudget(epochs, steps_per_epoch, total, 0, 0, 0)
+    final = max(1, round(total * FINAL_FINETUNE_SHARE))
+    intermediate = pruning_steps - 1
+    between = round(total * BETWEEN_STEPS_SHARE) // intermediate if intermediate else 0
+    if intermediate and between < 1 and total - final - intermediate >= 1:
+        between = 1
+    wide = total - final - between * intermediate
+    if wide < 1:
+        raise AscSearchError(
+            f"a budget of {epochs} epoch(s) ({total} steps) is too small for a plan of "
+            f"{pruning_steps} pruning steps; raise the epochs")
+    return StepBudget(epochs, steps_per_epoch, wide, between, final, pruning_steps)
+
+
+def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,
+                  between_macs: list[int], final_macs: int) -> int:
+    """Estimated multiply-accumulates spent training: steps × batch × 3 forward passes of the
+    network trained in each phase (``between_macs``: the network after each intermediate step)."""
+    per_sample = budget.wide * wide_macs + budget.final * final_macs
+    per_sample += sum(budget.between * macs for macs in between_macs)
+    return int(per_sample * batch_size * TRAINING_PASSES)
