@@ -7,8 +7,12 @@ source_label), ``audio/<scene>-<city>-<location>-<segment>-<device>.wav``, split
 whole training fold: every file of meta.csv not in the test or validation list.
 
 Validation is a list called ``validation.csv`` when the folder has one (the embedded corpus does), or
-a device-stratified, seeded hold-out of the split otherwise. Held-out files never reach training, so
-a search that selects on validation never looks at test.
+a seeded hold-out of whole recording locations of the split otherwise. Real clips come ten to a
+10-s recording, and the test fold's locations never occur in training; a hold-out of single 1-s
+files would share its recordings and locations with the training clips and so reward memorising
+them. Held-out files never reach training, and no list shares a file with another (checked on
+every split, not only by ``data check``), so a search that selects on validation never looks at
+test.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ DEVICES: tuple[str, ...] = SEEN_DEVICES + UNSEEN_DEVICES
 META_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
 LIST_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
 VALIDATION_LIST = "validation.csv"
+HOLD_OUT_RESTARTS = 8
 TEST_LIST = "test.csv"
 
 
@@ -53,6 +58,13 @@ class Clip:
     @property
     def city(self) -> str:
         return self.location.split("-", 1)[0]
+
+    @property
+    def recording(self) -> str:
+        """The 10-s recording the clip was cut from: its name without the 1-s index and device
+        (``airport-lisbon-1000-40000``); parallel recordings by several devices share it."""
+        parts = Path(self.filename).stem.split("-")
+        return "-".join(parts[:-2] if len(parts) >= 6 else parts[:-1])
 
 
 @dataclass(frozen=True)
@@ -160,17 +172,12 @@ class TAU22Dataset:
             train = tuple(name for name in listed if name not in held)
             source = VALIDATION_LIST
         else:
-            train, validation = hold_out(
-                listed, key=lambda name: f"{self.clips[name].device}/{self.clips[name].scene}",
-                fraction=validation_fraction, seed=seed,
-            )
-            source = f"held out of split{percent} ({validation_fraction:.0%}, seed {seed})"
-        leaked = set(train) & set(self.test)
-        if leaked:
-            raise DataError(
-                f"{split_list_name(percent)}: {len(leaked)} file(s) also in the test list,"
-                f" e.g. {sorted(leaked)[0]}"
-            )
+            train, validation, unit = hold_out_locations(
+                listed, self.clips, fraction=validation_fraction, seed=seed)
+            source = (f"held out of split{percent}: whole {unit}, {len(validation):,} clips "
+                      f"({validation_fraction:.0%}, seed {seed})")
+        check_disjoint({split_list_name(percent): train, "validation": validation,
+                        TEST_LIST: self.test}, self.clips)
         return SplitFiles(percent=percent, train=tuple(train), validation=tuple(validation),
                           test=self.test, validation_source=source)
 
@@ -185,23 +192,96 @@ class TAU22Dataset:
         return Counter(self.clips[name].device for name in filenames)
 
 
-def hold_out(
-    filenames: Sequence[str], *, key: Callable[[str], str], fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """Split ``filenames`` into (kept, held out) with ``fraction`` of every ``key`` group held out."""
+def check_disjoint(lists: dict[str, Sequence[str]], clips: dict[str, Clip]) -> None:
+    """Refuse lists that share a file, or a recording, pairwise (train, validation, test).
+
+    A shared recording is a leak as real as a shared file: the ten 1-s clips of a recording are
+    near copies of each other. (Shared locations are allowed: a user's own validation list may
+    hold other recordings of a training location; the embedded corpus and the hold-out share none.)
+    """
+    names = list(lists)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = set(lists[first]) & set(lists[second])
+            if shared:
+                raise DataError(f"{first} and {second} share {len(shared)} file(s), e.g. "
+                                f"{sorted(shared)[0]}")
+            recordings = ({clips[n].recording for n in lists[first]}
+                          & {clips[n].recording for n in lists[second]})
+            if recordings:
+                raise DataError(f"{first} and {second} share {len(recordings)} recording(s), "
+                                f"e.g. {sorted(recordings)[0]}: their clips are near copies")
+
+
+def hold_out_locations(filenames: Sequence[str], clips: dict[str, Clip], *, fraction: float,
+                       seed: int) -> tuple[list[str], list[str], str]:
+    """Hold out whole recording locations, about ``fraction`` of every scene and every device.
+
+    Returns (kept, held out, the unit held out). Locations are visited in a seeded order and one
+    is held out when that brings the held-out clips per scene and per device closer to their
+    targets (``fraction`` of each); passes repeat until none helps. A scene with a single location
+    in the list cannot lose it, so its recordings are held out instead (and the unit says so).
+    """
     if not 0 < fraction < 1:
         raise DataError(f"validation fraction {fraction}: must be between 0 and 1")
+    by_scene: dict[str, set[str]] = defaultdict(set)
+    for name in filenames:
+        by_scene[clips[name].scene].add(clips[name].location)
+    few = {scene for scene, locations in by_scene.items() if len(locations) < 2}
+
+    def group(name: str) -> str:
+        clip = clips[name]
+        return f"{clip.scene}/{clip.recording if clip.scene in few else clip.location}"
+
     groups: dict[str, list[str]] = defaultdict(list)
     for name in filenames:
-        groups[key(name)].append(name)
+        groups[group(name)].append(name)
+    scenes = Counter(clips[name].scene for name in filenames)
+    devices = Counter(clips[name].device for name in filenames)
+    target = {("scene", k): fraction * n for k, n in scenes.items()}
+    target |= {("device", k): fraction * n for k, n in devices.items()}
+    counts = {key: Counter((("scene", clips[n].scene)) for n in members)
+              + Counter((("device", clips[n].device)) for n in members)
+              for key, members in groups.items()}
+
+    def cost(counts_now: Counter[tuple[str, str]]) -> float:
+        return sum((counts_now[key] - goal) ** 2 / goal for key, goal in target.items())
+
+    def greedy(order: list[str]) -> tuple[float, set[str]]:
+        held: set[str] = set()
+        held_counts: Counter[tuple[str, str]] = Counter()
+        # Never empty a scene: at most all but one group of each scene may go.
+        left = Counter(key.split("/", 1)[0] for key in groups)
+        improved = True
+        while improved:
+            improved = False
+            for key in order:
+                scene = key.split("/", 1)[0]
+                if key in held or left[scene] < 2:
+                    continue
+                candidate = held_counts + counts[key]
+                if cost(candidate) < cost(held_counts):
+                    held.add(key)
+                    held_counts = candidate
+                    left[scene] -= 1
+                    improved = True
+        return cost(held_counts), held
+
+    # A few seeded visiting orders, the best-balanced kept: one greedy pass can overshoot a
+    # scene early; the seed still decides which locations are held out.
     rng = random.Random(seed)
-    held: set[str] = set()
-    for group in sorted(groups):
-        members = sorted(groups[group])
-        rng.shuffle(members)
-        held.update(members[: max(1, round(fraction * len(members)))])
-    kept = [name for name in filenames if name not in held]
-    return kept, [name for name in filenames if name in held]
+    best: tuple[float, set[str]] | None = None
+    for _ in range(HOLD_OUT_RESTARTS):
+        order = sorted(groups)
+        rng.shuffle(order)
+        result = greedy(order)
+        if best is None or result[0] < best[0]:
+            best = result
+    assert best is not None
+    held = best[1]
+    kept = [name for name in filenames if group(name) not in held]
+    unit = "locations" if not few else f"locations (recordings for {', '.join(sorted(few))})"
+    return kept, [name for name in filenames if group(name) in held], unit
 
 
 def find_lists_dir(root: Path, explicit: Path | None = None) -> Path:

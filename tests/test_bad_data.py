@@ -156,7 +156,40 @@ def test_test_files_leaking_into_a_split_are_refused(cli, corpus: Path) -> None:
     leaked = (corpus / "test.csv").read_text().splitlines()[1]
     with (corpus / "split5.csv").open("a") as handle:
         handle.write(leaked + "\n")
-    with pytest.raises(DataError, match=r"split5\.csv: 1 file.*also in the test list"):
+    with pytest.raises(DataError, match=r"split5\.csv and test\.csv share 1 file"):
         load_dataset(corpus).split(5)
     result = cli("data", "check", corpus, "--quick")
     assert "split5.csv: 1 file(s) also in test.csv" in result.out and result.code == 2
+
+
+def test_validation_sharing_a_file_with_test_is_refused(corpus: Path) -> None:
+    leaked = (corpus / "test.csv").read_text().splitlines()[1]
+    with (corpus / "validation.csv").open("a") as handle:
+        handle.write(leaked + "\n")
+    with pytest.raises(DataError, match=r"validation and test\.csv share 1 file"):
+        load_dataset(corpus).split(5)
+
+
+def test_validation_sharing_a_recording_with_training_is_refused(corpus: Path) -> None:
+    # One clip of a training recording moved into the validation list: the file lists stay
+    # disjoint, but validation now holds a near copy of training audio.
+    split = (corpus / "split5.csv").read_text().splitlines()
+    moved = split.pop(1)
+    (corpus / "split5.csv").write_text("\n".join(split) + "\n")
+    recording = moved.split("\t")[0].rsplit("-", 2)[0]
+    assert any(line.startswith(recording) for line in split[1:]), "needs a recording of 2+ clips"
+    with (corpus / "validation.csv").open("a") as handle:
+        handle.write(moved + "\n")
+    with pytest.raises(DataError, match=r"split5\.csv and validation share 1 recording"):
+        load_dataset(corpus).split(5)
+
+
+def test_hold_out_without_a_validation_list_keeps_locations_apart(corpus: Path) -> None:
+    (corpus / "validation.csv").unlink()
+    dataset = load_dataset(corpus)
+    files = dataset.split(100, seed=0)
+    clips = dataset.clips
+    assert files.validation and files.validation_source.startswith("held out of split100: whole")
+    assert not ({clips[n].location for n in files.validation}
+                & {clips[n].location for n in files.train})
+    assert {clips[n].scene for n in files.train} == {clips[n].scene for n in files.validation}

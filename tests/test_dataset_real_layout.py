@@ -74,16 +74,25 @@ def test_location_and_device_parsed_from_names(real_layout: Path) -> None:
                                                                    "lisbon-1000", "a")
 
 
-def test_split5_with_held_out_validation(real_layout: Path) -> None:
+def test_split5_holds_out_whole_locations(real_layout: Path) -> None:
     dataset = load_dataset(real_layout)
     files = dataset.split(5, validation_fraction=0.1, seed=3)
     assert len(files.train) + len(files.validation) == 6_980
     assert not set(files.train) & set(files.validation)
     assert not set(files.train) & set(files.test)
-    held = Counter(dataset.clips[name].device for name in files.validation)
-    # Device-stratified: 10 % of every device (per scene, rounded), so b..s3 get ~38 each.
-    assert 480 <= held["a"] <= 540 and all(35 <= held[d] <= 41 for d in ("b", "c", "s1", "s2", "s3"))
-    assert files.validation_source.startswith("held out of split5")
+    # No held-out clip shares its recording or its location with a training clip: the real
+    # split5 has 332 locations of 10-70 clips, and the test fold's are all unseen too.
+    clips = dataset.clips
+    for unit in ("recording", "location"):
+        assert not ({getattr(clips[n], unit) for n in files.validation}
+                    & {getattr(clips[n], unit) for n in files.train}), unit
+    # About 10 % of every scene and every device, to a location's granularity (10–70 clips).
+    assert 650 <= len(files.validation) <= 900
+    held = Counter(clips[name].device for name in files.validation)
+    assert 450 <= held["a"] <= 620 and all(25 <= held[d] <= 65 for d in ("b", "c", "s1", "s2", "s3"))
+    scenes = Counter(clips[name].scene for name in files.validation)
+    assert len(scenes) == 10 and min(scenes.values()) >= 50 and max(scenes.values()) <= 110
+    assert files.validation_source.startswith("held out of split5: whole locations")
     again = dataset.split(5, validation_fraction=0.1, seed=3)
     assert again == files
     assert dataset.split(5, validation_fraction=0.1, seed=4).validation != files.validation
