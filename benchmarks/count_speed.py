@@ -1,15 +1,19 @@
-"""How long the DCASE counter takes per candidate, against torchinfo (the official counter).
+"""How long the DCASE counter takes per candidate, against plain torchinfo and the old fvcore path.
 
 One command: ``python benchmarks/count_speed.py [--n 40]``. Samples candidates from the shipped
-spaces, then in one process times building each network, counting it with asc-search's fvcore-based
-counter, and summarising it with torchinfo; prints medians and the ratio.
+spaces, then in one process times building each network, counting it with asc-search's counter
+(torchinfo, the official counter, plus the report of parameters outside leaf layers), a bare
+``torchinfo.summary`` and the independent fvcore trace the tests cross-check with (the counter
+asc-search used before); prints medians, ratios and how many counts agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import torchinfo
@@ -19,6 +23,9 @@ from asc_search.complexity import DCASE_INPUT_SHAPE, count_complexity
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import load_space
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from dcase_fvcore import dcase_macs
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pm = build_plugin_manager()
-    build_s, ours_s, official_s = [], [], []
+    build_s, ours_s, official_s, fvcore_s = [], [], [], []
     agree = 0
     for name in ("sscp_mobile", "cp_mobile"):
         space = load_space(name, pm=pm)
@@ -42,13 +49,19 @@ def main() -> None:
             started = time.perf_counter()
             summary = torchinfo.summary(model, input_size=DCASE_INPUT_SHAPE, verbose=0)
             official_s.append(time.perf_counter() - started)
-            agree += (card.macs, card.params) == (summary.total_mult_adds, summary.total_params)
-    ours, official = statistics.median(ours_s), statistics.median(official_s)
-    print(f"candidates: {len(ours_s)} (two spaces); exact agreement with torchinfo: {agree}/{len(ours_s)}")
+            started = time.perf_counter()
+            traced = dcase_macs(model)
+            fvcore_s.append(time.perf_counter() - started)
+            agree += (card.macs, card.params) == (summary.total_mult_adds, summary.total_params) \
+                and traced == card.macs
+    ours, official, fvcore = (statistics.median(x) for x in (ours_s, official_s, fvcore_s))
+    print(f"candidates: {len(ours_s)} (two spaces); counter = torchinfo = fvcore cross-check: "
+          f"{agree}/{len(ours_s)}")
     print(f"build network:            median {statistics.median(build_s) * 1e3:6.1f} ms")
     print(f"asc-search DCASE counter: median {ours * 1e3:6.1f} ms (max {max(ours_s) * 1e3:.1f} ms)")
-    print(f"torchinfo (official):     median {official * 1e3:6.1f} ms")
-    print(f"ratio counter / torchinfo: {ours / official:.2f}")
+    print(f"bare torchinfo.summary:   median {official * 1e3:6.1f} ms")
+    print(f"fvcore trace (old path):  median {fvcore * 1e3:6.1f} ms")
+    print(f"ratio counter / torchinfo: {ours / official:.2f}; fvcore / counter: {fvcore / ours:.2f}")
 
 
 if __name__ == "__main__":

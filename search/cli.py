@@ -376,9 +376,10 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
     if largest:
         out.print(f"widest base_channels that fits: {widest}" if widest else
                   "no base_channels fits these budgets")
-    if card.uncounted_ops:
-        out.print("not counted (no DCASE rule; check by hand): "
-                  + ", ".join(f"{op} ×{n}" for op, n in card.uncounted_ops.items()))
+    if card.uncounted_parameters:
+        out.print("parameters outside leaf layers (counted as parameters, no MACs, as in the "
+                  "official count): " + ", ".join(f"{name} ({n:,})" for name, n in
+                                                  card.uncounted_parameters.items()))
     if layers:
         per_layer = Table("layer", "type", "params", "MACs")
         for layer in card.layers:

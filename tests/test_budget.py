@@ -1,0 +1,111 @@
+"""Equal training budgets: every candidate of a study trains for the same optimiser steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import asc_search.objective as objective
+import asc_search.prune as prune_module
+from asc_search.budget import step_budget
+from asc_search.errors import AscSearchError
+from asc_search.experiment import load_split_data
+from asc_search.objective import SearchSettings, train_candidate
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search_space import read_space, space_from_dict
+from asc_search.study import seed_params
+from asc_search.train import fit as real_fit
+from asc_search.train import precision_for
+
+PM = build_plugin_manager()
+
+
+def test_a_plan_divides_the_same_steps_as_an_unpruned_candidate() -> None:
+    unpruned = step_budget(8, steps_per_epoch=25, pruning_steps=0)
+    s1 = step_budget(8, steps_per_epoch=25, pruning_steps=5)  # 64 → 32, 5 steps
+    s3 = step_budget(8, steps_per_epoch=25, pruning_steps=10)  # 96 → 64 → 32, 5 steps each
+    assert unpruned.total == s1.total == s3.total == 200
+    assert (unpruned.wide, unpruned.between, unpruned.final) == (200, 0, 0)
+    assert s1.final == s3.final == 67  # a third: the seed's 50 of 150 epochs
+    assert s1.between * 4 <= 20 and s3.between * 9 <= 20  # a tenth between the steps
+    assert s3.wide == 200 - 67 - 9 * s3.between
+    with pytest.raises(AscSearchError, match="too small"):
+        step_budget(1, steps_per_epoch=1, pruning_steps=2)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    return load_split_data(str(tiny_corpus), 100, pm=PM, progress=False, with_test=False,
+                           cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _candidates() -> tuple[SearchSettings, dict]:
+    raw, source = read_space("sscp_mobile")
+    space = space_from_dict(raw, source=source, pm=PM)
+    settings = SearchSettings(space=raw, space_source=source, proxy_epochs=3,
+                              recipe={"batch_size": 32})
+    return settings, {name: space.candidate(space.values_of(params))
+                      for name, params in seed_params(space).items()}
+
+
+def test_baseline_and_seed_plans_train_for_equal_steps(data, monkeypatch) -> None:
+    """Before equal budgets the baseline trained 4 proxy epochs and S3 16 (plus fine-tunes)."""
+    settings, candidates = _candidates()
+    taken: list[tuple[int, int]] = []  # (steps, seed) of every fit
+
+    def counting_fit(model, train, recipe, **kwargs):
+        steps = 0
+        inner = kwargs.pop("on_step", None)
+
+        def on_step(step: int) -> None:
+            nonlocal steps
+            steps = step
+            if inner is not None:
+                inner(step)
+
+        history = real_fit(model, train, recipe, on_step=on_step, **kwargs)
+        taken.append((steps, recipe.seed))
+        return history
+
+    monkeypatch.setattr(objective, "fit", counting_fit)
+    monkeypatch.setattr(prune_module, "fit", counting_fit)
+    logits = np.zeros((len(data.train), 10), dtype=np.float32)
+    totals = {}
+    for name in ("dcase-baseline", "seed-S1", "seed-S3"):
+        taken.clear()
+        outcome = train_candidate(candidates[name], settings=settings, pm=PM, train=data.train,
+                                  validation=data.validation, teacher_logits=logits,
+                                  precision=precision_for("cpu"), epochs=settings.proxy_epochs)
+        totals[name] = sum(steps for steps, _ in taken)
+        assert totals[name] == outcome.budget.total
+        # Every fit of one candidate draws its own batches: no seed is used twice.
+        assert len({seed for _, seed in taken}) == len(taken)
+        assert outcome.training_macs > 0
+    steps_per_epoch = -(-len(data.train) // 32)
+    assert set(totals.values()) == {3 * steps_per_epoch}
+
+
+def test_reports_score_only_the_final_width_network(data) -> None:
+    settings, candidates = _candidates()
+    logits = np.zeros((len(data.train), 10), dtype=np.float32)
+    for name in ("dcase-baseline", "seed-S1"):
+        reported: list[tuple[int, int]] = []
+
+        def on_report(model, epoch: int, reported=reported) -> None:
+            reported.append((epoch, sum(p.numel() for p in model.parameters())))
+
+        outcome = train_candidate(candidates[name], settings=settings, pm=PM, train=data.train,
+                                  validation=data.validation, teacher_logits=logits,
+                                  precision=precision_for("cpu"), epochs=settings.proxy_epochs,
+                                  on_report=on_report)
+        final_params = sum(p.numel() for p in outcome.model.parameters())
+        assert reported, name
+        assert {params for _, params in reported} == {final_params}, name
+        epochs = [epoch for epoch, _ in reported]
+        assert epochs == sorted(epochs) and epochs[-1] == settings.proxy_epochs
+        if name == "dcase-baseline":
+            assert epochs == [1, 2, 3]
+        else:  # only the final fine-tune's epochs: the wide network is never reported
+            assert epochs[0] > 1
