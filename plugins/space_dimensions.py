@@ -16,6 +16,16 @@ from asc_search.search_space import DimensionInfo
 MAX_STAGES = 4
 
 
+def _pruned(values: Any) -> bool:
+    """The plan prunes only when it trains wider than the final width."""
+    return float(values.get("prune_width_ratio", 1.0)) > 1.0
+
+
+def _stepped(values: Any) -> bool:
+    """Steps per stage matter only for a pruned plan whose schedule is not one-shot."""
+    return _pruned(values) and values.get("schedule", "agp") != "one_shot"
+
+
 def _set_stage(stage: int) -> Any:
     def apply(spec_fields: dict[str, Any], value: Any) -> None:
         forms = list(spec_fields.get("factorization", ()))
@@ -49,12 +59,15 @@ def asc_space_dimensions() -> list[DimensionInfo]:
     plan = [
         DimensionInfo("prune_width_ratio", "plan",
                       "pre-pruning width as a multiple of the final width (1 = no pruning)"),
-        DimensionInfo("importance", "plan", "channel importance metric",
-                      allowed=lambda pm: tuple(importance_metrics(pm))),
-        DimensionInfo("schedule", "plan", "pruning schedule",
-                      allowed=lambda pm: tuple(pruning_schedules(pm))),
-        DimensionInfo("prune_steps", "plan", "pruning steps per stage"),
-        DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each"),
+        DimensionInfo("importance", "plan", "channel importance metric (pruned plans only)",
+                      allowed=lambda pm: tuple(importance_metrics(pm)), active_when=_pruned),
+        DimensionInfo("schedule", "plan", "pruning schedule (pruned plans only)",
+                      allowed=lambda pm: tuple(pruning_schedules(pm)), active_when=_pruned),
+        DimensionInfo("prune_steps", "plan",
+                      "pruning steps per stage (pruned plans, schedules other than one_shot)",
+                      active_when=_stepped),
+        DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each "
+                      "(pruned plans only)", active_when=_pruned),
     ]
     from dataclasses import fields
 

@@ -56,6 +56,10 @@ class DimensionInfo:
     allowed: Callable[[pluggy.PluginManager], Collection[Any]] | None = None
     #: Applies a sampled value to the spec fields (spec dimensions whose name is not a field).
     apply: Callable[[dict[str, Any], Any], None] | None = None
+    #: Whether the dimension has any effect, given the other values of the candidate (fixed and
+    #: sampled so far); an inactive dimension is not sampled (None: always active). Sampling a
+    #: dimension that changes nothing only adds noise for the sampler to model.
+    active_when: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,42 @@ class SearchSpace:
     infos: dict[str, DimensionInfo]
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
-        """Sample every dimension through ``trial`` and assemble the candidate."""
-        values = {d.name: d.suggest(trial) for d in self.dimensions}
+        """Sample every active dimension through ``trial`` and assemble the candidate.
+
+        Unconditional dimensions first, then conditional ones in passes, each once the values it
+        depends on are known (``DimensionInfo.active_when`` sees fixed and sampled values; a
+        condition that reads a value not yet sampled sees it missing and waits a pass)."""
+        values: dict[str, Any] = {}
+        waiting = []
+        for dimension in self.dimensions:
+            if self.infos[dimension.name].active_when is None:
+                values[dimension.name] = dimension.suggest(trial)
+            else:
+                waiting.append(dimension)
+        while waiting:
+            known = {**self.fixed, **values}
+            ready = [d for d in waiting if self._decidable(d, known)]
+            if not ready:  # conditions on each other: decide them on what is known
+                ready = waiting[:1]
+            for dimension in ready:
+                waiting.remove(dimension)
+                if self.active(dimension.name, {**self.fixed, **values}):
+                    values[dimension.name] = dimension.suggest(trial)
         return self.candidate(values)
+
+    def active(self, name: str, values: Mapping[str, Any]) -> bool:
+        """Whether dimension ``name`` has an effect given ``values`` (fixed and sampled)."""
+        condition = self.infos[name].active_when
+        return condition is None or bool(condition(values))
+
+    def _decidable(self, dimension: Dimension, known: Mapping[str, Any]) -> bool:
+        """A conditional dimension is decided once no other waiting dimension could change its
+        condition: the conditions name their inputs only through ``values``, so wait until every
+        unconditional value is in (true here) and every other conditional one it might read."""
+        others = {d.name for d in self.dimensions} - set(known) - {dimension.name}
+        probe = _Recording(known)
+        self.infos[dimension.name].active_when(probe)  # type: ignore[misc]
+        return not (probe.read & others)
 
     def values_of(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Dimension values from a finished trial's ``params`` (the reverse of ``suggest``)."""
@@ -166,6 +203,27 @@ class SearchSpace:
 
 
 _SPEC_FIELDS = frozenset(ArchSpec.__dataclass_fields__)
+
+
+class _Recording(dict):
+    """A mapping that remembers which keys a condition read (to order conditional dimensions)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return super().__contains__(key)
 
 
 def space_dimensions(pm: pluggy.PluginManager) -> dict[str, DimensionInfo]:

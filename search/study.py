@@ -84,7 +84,9 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
             values = {k: v for k, v in values.items() if k != "arch"}
         params = space.params_for(values)
         if params is not None:
-            found[name] = params
+            # Only what acts: the baseline has no pruning plan, so no importance or stages.
+            context = {**space.fixed, **values}
+            found[name] = {k: v for k, v in params.items() if space.active(k, context)}
     return found
 
 
@@ -94,8 +96,12 @@ def make_sampler(name: str, *, seed: int | None, n_trials: int | None = None) ->
         # Seed trials complete first and all share most values; enough random trials after them
         # keep TPE from modelling the seeds alone.
         startup = max(8, min(12, (n_trials or 40) // 3))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=startup)
+        # group: the pruning dimensions exist only for pruned plans (conditional), and grouped
+        # multivariate TPE models each set of dimensions that occur together.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              constant_liar=True, n_startup_trials=startup)
     if name == "nsga2":
         population = max(4, min(50, (n_trials or 200) // 4))
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)

@@ -47,7 +47,8 @@ def test_shipped_spaces_sample_buildable_candidates(name: str) -> None:
         trial = study.ask()
         candidate = space.suggest(trial)
         assert candidate.spec.arch == name
-        assert candidate.plan["importance"] in ("l1", "l2", "bn_scale", "taylor", "fpgm")
+        assert candidate.plan.get("importance", "l2") in ("l1", "l2", "bn_scale", "taylor",
+                                                          "fpgm")
         feasible += count_complexity(build_model(candidate.spec, pm=PM)).fits()
         study.tell(trial, 0.0)
     assert 3 <= feasible <= 17  # the space straddles the budget instead of missing it
@@ -138,3 +139,25 @@ def test_smallest_candidate_is_no_larger_than_random_ones() -> None:
         candidate = space.suggest(study.ask())
         card = count_complexity(build_model(candidate.spec, pm=pm))
         assert smallest.macs <= card.macs and smallest.param_bytes <= card.param_bytes
+
+
+def test_pruning_dimensions_are_sampled_only_where_they_act() -> None:
+    space = load_space("sscp_mobile", pm=PM)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"unpruned": 0, "one_shot": 0, "stepped": 0}
+    for _ in range(60):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        if trial.params["prune_width_ratio"] == 1.0:
+            seen["unpruned"] += 1
+            assert not {"importance", "schedule", "prune_steps", "prune_stages"} & set(trial.params)
+            assert not candidate.plan.keys() - {"prune_width_ratio"}
+        elif trial.params["schedule"] == "one_shot":
+            seen["one_shot"] += 1
+            assert "prune_steps" not in trial.params
+            assert {"importance", "prune_stages"} <= set(trial.params)
+        else:
+            seen["stepped"] += 1
+            assert {"importance", "schedule", "prune_steps", "prune_stages"} <= set(trial.params)
+        study.tell(trial, 0.0)
+    assert all(seen.values()), seen
