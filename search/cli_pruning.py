@@ -47,6 +47,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
                   importance: str, schedule: str, steps: int, chain: str | None,
                   finetune_epochs: int, final_finetune_epochs: int, round_to: int, kd: bool,
                   teacher_names: tuple[str, ...], teacher_epochs: int | None, ensemble: str,
+                  teacher_folds: int,
                   data: str | None, split: str, device: str, out: Path | None,
                   **values: Any) -> None:
     """Prune a trained checkpoint to the budget; print MACs, bytes and accuracy before and after."""
@@ -76,7 +77,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     teacher_logits = None
     if kd:
         result, _ = _ensemble(obj, split_data, recipe, teacher_names, teacher_epochs, ensemble,
-                              precision)
+                              precision, folds=teacher_folds)
         teacher_logits = result.logits
 
     def accuracy() -> float:

@@ -91,6 +91,8 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
+@click.option("--teacher-folds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Out-of-fold teacher logits from K fits (1: logits on clips the teachers saw).")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=None,
               help="Seconds between a running trial's heartbeats, kept in the study for every "
                    "worker; a trial silent for three is taken as lost with its worker and "
@@ -102,7 +104,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
                 promote_epochs: int,
-                teacher_names: tuple[str, ...], teacher_epochs: int, heartbeat: int | None) -> None:
+                teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
+                heartbeat: int | None) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -138,6 +141,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         storage_dtype=storage_dtype, objective=objective, proxy_epochs=proxy_epochs,
         promote_epochs=promote_epochs,
         teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
+        teacher_folds=teacher_folds,
         recipe={} if batch_size is None else {"batch_size": batch_size},
     )
     smallest, card = smallest_candidate(parsed, pm=obj.pm, storage_dtype=storage_dtype)

@@ -71,6 +71,10 @@ def _teacher_options(command: Callable[..., Any]) -> Callable[..., Any]:
                            help="Teacher epochs [default: the student's].")(command)
     command = click.option("--ensemble", type=click.Choice(["mean_logits", "mean_probs"]),
                            default="mean_logits", show_default=True)(command)
+    command = click.option("--teacher-folds", type=click.IntRange(min=1), default=1,
+                           show_default=True,
+                           help="Out-of-fold logits from K fits per teacher (1: logits on the "
+                                "clips a teacher trained on).")(command)
     return command
 
 
@@ -83,7 +87,8 @@ def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> 
 
 
 def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
-              teacher_epochs: int | None, ensemble: str, precision: Any) -> Any:
+              teacher_epochs: int | None, ensemble: str, precision: Any, *,
+              folds: int = 1) -> Any:
     from asc_search.evaluate import evaluate
     from asc_search.teachers import ensemble_logits
     from asc_search.train import predict
@@ -102,7 +107,8 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
 
     result = ensemble_logits(data.train, teacher_names=teacher_names or DEFAULT_TEACHERS, pm=obj.pm,
                              cache_dir=obj.cache, recipe=teacher_recipe, precision=precision,
-                             mode=ensemble, progress=not obj.quiet, on_teacher=report)
+                             mode=ensemble, progress=not obj.quiet, on_teacher=report,
+                             folds=folds)
     return result, rows
 
 
@@ -120,7 +126,8 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
 @pass_context
 def train_command(obj: Context, data: str | None, split: str, device: str, preset: str | None,
                   spec_file: Path | None, kd: bool, teacher_names: tuple[str, ...],
-                  teacher_epochs: int | None, ensemble: str, out: Path | None,
+                  teacher_epochs: int | None, ensemble: str, teacher_folds: int,
+                  out: Path | None,
                   compile_model: bool, no_test: bool, **values: Any) -> None:
     """Train one network on a split's cached features, optionally with KD, and evaluate it."""
     from asc_search.architecture import build_model
@@ -145,7 +152,8 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
                       f"({data.files.validation_source})", highlight=False)
     teacher_logits = None
     if kd:
-        result, _ = _ensemble(obj, data, recipe, teacher_names, teacher_epochs, ensemble, precision)
+        result, _ = _ensemble(obj, data, recipe, teacher_names, teacher_epochs, ensemble, precision,
+                              folds=teacher_folds)
         teacher_logits = result.logits
         out_console.print(f"teacher ensemble: {'cache hit' if result.cache_hit else 'fitted'} "
                           f"({', '.join(result.per_teacher)})", highlight=False)
@@ -186,7 +194,7 @@ def teachers_group() -> None:
 @pass_context
 def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                  teacher_names: tuple[str, ...], teacher_epochs: int | None, ensemble: str,
-                 **values: Any) -> None:
+                 teacher_folds: int, **values: Any) -> None:
     """Fit the teachers on the split's training clips only and cache the ensemble logits."""
     from asc_search.evaluate import evaluate
     from asc_search.experiment import load_split_data
@@ -196,8 +204,11 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
     precision = precision_for(device)
     loaded = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                              progress=not obj.quiet, with_test=False)
-    result, rows = _ensemble(obj, loaded, recipe, teacher_names, teacher_epochs, ensemble, precision)
-    table = Table("teacher", "train macro acc %", "validation macro acc %",
+    result, rows = _ensemble(obj, loaded, recipe, teacher_names, teacher_epochs, ensemble,
+                             precision, folds=teacher_folds)
+    agreement = ("out-of-fold macro acc % on the training clips" if teacher_folds > 1
+                 else "train macro acc %")
+    table = Table("teacher", agreement, "validation macro acc %",
                   title=f"teachers, split {split}")
     for row in rows:
         table.add_row(*row)

@@ -61,10 +61,14 @@ class Clip:
 
     @property
     def recording(self) -> str:
-        """The 10-s recording the clip was cut from: its name without the 1-s index and device
-        (``airport-lisbon-1000-40000``); parallel recordings by several devices share it."""
-        parts = Path(self.filename).stem.split("-")
-        return "-".join(parts[:-2] if len(parts) >= 6 else parts[:-1])
+        return recording_of(self.filename)
+
+
+def recording_of(filename: str) -> str:
+    """The 10-s recording a clip was cut from: its name without the 1-s index and device
+    (``airport-lisbon-1000-40000``); parallel recordings by several devices share it."""
+    parts = Path(filename).stem.split("-")
+    return "-".join(parts[:-2] if len(parts) >= 6 else parts[:-1])
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class FeatureSet:
     """Cached features for a file list: ``array[i]`` belongs to ``files[i]``."""
 
     files: tuple[str, ...]
-    array: np.ndarray  # memory-mapped (N, mels, frames)
+    array: np.ndarray | _RowView  # memory-mapped (N, mels, frames), or rows of one
     directory: Path
     cache_hit: bool
 
@@ -127,6 +128,13 @@ class FeatureSet:
     def index(self) -> dict[str, int]:
         return {name: row for row, name in enumerate(self.files)}
 
+    def subset(self, rows: Sequence[int] | np.ndarray) -> FeatureSet:
+        """The features of ``rows`` (ascending) without copying the memory-mapped array."""
+        rows = np.asarray(rows)
+        return FeatureSet(files=tuple(self.files[r] for r in rows),
+                          array=_RowView(self.array, rows), directory=self.directory,
+                          cache_hit=self.cache_hit)
+
     def batch(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Gather rows as a float32 tensor (B, 1, mels, frames), the model's input layout."""
         rows = np.asarray(rows)
@@ -134,6 +142,21 @@ class FeatureSet:
         gathered = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
         gathered[order] = self.array[rows[order]]
         return torch.from_numpy(gathered).float().unsqueeze(1)
+
+
+class _RowView:
+    """Rows of an array, indexed like the array itself (``FeatureSet.subset``)."""
+
+    def __init__(self, base: np.ndarray | _RowView, rows: np.ndarray) -> None:
+        self.base, self.rows = base, rows
+        self.shape = (len(rows), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.base[self.rows[index]]
 
 
 def list_key(files: Sequence[str], root: Path, settings: FrontEndSettings) -> str:

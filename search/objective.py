@@ -61,6 +61,8 @@ class SearchSettings:
     promote_epochs: int = 32
     teachers: tuple[str, ...] = ("wide_cp_mobile",)
     teacher_epochs: int = 20
+    #: Out-of-fold teacher logits from this many fits (1: logits on the clips a teacher saw).
+    teacher_folds: int = 1
     ensemble: str = "mean_logits"
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
 

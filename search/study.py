@@ -234,7 +234,8 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     precision = precision_for(device)
     ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
                                cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
-                               precision=precision, mode=settings.ensemble, progress=progress)
+                               precision=precision, mode=settings.ensemble, progress=progress,
+                               folds=settings.teacher_folds)
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                           validation=data.validation, teacher_logits=ensemble.logits,
                           precision=precision, artifacts=artifact_store(studies),

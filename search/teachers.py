@@ -5,6 +5,13 @@ devices) and the recipe. It has no handle on the data set, so it cannot read val
 labels even by mistake; the tests check that no other file's label reaches it. The ensemble (mean of
 the teachers' logits by default) is stored in the cache folder beside the teachers' checkpoints and
 reused by every student that trains on the same split.
+
+A teacher trained from scratch on a few hundred clips memorises them: its logits on its own
+training clips are near one-hot and teach the student little beyond the labels. With ``folds`` K > 1
+every teacher is fitted K times, each time without one K-th of the clips (whole recordings, scenes
+balanced), and each clip gets the logits of the fit that did not see it: out-of-fold logits, what
+the teacher really knows about a clip it has not memorised. It costs K fits of (K − 1)/K of the data.
+Teachers without a model (``logits_file``) keep their given logits.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pluggy
+import torch
 from torch import nn
 
 from asc_search.errors import AscSearchError, CacheError, PluginError
@@ -101,16 +109,20 @@ def ensemble_logits(
     mode: str = "mean_logits",
     progress: bool = True,
     on_teacher: Callable[[str, TeacherFit], None] | None = None,
+    folds: int = 1,
 ) -> EnsembleLogits:
-    """Fit (or load) every teacher on ``train`` and return their ensemble logits for its rows."""
+    """Fit (or load) every teacher on ``train`` and return their ensemble logits for its rows
+    (out-of-fold logits with ``folds`` > 1; see the module docstring)."""
     if mode not in ENSEMBLE_MODES:
         raise AscSearchError(f"ensemble mode {mode!r}: choose one of {', '.join(ENSEMBLE_MODES)}")
     if not teacher_names:
         raise AscSearchError("no teachers given")
+    if folds < 1 or folds > len(train) // 2:
+        raise AscSearchError(f"teacher folds {folds}: must be between 1 and half the clips")
     known = teachers(pm)
     parsed = [parse_teacher(text, known) for text in teacher_names]
     precision = precision or precision_for("cpu")
-    key = _key(train, parsed, known, recipe, mode)
+    key = _key(train, parsed, known, recipe, mode, folds)
     directory = cache_dir / "teachers" / key
     if directory.exists():
         try:
@@ -128,7 +140,8 @@ def ensemble_logits(
             workdir.mkdir()
             context = TeacherContext(train=train, recipe=recipe, precision=precision,
                                      workdir=workdir, option=option, progress=progress)
-            fitted = known[name].fit(context)
+            fitted = (known[name].fit(context) if folds == 1 else
+                      _fit_out_of_fold(known[name], context, folds=folds))
             logits = np.asarray(fitted.logits, dtype=np.float32)
             if logits.ndim != 2 or logits.shape[0] != len(train):
                 raise PluginError(f"teacher {name!r} returned logits of shape {logits.shape} "
@@ -142,7 +155,7 @@ def ensemble_logits(
         ensemble = _combine(list(per_teacher.values()), mode)
         np.save(partial / "ensemble.npy", ensemble)
         meta = {"key": key, "files": list(train.files), "teachers": list(per_teacher),
-                "mode": mode, "recipe": recipe.to_dict()}
+                "mode": mode, "recipe": recipe.to_dict(), "folds": folds}
         (partial / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(partial, directory)
@@ -156,6 +169,67 @@ def ensemble_logits(
                           directory=directory, cache_hit=False)
 
 
+class FoldAverage(nn.Module):
+    """The K fold models of an out-of-fold teacher as one: the mean of their logits."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
+def fold_rows(files: Sequence[str], labels: np.ndarray, *, folds: int,
+              seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint, ascending row sets covering ``files``: whole recordings per fold
+    (its ten 1-s clips are near copies), dealt round-robin per scene so every fold has each."""
+    from asc_search.dataset import recording_of
+
+    groups: dict[str, list[int]] = {}
+    for row, name in enumerate(files):
+        groups.setdefault(recording_of(name), []).append(row)
+    by_scene: dict[int, list[str]] = {}
+    for recording, rows in sorted(groups.items()):
+        by_scene.setdefault(int(labels[rows[0]]), []).append(recording)
+    rng = np.random.default_rng(seed)
+    assigned: list[list[int]] = [[] for _ in range(folds)]
+    turn = 0
+    for scene in sorted(by_scene):
+        recordings = by_scene[scene]
+        for index in rng.permutation(len(recordings)):
+            assigned[turn % folds].extend(groups[recordings[index]])
+            turn += 1
+    return [np.array(sorted(rows), dtype=np.int64) for rows in assigned]
+
+
+def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -> TeacherFit:
+    """Fit ``teacher`` on every fold's complement; each clip's logits from the fit without it."""
+    from asc_search.train import derive_seed, predict
+
+    train = context.train
+    logits = np.zeros((len(train), 0), dtype=np.float32)
+    models: list[nn.Module] = []
+    for fold, held in enumerate(fold_rows(train.files, train.labels, folds=folds,
+                                          seed=context.recipe.seed)):
+        kept = np.setdiff1d(np.arange(len(train)), held)
+        workdir = context.workdir / f"fold{fold}"
+        workdir.mkdir()
+        fitted = teacher.fit(TeacherContext(
+            train=train.subset(kept), precision=context.precision, workdir=workdir,
+            recipe=context.recipe.with_(seed=derive_seed(context.recipe.seed, fold)),
+            option=context.option, progress=context.progress))
+        if fitted.model is None:  # logits given, not learned: nothing is memorised
+            return teacher.fit(context)
+        held_logits = predict(fitted.model, train.features.subset(held),
+                              precision=context.precision)
+        if logits.shape[1] == 0:
+            logits = np.zeros((len(train), held_logits.shape[1]), dtype=np.float32)
+        logits[held] = held_logits
+        models.append(fitted.model.to("cpu"))
+    return TeacherFit(logits=logits, model=FoldAverage(models).eval())
+
+
 def _combine(logits: list[np.ndarray], mode: str) -> np.ndarray:
     stacked = np.stack(logits)
     if mode == "mean_logits":
@@ -166,7 +240,7 @@ def _combine(logits: list[np.ndarray], mode: str) -> np.ndarray:
 
 
 def _key(train: LabelledSet, parsed: list[tuple[str, str | None]], known: Mapping[str, Teacher],
-         recipe: TrainingRecipe, mode: str) -> str:
+         recipe: TrainingRecipe, mode: str, folds: int) -> str:
     payload = {
         "v": TEACHER_FORMAT_VERSION,
         "features": train.features.directory.name,  # keyed by the exact training file list
@@ -177,6 +251,7 @@ def _key(train: LabelledSet, parsed: list[tuple[str, str | None]], known: Mappin
         ],
         "recipe": recipe.to_dict(),
         "mode": mode,
+        **({"folds": folds} if folds > 1 else {}),  # one fit: the key it always had
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -39,6 +39,12 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.files)
 
+    def subset(self, rows: np.ndarray) -> LabelledSet:
+        """The clips of ``rows`` (ascending), sharing the cached features."""
+        return LabelledSet(files=tuple(self.files[r] for r in rows),
+                           features=self.features.subset(rows), labels=self.labels[rows],
+                           devices=tuple(self.devices[r] for r in rows))
+
 
 def labelled_set(dataset: TAU22Dataset, features: FeatureSet) -> LabelledSet:
     """Attach labels and devices from ``dataset`` to the rows of ``features``."""

@@ -126,3 +126,71 @@ def test_builtin_teachers_fit_and_predict(tiny_corpus: Path, tmp_path: Path) -> 
     assert set(result.per_teacher) == {"wide_cp_mobile", "patchout_transformer"}
     assert result.logits.shape == (len(data.train), 10) and np.isfinite(result.logits).all()
     assert (result.directory / "wide_cp_mobile" / "model.pt").is_file()
+
+
+class Memoriser:
+    """A teacher that knows exactly the clips it was fitted on: its model returns the one-hot
+    label of a clip it saw and zeros for any other, so its logits show who saw what."""
+
+    def __init__(self) -> None:
+        self.fits: list[set[str]] = []
+
+    @hookimpl
+    def asc_teachers(self):
+        import torch
+
+        def fit(context: TeacherContext) -> TeacherFit:
+            self.fits.append(set(context.train.files))
+            seen = {context.train.features.batch([row]).numpy().tobytes(): int(label)
+                    for row, label in enumerate(context.train.labels)}
+
+            class Lookup(torch.nn.Module):
+                def forward(self, x: torch.Tensor) -> torch.Tensor:
+                    out = torch.zeros(len(x), 10)
+                    for k in range(len(x)):
+                        label = seen.get(x[k:k + 1].float().numpy().tobytes())
+                        if label is not None:
+                            out[k, label] = 1.0
+                    return out
+
+            model = Lookup()
+            logits = np.eye(10, dtype=np.float32)[context.train.labels]
+            return TeacherFit(logits=logits, model=model)
+
+        return [Teacher("memoriser", "knows only the clips it saw", fit)]
+
+
+def test_out_of_fold_logits_come_from_fits_that_never_saw_the_clip(tiny_corpus: Path,
+                                                                     tmp_path: Path) -> None:
+    from asc_search.dataset import recording_of
+    from asc_search.train import precision_for
+
+    pm = build_plugin_manager(load_entry_points=False)
+    memoriser = Memoriser()
+    pm.register(memoriser)
+    data = load_split_data(str(tiny_corpus), 100, pm=pm, cache_dir=tmp_path, progress=False)
+    # fp32 so the lookup sees the exact cached rows.
+    precise = precision_for("cpu", mixed=False)
+    plain = ensemble_logits(data.train, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
+                            recipe=RECIPE, precision=precise, progress=False)
+    assert (plain.logits.argmax(1) == data.train.labels).all()  # memorised: 100 % on its clips
+    memoriser.fits.clear()
+    fitted: list[TeacherFit] = []
+    folded = ensemble_logits(data.train, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
+                             recipe=RECIPE, precision=precise, progress=False, folds=4,
+                             on_teacher=lambda name, fit: fitted.append(fit))
+    # The lookup works: the four fold models together have seen every clip three times.
+    from asc_search.train import predict
+
+    together = predict(fitted[0].model, data.train.features, precision=precise)
+    np.testing.assert_allclose(together[np.arange(len(data.train)), data.train.labels], 0.75)
+    assert folded.directory != plain.directory  # its own cache entry
+    assert len(memoriser.fits) == 4
+    # No clip was scored by a fit that had seen it, nor any clip of its recording.
+    assert (folded.logits == 0).all()
+    everything = set(data.train.files)
+    for seen in memoriser.fits:
+        held = everything - seen
+        assert held and not {recording_of(n) for n in held} & {recording_of(n) for n in seen}
+    # Every clip is held out exactly once.
+    assert sum(len(everything - seen) for seen in memoriser.fits) == len(everything)
