@@ -339,3 +339,32 @@ def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_co
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE,
                       optuna.trial.TrialState.COMPLETE]
     assert any(line.startswith("another worker took this worker's trial as lost") for line in lines)
+
+
+def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: Path,
+                                               monkeypatch) -> None:
+    """Trials select on validation; the test list's clips are read once, for the finalists."""
+    import asc_search.experiment as experiment
+    from asc_search.dataset import load_dataset
+    from asc_search.paths import cache_dir
+    from asc_search.promote import distill
+
+    test_files = set(load_dataset(tiny_corpus).test)
+    requested: list[tuple[str, bool]] = []  # (phase, whether any test clip was asked for)
+    phase = "search"
+    real_build = experiment.build_features
+
+    def spying_build(files, **kwargs):
+        requested.append((phase, bool(set(files) & test_files)))
+        return real_build(files, **kwargs)
+
+    monkeypatch.setattr(experiment, "build_features", spying_build)
+    settings = _settings(tiny_corpus, pm=pm, promote_epochs=1)
+    _, url = _study("no-test", settings, pm=pm, seed_trials=True)
+    run_worker(WorkerJob(study="no-test", storage_url=url, sampler="random", seed=0,
+                         n_trials=2, timeout=None), pm=pm)
+    assert requested and not any(test for _, test in requested)
+    phase = "promotion"
+    distill(optuna.load_study(study_name="no-test", storage=url), top=1, pm=pm,
+            cache=cache_dir(), studies=None, progress=False)
+    assert ("promotion", True) in requested
