@@ -1,19 +1,24 @@
-"""The seed's three pruning plans against the same final width trained directly, all with KD.
+"""The seed's three pruning plans against the DCASE baseline and the same final width trained
+directly, all with KD, at equal training budgets, over several seeds.
 
-One command: ``python benchmarks/seed_plans.py [--wide-epochs 100] [--final-epochs 50]``.
-On the embedded corpus's 5 % split, with the teacher ensemble that ``calibrate_corpus.py`` fits
-(served from the cache when it is there):
+One command: ``python benchmarks/seed_plans.py [--split 5] [--seeds 0 1 2] [--epochs 150]``.
+On the embedded corpus, with the teacher ensemble that ``calibrate_corpus.py`` fits (served from
+the cache when it is there), every candidate is trained by the product's own path
+(``asc_search.objective.train_candidate``, as promotion trains a finalist) with the same budget
+of optimiser steps (``--epochs`` at batch 256):
 
-- direct: ``seed-final`` (base 32) trained with KD for 150 epochs;
-- S1: ``seed-s1-start`` (64) trained with KD, pruned to 32 in AGP steps;
-- S2: ``seed-s2-start`` (96) trained with KD, pruned to 32 in linear steps;
-- S3: the same 96-wide network, pruned 96 → 64 → 32, AGP steps within each stage.
+- baseline: the DCASE 2024 baseline (CP-Mobile, base 32), unpruned;
+- direct: ``seed-final`` (SSCP, base 32) trained directly, unpruned;
+- S1: 64 → 32, AGP steps; S2: 96 → 32, linear steps; S3: 96 → 64 → 32, AGP steps per stage.
 
-Every plan fine-tunes with KD for ``--finetune-epochs`` after each intermediate step and for
-``--final-epochs`` at the end; accuracy is recorded before the final fine-tune and after it. S2
-and S3 start from one trained 96-wide network (their starting architectures are the same), which
-is kept under ``--work`` so a rerun skips training it. Results are appended as JSON lines to
-``--out`` (default: benchmarks/seed_plans.jsonl); a rerun skips the plans already recorded.
+A pruning plan divides the budget as the product does (``asc_search.budget``): a third for the
+final fine-tune, a tenth for the fine-tunes between the 5 steps per stage, the rest for the wide
+network: at 150 epochs that is 86 wide epochs for S1, close to the seed's 100 / 2 per step / 50.
+Each run records validation and test macro accuracy with 95 % bootstrap intervals, seconds on
+this machine and the training MACs spent. Results are appended as JSON lines to ``--out``
+(default: benchmarks/seed_plans.jsonl); a rerun skips what is recorded for the current revision.
+Revision 1 (before issue 15) trained the wide networks 100 epochs, 2 per intermediate step and 50
+at the end with the old KD scale; ``--report --revision 1`` shows it.
 """
 
 from __future__ import annotations
@@ -23,133 +28,128 @@ import time
 from pathlib import Path
 
 import torch
-from calibrate_corpus import recipe_for
+from calibrate_corpus import EPOCHS, recipe_for
 from results import append_result, read_results
 
-from asc_search.architecture import build_model, resolve_preset
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
-from asc_search.complexity import count_complexity
-from asc_search.evaluate import evaluate
+from asc_search.evaluate import evaluate, mean_sd_interval
 from asc_search.experiment import load_split_data
+from asc_search.objective import SearchSettings, evaluation_attrs, train_candidate
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.prune import PruningPlan, prune
+from asc_search.search_space import read_space, space_from_dict
+from asc_search.study import seed_params
 from asc_search.teachers import ensemble_logits
-from asc_search.train import fit, predict
+from asc_search.train import precision_for, predict
 
-PLANS = {  # name: (starting preset, schedule, chain of base widths)
-    "S1": ("seed-s1-start", "agp", (32,)),
-    "S2": ("seed-s2-start", "linear", (32,)),
-    "S3": ("seed-s3-start", "progressive", (64, 32)),
-}
+REVISION = 2
+PLANS = {"baseline": "dcase-baseline", "direct": None, "S1": "seed-S1", "S2": "seed-S2",
+         "S3": "seed-S3"}
 
 
-def scores(model, data) -> dict:
-    out = {}
-    for name, labelled in (("validation", data.validation), ("test", data.test)):
-        result = evaluate(predict(model, labelled.features), labelled.labels, labelled.devices)
-        out[name] = {"macro": round(result.macro_accuracy, 4), "seen": result.seen,
-                     "unseen": result.unseen}
-    return out
+def candidates(pm) -> tuple[SearchSettings, dict]:
+    """The plans as candidates of the default space; ``direct`` is S1's final network unpruned."""
+    raw, source = read_space("sscp_mobile")
+    space = space_from_dict(raw, source=source, pm=pm)
+    params = seed_params(space)
+    found = {name: space.candidate(space.values_of(params[seed]))
+             for name, seed in PLANS.items() if seed is not None}
+    direct = dict(space.values_of(params["seed-S1"]), prune_width_ratio=1.0)
+    found["direct"] = space.candidate({k: v for k, v in direct.items()
+                                       if space.active(k, {**space.fixed, **direct})})
+    settings = SearchSettings(space=raw, space_source=source, recipe={"batch_size": 256})
+    return settings, found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="embedded")
     parser.add_argument("--split", type=int, default=5)
-    parser.add_argument("--wide-epochs", type=int, default=100,
-                        help="KD epochs for the wide starting networks")
-    parser.add_argument("--direct-epochs", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=5, help="pruning steps per stage")
-    parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--final-epochs", type=int, default=50)
-    parser.add_argument("--metric", default="l2")
-    parser.add_argument("--plans", nargs="*", default=["direct", *PLANS])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="budget per candidate [default: the calibration's for the split]")
+    parser.add_argument("--plans", nargs="*", default=list(PLANS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="where trained wide networks are kept [default: cache/benchmarks]")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("seed_plans.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--revision", type=int, default=REVISION)
     args = parser.parse_args()
     if args.report:
-        print(report(args.out))
+        print(report(args.out, revision=args.revision))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
-    work = args.work or cache / "benchmarks" / "seed-plans"
-    work.mkdir(parents=True, exist_ok=True)
-    done = {e["plan"] for e in read_results(args.out)}
-
-    def record(entry: dict) -> None:
-        append_result(args.out, entry)
-
+    epochs = args.epochs or EPOCHS[args.split]
+    done = {(e["plan"], e["seed"], e["split"], e["epochs"]) for e in read_results(args.out)
+            if e.get("revision", 1) == REVISION}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
     # The teachers' recipe is calibrate_corpus.py's, so its cached ensemble is reused.
     teacher_recipe = recipe_for(args.split, len(data.train), 0, 256)
+    started = time.perf_counter()
     ensemble = ensemble_logits(data.train, teacher_names=["wide_cp_mobile", "patchout_transformer"],
                                pm=pm, cache_dir=cache, recipe=teacher_recipe, progress=False)
-    logits = ensemble.logits
-    base = recipe_for(args.split, len(data.train), args.seed, 256)
-
-    if "direct" in args.plans and "direct" not in done:
-        spec = resolve_preset("seed-final", pm=pm)
-        model = build_model(spec, pm=pm, seed=args.seed)
-        recipe = base.with_(epochs=args.direct_epochs,
-                            warmup_steps=base.warmup_steps * args.direct_epochs // base.epochs)
-        started = time.perf_counter()
-        fit(model, data.train, recipe, teacher_logits=logits, progress=False)
-        card = count_complexity(model)
-        record({"plan": "direct", "start": "seed-final", "epochs": args.direct_epochs,
-                "seed": args.seed, "macs": card.macs, "params": card.params,
-                "seconds": round(time.perf_counter() - started, 1), "final": scores(model, data)})
-
-    for name, (preset, schedule, chain) in PLANS.items():
-        if name not in args.plans or name in done:
-            continue
-        spec = resolve_preset(preset, pm=pm)
-        model = build_model(spec, pm=pm, seed=args.seed)
-        stored = work / f"{preset}-kd-{args.wide_epochs}ep-seed{args.seed}.pt"
-        started = time.perf_counter()
-        if stored.is_file():  # S2 and S3 share one trained 96-wide network
-            loaded = load_checkpoint(stored)
-            model.load_state_dict(loaded.state_dict)
-            wide_seconds = loaded.metadata["seconds"]
-        else:
-            recipe = base.with_(epochs=args.wide_epochs,
-                                warmup_steps=base.warmup_steps * args.wide_epochs // base.epochs)
-            fit(model, data.train, recipe, teacher_logits=logits, progress=False)
-            model.to("cpu")
-            wide_seconds = round(time.perf_counter() - started, 1)
-            save_checkpoint(stored, spec=spec, state_dict=model.state_dict(),
-                            metadata={"seconds": wide_seconds})
-        wide_card, wide_scores = count_complexity(model), scores(model, data)
-        plan = PruningPlan(importance=args.metric, schedule=schedule, steps=args.steps, chain=chain,
-                           finetune_epochs=args.finetune_epochs, final_finetune_epochs=0)
-        started = time.perf_counter()
-        result = prune(model, spec, plan, pm=pm, train=data.train, teacher_logits=logits,
-                       recipe=base, progress=False)
-        model = result.model
-        pruned_scores = scores(model, data)
-        fit(model, data.train, base.with_(epochs=args.final_epochs, warmup_steps=0),
-            teacher_logits=logits, progress=False)
-        model.to("cpu")
-        record({"plan": name, "start": preset, "start_base": spec.base_channels,
-                "schedule": schedule, "chain": list(chain),
-                "metric": args.metric, "steps": args.steps, "seed": args.seed,
-                "wide_epochs": args.wide_epochs, "finetune_epochs": args.finetune_epochs,
-                "final_epochs": args.final_epochs, "wide_seconds": wide_seconds,
-                "prune_seconds": round(time.perf_counter() - started, 1),
-                "wide": {"macs": wide_card.macs, "params": wide_card.params, **wide_scores},
-                "macs": result.card.macs, "params": result.card.params,
-                "widths": result.spec.channel_overrides,
-                "before_finetune": pruned_scores, "final": scores(model, data)})
+    teacher_seconds = 0.0 if ensemble.cache_hit else round(time.perf_counter() - started, 1)
+    settings, plans = candidates(pm)
+    precision = precision_for("cpu")
+    for seed in args.seeds:
+        for name in args.plans:
+            if (name, seed, args.split, epochs) in done:
+                continue
+            outcome = train_candidate(plans[name], settings=settings, pm=pm, train=data.train,
+                                      validation=data.validation, teacher_logits=ensemble.logits,
+                                      precision=precision, epochs=epochs, seed=seed)
+            test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                            data.test.labels, data.test.devices)
+            append_result(args.out, {
+                "revision": REVISION, "plan": name, "seed": seed, "split": args.split,
+                "epochs": epochs, "threads": torch.get_num_threads(),
+                "macs": outcome.macs, "params": outcome.params, "budget": outcome.budget.to_dict(),
+                "training_macs": outcome.training_macs, "seconds": round(outcome.seconds, 1),
+                "teacher_seconds": teacher_seconds, "spec": outcome.spec.to_dict(),
+                "validation": evaluation_attrs(outcome.validation),
+                "test": evaluation_attrs(test)})
 
 
-def report(path: Path) -> str:
-    """A markdown table of the recorded plans."""
-    entries = read_results(path)
+def report(path: Path, *, revision: int = REVISION) -> str:
+    """Per plan: mean ± sd over seeds (95 % t interval), the seeds' own bootstrap intervals."""
+    entries = [e for e in read_results(path) if e.get("revision", 1) == revision]
+    if revision == 1:
+        return _report_revision_1(entries)
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    def summary(values: list[float]) -> str:
+        s = mean_sd_interval(values)
+        if s["n"] < 2:
+            return pct(s["mean"])
+        return f"{pct(s['mean'])} ± {pct(s['sd'])} ({pct(s['low'])}–{pct(s['high'])})"
+
+    lines = ["| split | plan | seeds | MACs | params | validation | test | test unseen "
+             "| per-seed test (95 % bootstrap) | training GMACs | CPU-min per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    keys = sorted({(e["split"], e["epochs"]) for e in entries})
+    for split, epochs in keys:
+        for plan in PLANS:
+            runs = sorted((e for e in entries if (e["split"], e["epochs"], e["plan"])
+                           == (split, epochs, plan)), key=lambda e: e["seed"])
+            if not runs:
+                continue
+            per_seed = "; ".join(
+                f"{e['seed']}: {pct(e['test']['macro'])} ({pct(e['test']['macro_interval'][0])}–"
+                f"{pct(e['test']['macro_interval'][1])})" for e in runs)
+            minutes = sum(e["seconds"] * e.get("threads", 1) for e in runs) / 60 / len(runs)
+            lines.append(
+                f"| {split} % ({epochs} ep) | {plan} | {len(runs)} | {runs[0]['macs']:,} | "
+                f"{runs[0]['params']:,} | {summary([e['validation']['macro'] for e in runs])} | "
+                f"{summary([e['test']['macro'] for e in runs])} | "
+                f"{summary([e['test']['unseen'] for e in runs])} | {per_seed} | "
+                f"{sum(e['training_macs'] for e in runs) / len(runs) / 1e9:.0f} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def _report_revision_1(entries: list[dict]) -> str:
+    """The table of the first measurement (one seed, the seed's epochs, the old KD scale)."""
 
     def pct(value: float) -> str:
         return f"{100 * value:.1f}"

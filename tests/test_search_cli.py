@@ -97,11 +97,15 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     # A stored checkpoint swapped for a pickle that would run code is refused, never unpickled.
     marker = tmp_path / "was-unpickled"
     monkeypatch.setenv("ASC_TEST_MARKER", str(marker))
-    artifact = study.trials[1].user_attrs["checkpoint_artifact"]
+    # (a trial that is not a finalist: export reads a finalist's own, promoted checkpoint)
+    victim = next(t for t in study.trials if f"finalist:{t.number}" not in finalists
+                  and "checkpoint_artifact" in t.user_attrs)
+    artifact = victim.user_attrs["checkpoint_artifact"]
     torch.save({"format": "asc-search-checkpoint/1", "payload": _Payload()},
                tmp_path / "studies" / "artifacts" / artifact)
-    one_line_error(cli("export", "e2e", "--trial", "1", "--out", tmp_path / "y"),
-                   f"trial 1's checkpoint (artifact {artifact})", "not an asc-search checkpoint")
+    one_line_error(cli("export", "e2e", "--trial", str(victim.number), "--out", tmp_path / "y"),
+                   f"trial {victim.number}'s checkpoint (artifact {artifact})",
+                   "not an asc-search checkpoint")
     assert not marker.exists() and not (tmp_path / "y").exists()
     assert not list(tmp_path.glob(".y.*"))  # no half-written export beside it
 
