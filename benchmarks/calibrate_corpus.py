@@ -85,6 +85,8 @@ def main() -> None:
 
     def record(entry: dict) -> None:
         append_result(args.out, entry)
+        if "kd" in entry:
+            done.add((entry["split"], entry["kd"], entry["seed"]))
 
     for split in args.splits:
         data = load_split_data(args.data, split, pm=pm, cache_dir=cache, progress=False)

@@ -152,7 +152,7 @@ def _refuse_other_settings(study: optuna.Study, settings: SearchSettings, url: s
     if stored is None or stored == settings.to_json() or not _started(study):
         return  # new, identical, or nothing ran under the old settings (they will be replaced)
     old, new = json.loads(stored), json.loads(settings.to_json())
-    differ = [key for key in new if old.get(key) != new.get(key)]
+    differ = [key for key in {**old, **new} if old.get(key) != new.get(key)]
     raise AscSearchError(
         f"study {study.study_name!r} in {mask_url(url)} was made with other settings "
         f"({', '.join(differ)} differ); resume it with its own or choose another --study")
