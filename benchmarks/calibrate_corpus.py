@@ -118,7 +118,8 @@ def report(path: Path, *, revision: int = REVISION) -> str:
     """Markdown tables (test and validation macro accuracy per split, KD at split 5) from results,
     with each run's 95 % bootstrap interval and, over seeds, mean ± sd and a t interval."""
     entries = [e for e in read_results(path) if e.get("revision", 1) == revision]
-    runs = [e for e in entries if "kd" in e]
+    runs = list({(e["split"], e["kd"], e["seed"]): e for e in reversed(entries)
+                 if "kd" in e}.values())  # one per run: the first recorded
 
     def pct(value) -> str:
         return "" if value is None else f"{100 * value:.1f}"
