@@ -25,13 +25,18 @@ from optuna.artifacts import upload_artifact
 from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.evaluate import evaluate
+from asc_search.evaluate import Evaluation, evaluate
 from asc_search.objective import evaluation_attrs, train_candidate
 from asc_search.storage import scratch
 from asc_search.study import feasible, load_resources, pareto_trials, settings_of
 from asc_search.train import predict
 
 FINALIST_PREFIX = "finalist:"
+
+
+def _with_interval(result: Evaluation) -> str:
+    low, high = result.macro_interval
+    return f"{100 * result.macro_accuracy:.1f} % ({100 * low:.1f}–{100 * high:.1f})"
 
 
 def choose_finalists(study: optuna.Study, *, top: int,
@@ -109,8 +114,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
         }
         study.set_user_attr(f"{FINALIST_PREFIX}{trial.number}", record)
         announce(f"finalist trial {trial.number} ({label}): validation "
-                 f"{100 * outcome.validation.macro_accuracy:.1f} %, test "
-                 f"{100 * test.macro_accuracy:.1f} %, {card.macs / 1e6:.2f} M MACs, "
+                 f"{_with_interval(outcome.validation)}, test {_with_interval(test)}, "
+                 f"{card.macs / 1e6:.2f} M MACs, "
                  f"{card.param_bytes:,} B ({outcome.seconds:.0f} s)")
         results[trial.number] = record
     return results

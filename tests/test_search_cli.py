@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     assert result.code == 0, result.err
     assert "trial 0 [dcase-baseline]" in result.out
     assert "finalist trial" in result.out and "report:" in result.out
+    # Every finalist's accuracy carries its bootstrap interval, printed and in the report.
+    assert re.search(r"finalist trial \d+ .*: validation \d+\.\d % \(\d+\.\d–\d+\.\d\), "
+                     r"test \d+\.\d % \(\d+\.\d–\d+\.\d\)", result.out)
     study = optuna.load_study(study_name="e2e", storage=_storage(tmp_path))
     assert len(study.trials) == 6
     labels = [t.user_attrs.get("seed_trial") for t in study.trials[:4]]
@@ -46,6 +50,7 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     for name in ("index.html", "pareto.png", "history.png", "finalists.png"):
         assert (report / name).is_file(), name
     assert "Finalists" in (report / "index.html").read_text()
+    assert "test % (95 % CI)" in (report / "index.html").read_text()
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out
