@@ -273,10 +273,16 @@ def _head(model: nn.Module) -> nn.Module:
 def _accumulate_gradients(model: nn.Module, train: LabelledSet | None,
                           teacher_logits: np.ndarray | None, recipe: TrainingRecipe,
                           batches: int) -> None:
-    """Fill ``.grad`` for first-order Taylor importance from a few training batches."""
+    """Fill ``.grad`` for first-order Taylor importance from a few training batches.
+
+    The batches run in training mode, as the gradients of training would, but they are not
+    training: batch-norm running statistics are put back afterwards, so scoring channels leaves
+    the network exactly as it was apart from ``.grad``.
+    """
     if train is None:
         raise PruningError("the taylor importance needs training data for its gradients")
     rng = np.random.default_rng(recipe.seed)
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
     model.train()
     model.zero_grad(set_to_none=True)
     for _ in range(batches):
@@ -290,6 +296,9 @@ def _accumulate_gradients(model: nn.Module, train: LabelledSet | None,
         else:
             loss = F.cross_entropy(logits, labels)
         loss.backward()
+    with torch.no_grad():
+        for name, value in model.named_buffers():
+            value.copy_(buffers[name])
     model.eval()
 
 

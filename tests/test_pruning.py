@@ -137,13 +137,17 @@ def test_pruned_checkpoint_round_trips(tmp_path: Path, cli) -> None:
 
 
 def _pruned_weights(metric: str, spec: ArchSpec, train) -> dict[str, torch.Tensor]:
-    """Prune one step with no fine-tune: the surviving weights say which channels were kept."""
+    """Prune one step with no fine-tune: the surviving weights say which channels were kept.
+
+    Only parameters are compared: they change only by which channels survive, whereas a
+    forward pass in training mode could move batch-norm statistics without choosing anything.
+    """
     recipe = TrainingRecipe(batch_size=16, warmup_steps=0)
     result = prune(build_model(spec, pm=PM, seed=0), spec,
                    PruningPlan(importance=metric, schedule="linear", steps=1, chain=(16,),
                                finetune_epochs=0, final_finetune_epochs=0, taylor_batches=2),
                    pm=PM, train=train, recipe=recipe, progress=False)
-    return result.model.state_dict()
+    return {name: p.detach().clone() for name, p in result.model.named_parameters()}
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -166,6 +170,18 @@ def test_taylor_uses_training_gradients(tiny_corpus: Path, tmp_path: Path) -> No
     assert not _same(taylor_first, _pruned_weights("taylor", spec, second))
     assert _same(taylor_first, _pruned_weights("taylor", spec, first))  # deterministic
     assert not _same(taylor_first, _pruned_weights("l2", spec, first))
+
+
+def test_taylor_scoring_leaves_batch_norm_statistics_alone(tiny_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    from asc_search.prune import _accumulate_gradients
+
+    data = load_split_data(str(tiny_corpus), 100, pm=PM, cache_dir=tmp_path, progress=False)
+    model = build_model(ArchSpec(base_channels=24), pm=PM, seed=0)
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    _accumulate_gradients(model, data.train, None, TrainingRecipe(batch_size=16), batches=2)
+    assert all(torch.equal(before[name], b) for name, b in model.named_buffers())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 class BrokenSchedule:
