@@ -6,8 +6,9 @@ candidate (the DCASE baseline's seed trial among them) trained 4 proxy epochs wh
 plan got 4 wide epochs plus 9 fine-tunes between pruning steps plus a final fine-tune, 16 in all,
 and promotion gave the baseline half of S1's epochs.
 
-The unit is the optimiser step at the study's batch size, i.e. the number of training samples
-seen: a budget of E epochs is E × ⌈n / batch⌉ steps for every candidate. An unpruned candidate
+The unit is the epoch of training samples, counted in optimiser steps: a budget of E epochs is
+E × ⌈n / batch⌉ steps for every candidate, so a candidate that samples its own batch size sees the
+same number of samples in fewer or more steps. An unpruned candidate
 spends all of them on its one network. A pruning plan divides the same steps the way the seed's
 recipe divided its 150 epochs (100 wide, 2 after each intermediate pruning step, 50 at the end):
 a third for the final fine-tune, a tenth shared by the fine-tunes between pruning steps, the rest
@@ -17,13 +18,15 @@ for the wide network. The cost of a step is not equal (a 96-wide network costs a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
 from asc_search.errors import AscSearchError
 
 #: Shares of a pruning plan's budget, after the seed's 100 / 2-per-step / 50 epochs.
-FINAL_FINETUNE_SHARE = 1 / 3
+FINAL_FINETUNE_SHARE = Fraction(1, 3)
 BETWEEN_STEPS_SHARE = 0.1
 #: Forward + backward ≈ three forward passes: how training MACs are estimated from the DCASE count.
 TRAINING_PASSES = 3
@@ -61,7 +64,8 @@ def step_budget(epochs: int, *, steps_per_epoch: int, pruning_steps: int) -> Ste
     total = epochs * steps_per_epoch
     if pruning_steps <= 0:
         return StepBudget(epochs, steps_per_epoch, total, 0, 0, 0)
-    final = max(1, round(total * FINAL_FINETUNE_SHARE))
+    # The wide part ends at ⌊total × 2/3⌋: whole steps, and whole epochs where the epochs allow.
+    final = total - math.floor(total * (1 - FINAL_FINETUNE_SHARE))
     intermediate = pruning_steps - 1
     between = round(total * BETWEEN_STEPS_SHARE) // intermediate if intermediate else 0
     if intermediate and between < 1 and total - final - intermediate >= 1:
@@ -72,6 +76,21 @@ def step_budget(epochs: int, *, steps_per_epoch: int, pruning_steps: int) -> Ste
             f"a budget of {epochs} epoch(s) ({total} steps) is too small for a plan of "
             f"{pruning_steps} pruning steps; raise the epochs")
     return StepBudget(epochs, steps_per_epoch, wide, between, final, pruning_steps)
+
+
+def first_shared_report_epoch(epochs: int) -> int:
+    """The first whole epoch of an ``epochs`` budget at which every candidate, pruned or not, has
+    its final width and so reports a validation score.
+
+    A pruned plan reports only during its final fine-tune, which starts at step
+    ``⌊total × 2/3⌋``, so it is first scored at epoch ``⌊epochs × 2/3⌋ + 1`` whatever the steps
+    per epoch (``⌊⌊x⌋ / n⌋ = ⌊x / n⌋``) or the batch size a candidate samples. A pruner that
+    compares trials across epochs (Hyperband's rungs) must not start before it, or a pruned plan
+    scored at epoch 6 would be ranked against unpruned trials' epoch-1 scores.
+    """
+    if epochs < 1:
+        raise AscSearchError("a training budget needs at least one epoch")
+    return min(epochs, math.floor(epochs * (1 - FINAL_FINETUNE_SHARE)) + 1)
 
 
 def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,

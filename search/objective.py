@@ -169,8 +169,8 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     """Train with KD for a budget of ``epochs``, pruning by the candidate's plan on the way;
     score the result on validation.
 
-    Every candidate gets the same ``epochs × steps-per-epoch`` optimiser steps
-    (``asc_search.budget``): an unpruned one trains its network for all of them, a pruning plan
+    Every candidate gets the same ``epochs`` of training samples, ``epochs × steps-per-epoch``
+    optimiser steps at its batch size (``asc_search.budget``): an unpruned one trains its network for all of them, a pruning plan
     divides them between the wide network, the fine-tunes between pruning steps and the final
     fine-tune. Search trials call this with the proxy budget; promotion calls it again with the
     longer one. ``on_report(model, epoch)`` runs at every whole epoch of the budget at which the

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from asc_search.budget import first_shared_report_epoch
 from asc_search.errors import AscSearchError
 from asc_search.heartbeat import (
     RequeueLostTrial,
@@ -115,7 +116,11 @@ def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2))
+        # Hyperband ranks a trial's value at one epoch against others' values at lower rungs:
+        # its first rung is the first epoch at which pruned plans report too (see budget.py).
+        first = first_shared_report_epoch(epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=first,
+                                              max_resource=max(epochs, first + 1))
     if name == "none":
         return optuna.pruners.NopPruner()
     raise AscSearchError(f"unknown pruner {name!r} (known: {', '.join(PRUNERS)})")

@@ -9,13 +9,13 @@ import pytest
 
 import asc_search.objective as objective
 import asc_search.prune as prune_module
-from asc_search.budget import step_budget
+from asc_search.budget import first_shared_report_epoch, step_budget
 from asc_search.errors import AscSearchError
 from asc_search.experiment import load_split_data
 from asc_search.objective import SearchSettings, train_candidate
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import seed_params
+from asc_search.study import make_pruner, seed_params
 from asc_search.train import fit as real_fit
 from asc_search.train import precision_for
 
@@ -108,4 +108,23 @@ def test_reports_score_only_the_final_width_network(data) -> None:
         if name == "dcase-baseline":
             assert epochs == [1, 2, 3]
         else:  # only the final fine-tune's epochs: the wide network is never reported
-            assert epochs[0] > 1
+            assert epochs[0] == first_shared_report_epoch(settings.proxy_epochs) > 1
+
+
+def test_first_shared_report_epoch_matches_every_budget_division() -> None:
+    for epochs in range(1, 41):
+        for steps_per_epoch in range(1, 60):
+            for pruning_steps in (1, 3, 10):
+                try:
+                    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch,
+                                         pruning_steps=pruning_steps)
+                except AscSearchError:
+                    continue
+                start = budget.total - budget.final  # steps before the final fine-tune
+                first = start // steps_per_epoch + 1  # first whole epoch reported after it
+                assert first_shared_report_epoch(epochs) == first, (epochs, steps_per_epoch)
+
+
+def test_hyperband_starts_its_rungs_where_pruned_plans_first_report() -> None:
+    pruner = make_pruner("hyperband", epochs=8)
+    assert pruner._min_resource == first_shared_report_epoch(8) == 6
