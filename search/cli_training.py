@@ -97,11 +97,13 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
     rows: list[tuple[str, str, str]] = []
 
     def report(name: str, fitted: Any) -> None:
-        train_acc = evaluate(fitted.logits, data.train.labels, data.train.devices).macro_accuracy
+        train_acc = evaluate(fitted.logits, data.train.labels, data.train.devices,
+                             interval=False).macro_accuracy
         valid = ""
         if fitted.model is not None:
             logits = predict(fitted.model, data.validation.features, precision=precision)
-            scored = evaluate(logits, data.validation.labels, data.validation.devices)
+            scored = evaluate(logits, data.validation.labels, data.validation.devices,
+                              interval=False)
             valid = f"{100 * scored.macro_accuracy:.2f}"
         rows.append((name, f"{100 * train_acc:.2f}", valid))
 
@@ -166,7 +168,8 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
     for name, labelled in (("validation", data.validation), ("test", data.test)):
         if labelled is not None:
             logits = predict(model, labelled.features, precision=precision)
-            results[name] = evaluate(logits, labelled.labels, labelled.devices)
+            results[name] = evaluate(logits, labelled.labels, labelled.devices,
+                                     files=labelled.files)
     out_console.print(evaluation_table(results, title=f"{spec.arch}, split {split}"
                                                        f"{', KD' if kd else ''}, seed {recipe.seed}"))
     out_console.print(f"trained {recipe.epochs} epochs in {seconds:.0f} s "
@@ -212,7 +215,8 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                   title=f"teachers, split {split}")
     for row in rows:
         table.add_row(*row)
-    train_acc = evaluate(result.logits, loaded.train.labels, loaded.train.devices).macro_accuracy
+    train_acc = evaluate(result.logits, loaded.train.labels, loaded.train.devices,
+                         interval=False).macro_accuracy
     table.add_row("ensemble", f"{100 * train_acc:.2f}", "")
     _stdout().print(table)
     _stdout().print(f"ensemble logits {'cache hit' if result.cache_hit else 'fitted'}: "

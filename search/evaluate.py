@@ -3,9 +3,13 @@
 DCASE ranks by macro accuracy; unseen devices s4–s6 show how much of a model's accuracy survives a
 microphone it never heard, which is the point of the device-robustness augmentations.
 
-Every macro accuracy carries a 95 % bootstrap interval over clips: on a few hundred clips a
-difference of two points can be chance, and a number printed without its interval invites reading
-it as a result.
+Every final macro accuracy carries a 95 % bootstrap interval: on a few hundred clips a difference
+of two points can be chance, and a number printed without its interval invites reading it as a
+result. The bootstrap resamples whole recordings, not clips: the ten 1-s clips of a 10-s recording
+(and its parallel copies on other devices) share a place and a moment, so they are right or wrong
+together more often than independent clips would be, and a clip bootstrap would draw intervals
+too narrow. Two models scored on the same clips are compared by a paired bootstrap of their
+difference, which is far tighter than comparing two intervals.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from asc_search.dataset import DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES
+from asc_search.dataset import DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES, recording_of
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,9 @@ class Evaluation:
     seen: float | None
     unseen: float | None
     confusion: np.ndarray  # rows: true class, columns: predicted
-    macro_interval: tuple[float, float] = (float("nan"), float("nan"))  # 95 % bootstrap
+    #: 95 % bootstrap interval over recordings (over clips when the files were not given);
+    #: NaN when not asked for (intermediate scores during training).
+    macro_interval: tuple[float, float] = (float("nan"), float("nan"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "macro_accuracy": self.macro_accuracy, "accuracy": self.accuracy,
@@ -39,8 +45,13 @@ class Evaluation:
                 "macro_interval": list(self.macro_interval)}
 
 
-def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str]) -> Evaluation:
-    """Score ``logits`` against ``labels``; per-device figures are class-wise averages too."""
+def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
+             files: Sequence[str] | None = None, interval: bool = True) -> Evaluation:
+    """Score ``logits`` against ``labels``; per-device figures are class-wise averages too.
+
+    ``files`` (row-aligned) lets the interval resample whole recordings; ``interval=False``
+    skips the bootstrap where only the figure is wanted (intermediate reports, training scores).
+    """
     predicted = np.asarray(logits).argmax(axis=1)
     labels = np.asarray(labels)
     devices_arr = np.asarray(devices)
@@ -56,6 +67,7 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str]) -> 
             per_device[device] = _macro(labels[mask], predicted[mask])
     seen = [per_device[d] for d in SEEN_DEVICES if d in per_device]
     unseen = [per_device[d] for d in UNSEEN_DEVICES if d in per_device]
+    groups = None if files is None else recordings(files)
     return Evaluation(
         n=len(labels),
         macro_accuracy=float(np.mean(list(per_class.values()))) if per_class else float("nan"),
@@ -65,33 +77,89 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str]) -> 
         seen=float(np.mean(seen)) if seen else None,
         unseen=float(np.mean(unseen)) if unseen else None,
         confusion=confusion,
-        macro_interval=bootstrap_interval(labels, predicted == labels),
+        macro_interval=bootstrap_interval(labels, predicted == labels, groups=groups)
+        if interval else (float("nan"), float("nan")),
     )
 
 
 BOOTSTRAP_RESAMPLES = 1000
+#: Resample weights held at once (resamples × groups): bounds memory on the full test list.
+_CHUNK_CELLS = 2_000_000
+
+
+def recordings(files: Sequence[str]) -> list[str]:
+    """The recording of each file, the unit the bootstrap resamples."""
+    return [recording_of(name) for name in files]
+
+
+def bootstrap_macro(labels: np.ndarray, corrects: Sequence[np.ndarray], *,
+                    groups: Sequence[str] | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = 0) -> np.ndarray:
+    """Macro accuracy of each of ``corrects`` (row-aligned right/wrong vectors of several models
+    on the same clips) on ``resamples`` bootstrap draws: ``(resamples, len(corrects))``.
+
+    A draw takes as many groups as there are, with replacement (every clip its own group when
+    ``groups`` is None); all models see the same draws, which is what pairs them. Each group is
+    reduced to its per-class counts first, so a draw is one weighted sum and the full test list
+    costs no more memory than a chunk of weights. Classes absent from a draw are skipped.
+    """
+    labels = np.asarray(labels)
+    codes = np.arange(len(labels)) if groups is None else \
+        np.unique(np.asarray(groups), return_inverse=True)[1]
+    n_groups = int(codes.max()) + 1
+    classes = np.unique(labels)
+    members = np.zeros((n_groups, len(classes)))
+    np.add.at(members, (codes, np.searchsorted(classes, labels)), 1)
+    hits = []
+    for correct in corrects:
+        counted = np.zeros((n_groups, len(classes)))
+        np.add.at(counted, (codes, np.searchsorted(classes, labels)),
+                  np.asarray(correct, dtype=float))
+        hits.append(counted)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // n_groups)
+    out = np.empty((resamples, len(hits)))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        weights = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=size)
+        totals = weights @ members
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for index, counted in enumerate(hits):
+                recall = np.where(totals > 0, (weights @ counted) / totals, np.nan)
+                out[start:start + size, index] = np.nanmean(recall, axis=1)
+    return out
 
 
 def bootstrap_interval(labels: np.ndarray, correct: np.ndarray, *, level: float = 0.95,
-                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro accuracy: clips drawn with replacement, the mean
-    of per-class recalls recomputed on each draw (classes absent from a draw are skipped)."""
-    labels, correct = np.asarray(labels), np.asarray(correct, dtype=bool)
+                       groups: Sequence[str] | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro accuracy over ``groups`` (clips when None)."""
     if len(labels) == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
-    drawn_labels, drawn_correct = labels[draws], correct[draws]
-    recalls = []
-    for k in np.unique(labels):
-        members = drawn_labels == k
-        count = members.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recalls.append(np.where(count > 0, (members & drawn_correct).sum(axis=1) / count,
-                                    np.nan))
-    macro = np.nanmean(np.stack(recalls), axis=0)
+    macro = bootstrap_macro(labels, [correct], groups=groups, resamples=resamples, seed=seed)
+    return _percentiles(macro[:, 0], level)
+
+
+def paired_difference(labels: np.ndarray, correct: np.ndarray, reference: np.ndarray, *,
+                      groups: Sequence[str] | None = None, level: float = 0.95,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """Macro accuracy of ``correct`` minus that of ``reference`` on the same clips, with its
+    paired percentile bootstrap interval: a difference whose interval excludes 0 is one this
+    data shows, whether or not the two accuracies' own intervals overlap."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return {"difference": float("nan"), "low": float("nan"), "high": float("nan")}
+    observed = _macro(labels, np.where(np.asarray(correct, bool), labels, -1)) - \
+        _macro(labels, np.where(np.asarray(reference, bool), labels, -1))
+    draws = bootstrap_macro(labels, [correct, reference], groups=groups, resamples=resamples,
+                            seed=seed)
+    low, high = _percentiles(draws[:, 0] - draws[:, 1], level)
+    return {"difference": float(observed), "low": low, "high": high}
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(macro, [tail, 100 - tail])
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
     return (float(low), float(high))
 
 

@@ -42,7 +42,7 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
     """Write the export folder (see the module docstring); return a summary of what it holds."""
     from asc_search.experiment import load_split_data
 
-    settings = settings_of(study)
+    settings = settings_of(study, to_train=False)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise AscSearchError(f"study {study.study_name!r} has no trial {number}")

@@ -72,11 +72,13 @@ class SearchSettings:
     @classmethod
     def from_json(cls, text: str) -> SearchSettings:
         """Read stored settings; fields this version no longer has are dropped (the stored
-        text still differs from the new settings, so resuming such a study is refused)."""
+        text still differs from the new settings, so resuming such a study is refused, and
+        ``dropped_settings`` names them for commands that would train under them)."""
         data = json.loads(text)
         data["teachers"] = tuple(data["teachers"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
 
     def base_recipe(self, n_train: int) -> TrainingRecipe:
         """The published recipe with the study's overrides, and a batch that fits the split.
@@ -99,6 +101,11 @@ class SearchSettings:
         defaults = TrainingRecipe()
         return base.with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
                           kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature)
+
+def dropped_settings(text: str) -> list[str]:
+    """Stored settings keys this version does not know: a study made by an older asc-search."""
+    known = {f.name for f in fields(SearchSettings)}
+    return sorted(key for key in json.loads(text) if key not in known)
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -170,14 +177,15 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     score the result on validation.
 
     Every candidate gets the same ``epochs`` of training samples, ``epochs × steps-per-epoch``
-    optimiser steps at its batch size (``asc_search.budget``): an unpruned one trains its network for all of them, a pruning plan
-    divides them between the wide network, the fine-tunes between pruning steps and the final
-    fine-tune. Search trials call this with the proxy budget; promotion calls it again with the
-    longer one. ``on_report(model, epoch)`` runs at every whole epoch of the budget at which the
-    network being trained is the final one (every epoch of an unpruned candidate, the epochs of
-    the final fine-tune of a pruned one), so intermediate values always score a network of the
-    submitted width. ``final_card`` is the candidate's count if the caller has one: an unpruned
-    network is then not counted again (a pruned one carries the count its last step made).
+    optimiser steps at its batch size (``asc_search.budget``): an unpruned one trains its
+    network for all of them, a pruning plan divides them between the wide network, the
+    fine-tunes between pruning steps and the final fine-tune. Search trials call this with the
+    proxy budget; promotion calls it again with the longer one. ``on_report(model, epoch)`` runs
+    at every whole epoch of the budget at which the network being trained is the final one
+    (every epoch of an unpruned candidate, the epochs of the final fine-tune of a pruned one),
+    so intermediate values always score a network of the submitted width. ``final_card`` is the
+    candidate's count if the caller has one: an unpruned network is then not counted again (a
+    pruned one carries the count its last step made).
     """
     started = time.perf_counter()
     wide, chain = wide_and_chain(candidate)
@@ -238,7 +246,8 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                           between_macs=between_macs, final_macs=card.macs)
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
                    param_bytes=card.param_bytes,
-                   validation=evaluate(logits, validation.labels, validation.devices),
+                   validation=evaluate(logits, validation.labels, validation.devices,
+                                       files=validation.files),
                    seconds=time.perf_counter() - started, budget=budget, training_macs=spent)
 
 
@@ -285,8 +294,8 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
 
     def report(model: torch.nn.Module, epoch: int) -> None:
         logits = predict(model, resources.validation.features, precision=resources.precision)
-        score = evaluate(logits, resources.validation.labels,
-                         resources.validation.devices).macro_accuracy
+        score = evaluate(logits, resources.validation.labels, resources.validation.devices,
+                         interval=False).macro_accuracy
         model.train()
         trial.report(score, epoch)
         if trial.should_prune():

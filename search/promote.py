@@ -5,7 +5,8 @@ Pareto-optimal feasible trials (best validation accuracy first) are retrained he
 teachers on the longer promotion schedule, pruned by their plan, fine-tuned, and only now
 evaluated on the test list as well. The DCASE baseline's seed trial, when the study has one, is
 promoted with them, so every study reports the searched model against the baseline trained with
-the same recipe and teachers.
+the same recipe, teachers and budget, and each finalist's test difference from it with a paired
+bootstrap interval over recordings.
 
 Optuna refuses to change a finished trial, so a finalist's results are a study user attribute
 ``finalist:<trial number>`` and its checkpoint and complexity card are study artifacts named after
@@ -19,13 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.artifacts import upload_artifact
 
 from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.evaluate import Evaluation, evaluate
+from asc_search.evaluate import Evaluation, evaluate, paired_difference, recordings
 from asc_search.objective import evaluation_attrs, train_candidate
 from asc_search.storage import scratch
 from asc_search.study import feasible, load_resources, pareto_trials, settings_of
@@ -71,6 +73,7 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     space, precision, store = loaded.space, loaded.precision, loaded.artifacts
     data, teacher_logits = loaded, loaded.teacher_logits
     results = {}
+    test_correct: dict[int, np.ndarray] = {}
     for trial in chosen:
         candidate = space.candidate(space.values_of(trial.params))
         label = trial.user_attrs.get("seed_trial", "searched")
@@ -87,8 +90,9 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                      f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
             continue
         # Selection is over; only now does the test list get looked at.
-        test = evaluate(predict(outcome.model, data.test.features, precision=precision),
-                        data.test.labels, data.test.devices)
+        test_logits = predict(outcome.model, data.test.features, precision=precision)
+        test = evaluate(test_logits, data.test.labels, data.test.devices, files=data.test.files)
+        test_correct[trial.number] = test_logits.argmax(axis=1) == data.test.labels
         outcome.model.to("cpu")
         with scratch(studies) as folder:
             checkpoint = Path(folder) / f"trial-{trial.number}-finalist.pt"
@@ -118,4 +122,31 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                  f"{card.macs / 1e6:.2f} M MACs, "
                  f"{card.param_bytes:,} B ({outcome.seconds:.0f} s)")
         results[trial.number] = record
+    _compare_with_baseline(study, results, test_correct, data.test, announce)
     return results
+
+
+def _compare_with_baseline(study: optuna.Study, results: dict[int, dict[str, Any]],
+                           test_correct: dict[int, np.ndarray], test: Any,
+                           announce: Callable[[str], None]) -> None:
+    """Each finalist's test accuracy minus the baseline's, with its paired bootstrap interval.
+
+    Two finalists scored on the same clips are compared on the same resampled recordings: the
+    interval of the difference is far tighter than the two accuracies' own intervals, which
+    overlap even where one model is reliably better.
+    """
+    baseline = next((n for n, r in results.items() if r["label"] == "dcase-baseline"), None)
+    if baseline is None:
+        return
+    for number, record in results.items():
+        if number == baseline:
+            continue
+        paired = paired_difference(test.labels, test_correct[number], test_correct[baseline],
+                                   groups=recordings(test.files))
+        record["test_vs_baseline"] = {k: round(v, 4) for k, v in paired.items()}
+        study.set_user_attr(f"{FINALIST_PREFIX}{number}", record)
+        verdict = "shown by this data" if paired["low"] > 0 or paired["high"] < 0 else \
+            "not shown apart by this data"
+        announce(f"finalist trial {number} ({record['label']}) − baseline on test: "
+                 f"{100 * paired['difference']:+.1f} points ({100 * paired['low']:+.1f} to "
+                 f"{100 * paired['high']:+.1f}, paired 95 % bootstrap): {verdict}")

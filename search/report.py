@@ -53,7 +53,7 @@ def write_report(study: optuna.Study, *, folder: Path) -> Path:
 
 
 def _summary(study: optuna.Study) -> str:
-    settings = settings_of(study)
+    settings = settings_of(study, to_train=False)
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
     for trial in trials:
@@ -88,7 +88,7 @@ def _png(figure: Any, folder: Path, name: str) -> str:
 def _pareto_plot(study: optuna.Study, folder: Path) -> str:
     import matplotlib.pyplot as plt
 
-    settings = settings_of(study)
+    settings = settings_of(study, to_train=False)
     trials = study.get_trials(deepcopy=False)
     trained = [t for t in trials if feasible(t)]
     infeasible = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
@@ -192,13 +192,27 @@ def _finalists_table(study: optuna.Study) -> str:
         f"<tr><td>{n}</td><td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
         f"<td>{r['param_bytes']:,}</td><td>{_with_interval(r['validation'])}</td>"
         f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
-        f"<td>{_pct(r['test']['unseen'])}</td><td>{r['seconds']:.0f}</td></tr>"
+        f"<td>{_pct(r['test']['unseen'])}</td><td>{_versus(r)}</td>"
+        f"<td>{r['seconds']:.0f}</td></tr>"
         for n, r in sorted(promoted.items()))
-    return ("<h2>Finalists</h2><p>Macro accuracy with its 95 % bootstrap interval over clips: "
-            "finalists whose intervals overlap are not shown apart by this data.</p>"
+    return ("<h2>Finalists</h2><p>Macro accuracy with its 95 % bootstrap interval over "
+            "recordings (the clips of one recording are not independent). Whether a finalist "
+            "beats the baseline is read from the last column: the test difference with its "
+            "<em>paired</em> interval (both models on the same resampled recordings). A "
+            "difference whose interval holds 0 is not shown by this data; two overlapping "
+            "intervals alone do not decide it either way.</p>"
             "<table><tr><th>trial</th><th>kind</th><th>MACs</th><th>bytes</th>"
             "<th>validation % (95 % CI)</th><th>test % (95 % CI)</th><th>test seen %</th>"
-            "<th>test unseen %</th><th>seconds</th></tr>" + rows + "</table>")
+            "<th>test unseen %</th><th>test − baseline, points (95 % CI)</th>"
+            "<th>seconds</th></tr>" + rows + "</table>")
+
+
+def _versus(record: dict[str, Any]) -> str:
+    paired = record.get("test_vs_baseline")
+    if not paired:
+        return ""
+    return (f"{100 * paired['difference']:+.1f} ({100 * paired['low']:+.1f} to "
+            f"{100 * paired['high']:+.1f})")
 
 
 def _with_interval(scores: dict[str, Any]) -> str:

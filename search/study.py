@@ -29,7 +29,7 @@ from asc_search.heartbeat import (
     settle_dead_local_trials,
     taken_as_lost,
 )
-from asc_search.objective import SearchSettings, TrialResources, run_trial
+from asc_search.objective import SearchSettings, TrialResources, dropped_settings, run_trial
 from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
 
 SETTINGS_ATTR = "asc_search_settings"
@@ -196,10 +196,23 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
     return study
 
 
-def settings_of(study: optuna.Study) -> SearchSettings:
+def settings_of(study: optuna.Study, *, to_train: bool = True) -> SearchSettings:
+    """The study's stored settings.
+
+    ``to_train``: the caller trains under them (a worker, promotion), so a study made by an
+    older asc-search whose settings this version no longer has is refused rather than silently
+    trained under other rules (its stored budget would mean something else). Reading commands
+    (report, export) pass False and get the settings this version understands.
+    """
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         raise AscSearchError(f"study {study.study_name!r} was not made by asc-search run")
+    dropped = dropped_settings(stored)
+    if to_train and dropped:
+        raise AscSearchError(
+            f"study {study.study_name!r} was made by an older asc-search with settings this "
+            f"version no longer has ({', '.join(dropped)}); its trials cannot be continued or "
+            "promoted under this version's training budget: start a new --study")
     return SearchSettings.from_json(stored)
 
 

@@ -214,6 +214,25 @@ def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
         _study("resume", SearchSettings(**{**changed.__dict__, "objective": "accuracy"}), pm=pm)
 
 
+def test_a_study_of_an_older_version_is_read_but_not_trained_on(pm, tiny_corpus: Path,
+                                                                 cli) -> None:
+    import json
+
+    from asc_search.study import SETTINGS_ATTR, settings_of
+
+    study, url = _study("older", _settings(tiny_corpus, pm=pm), pm=pm)
+    stored = json.loads(study.user_attrs[SETTINGS_ATTR])
+    study.set_user_attr(SETTINGS_ATTR, json.dumps({**stored, "finetune_epochs": 2}))
+    # A worker or promotion would train under a budget rule the study was not made with.
+    with pytest.raises(AscSearchError, match=r"older asc-search .*\(finetune_epochs\)"):
+        settings_of(study)
+    assert settings_of(study, to_train=False).proxy_epochs == QUICK["proxy_epochs"]
+    result = cli("worker", "--study", "older", "--storage", url, "--trials", "1")
+    assert result.code != 0 and "finetune_epochs" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert len(study.trials) == 0
+
+
 def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
     from asc_search.objective import auto_batch_size
 

@@ -45,12 +45,24 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
         assert set(record["test"]["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5",
                                                      "s6"}
         assert record["macs"] <= 30_000_000 and record["param_bytes"] <= 128_000
+    # Every other finalist is compared with the baseline on the same test recordings.
+    assert len(finalists) > 1
+    for key, record in finalists.items():
+        paired = record.get("test_vs_baseline")
+        assert (paired is None) == (key == "finalist:0"), key
+        if paired:
+            gap = record["test"]["macro"] - finalists["finalist:0"]["test"]["macro"]
+            assert paired["difference"] == pytest.approx(gap, abs=1e-3)
+            assert paired["low"] <= paired["difference"] <= paired["high"]
+    assert re.search(r"− baseline on test: [+-]\d+\.\d points \([+-]\d+\.\d to [+-]\d+\.\d, paired",
+                     result.out)
 
     report = tmp_path / "studies" / "reports" / "e2e"
     for name in ("index.html", "pareto.png", "history.png", "finalists.png"):
         assert (report / name).is_file(), name
     assert "Finalists" in (report / "index.html").read_text()
     assert "test % (95 % CI)" in (report / "index.html").read_text()
+    assert "test − baseline, points (95 % CI)" in (report / "index.html").read_text()
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.augment import freq_mixstyle, mask_along, time_roll
-from asc_search.evaluate import evaluate
+from asc_search.evaluate import bootstrap_interval, bootstrap_macro, evaluate, paired_difference
 from asc_search.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.recipe import TrainingRecipe
@@ -203,3 +203,58 @@ def test_evaluate_macro_device_and_class_figures() -> None:
     assert result.per_device["s4"] == pytest.approx(0.5)
     assert result.seen == pytest.approx(0.5) and result.unseen == pytest.approx(0.5)
     assert result.confusion[0, 1] == 1 and result.confusion.sum() == 6
+
+
+def _correlated_clips(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """60 recordings of 10 clips, one scene each, right or wrong as a whole recording."""
+    rng = np.random.default_rng(seed)
+    files = [f"park-lyon-1000-{r * 10}-{c}-a.wav" for r in range(60) for c in range(10)]
+    labels = np.repeat(np.arange(60) % 10, 10)
+    correct = np.repeat(rng.random(60) < 0.5, 10)
+    return labels, correct, files
+
+
+def test_the_interval_resamples_recordings_not_clips() -> None:
+    labels, correct, files = _correlated_clips()
+    logits = np.eye(10)[np.where(correct, labels, (labels + 1) % 10)]
+    by_clip = evaluate(logits, labels, ["a"] * len(labels)).macro_interval
+    by_recording = evaluate(logits, labels, ["a"] * len(labels), files=files).macro_interval
+    # Ten clips that are right or wrong together are one observation, not ten: the honest
+    # interval is about sqrt(10) times wider than a clip bootstrap's.
+    assert (by_recording[1] - by_recording[0]) > 2.5 * (by_clip[1] - by_clip[0])
+    macro = evaluate(logits, labels, ["a"] * len(labels)).macro_accuracy
+    assert by_recording[0] < macro < by_recording[1]
+    assert np.isnan(evaluate(logits, labels, ["a"] * len(labels), interval=False)
+                    .macro_interval[0])
+
+
+def test_bootstrap_draws_centre_on_the_observed_macro_accuracy() -> None:
+    labels, correct, files = _correlated_clips(1)
+    draws = bootstrap_macro(labels, [correct], groups=files, resamples=2000)
+    observed = evaluate(np.eye(10)[np.where(correct, labels, (labels + 1) % 10)], labels,
+                        ["a"] * len(labels), interval=False).macro_accuracy
+    assert abs(draws.mean() - observed) < 0.01
+    # Chunking the weights changes nothing but memory.
+    import asc_search.evaluate as module
+
+    whole = bootstrap_interval(labels, correct, groups=files)
+    old, module._CHUNK_CELLS = module._CHUNK_CELLS, 500
+    try:
+        assert bootstrap_interval(labels, correct, groups=files) == whole
+    finally:
+        module._CHUNK_CELLS = old
+
+
+def test_a_paired_difference_is_shown_where_two_intervals_overlap() -> None:
+    labels, correct, files = _correlated_clips(2)
+    better = correct.copy()
+    missed = np.flatnonzero(~correct[::10])[:4]
+    for recording in missed:  # right on four more recordings, as good elsewhere
+        better[recording * 10:(recording + 1) * 10] = True
+    a = bootstrap_interval(labels, better, groups=files)
+    b = bootstrap_interval(labels, correct, groups=files)
+    assert a[0] < b[1]  # the two intervals overlap...
+    paired = paired_difference(labels, better, correct, groups=files)
+    assert paired["difference"] > 0 and paired["low"] > 0  # ...the paired one excludes 0
+    same = paired_difference(labels, correct, correct, groups=files)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
