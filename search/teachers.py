@@ -119,6 +119,14 @@ def ensemble_logits(
         raise AscSearchError("no teachers given")
     if folds < 1 or folds > len(train) // 2:
         raise AscSearchError(f"teacher folds {folds}: must be between 1 and half the clips")
+    if folds > 1:
+        from asc_search.dataset import recording_of
+
+        held_out = len({recording_of(name) for name in train.files})
+        if folds > held_out:
+            raise AscSearchError(
+                f"teacher folds {folds}: the training list has only {held_out} recordings, and "
+                "a fold holds out whole recordings; choose at most that many folds")
     known = teachers(pm)
     parsed = [parse_teacher(text, known) for text in teacher_names]
     precision = precision or precision_for("cpu")

@@ -194,3 +194,20 @@ def test_out_of_fold_logits_come_from_fits_that_never_saw_the_clip(tiny_corpus: 
         assert held and not {recording_of(n) for n in held} & {recording_of(n) for n in seen}
     # Every clip is held out exactly once.
     assert sum(len(everything - seen) for seen in memoriser.fits) == len(everything)
+
+
+def test_more_folds_than_recordings_is_one_clear_error(tiny_corpus: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from asc_search.errors import AscSearchError
+
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(Memoriser())
+    data = load_split_data(str(tiny_corpus), 100, pm=pm, cache_dir=tmp_path, progress=False)
+    # Twelve clips cut from three recordings: enough clips for four folds, too few recordings.
+    twelve = data.train.subset(np.arange(12))
+    three = dataclasses.replace(twelve, files=tuple(
+        f"airport-lyon-100{k % 3}-4000{k % 3}-{k}-a.wav" for k in range(12)))
+    with pytest.raises(AscSearchError, match="only 3 recordings"):
+        ensemble_logits(three, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
+                        recipe=RECIPE, progress=False, folds=4)
