@@ -120,6 +120,9 @@ class FeatureSet:
     array: np.ndarray | _RowView  # memory-mapped (N, mels, frames), or rows of one
     directory: Path
     cache_hit: bool
+    #: For a subset: a digest of its file list. ``directory`` names the whole cached list, so
+    #: anything keyed by the features (the teacher cache) must add this to tell subsets apart.
+    selection: str | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -131,9 +134,10 @@ class FeatureSet:
     def subset(self, rows: Sequence[int] | np.ndarray) -> FeatureSet:
         """The features of ``rows`` (ascending) without copying the memory-mapped array."""
         rows = np.asarray(rows)
-        return FeatureSet(files=tuple(self.files[r] for r in rows),
-                          array=_RowView(self.array, rows), directory=self.directory,
-                          cache_hit=self.cache_hit)
+        files = tuple(self.files[r] for r in rows)
+        selection = hashlib.sha256("\n".join(files).encode()).hexdigest()[:20]
+        return FeatureSet(files=files, array=_RowView(self.array, rows), directory=self.directory,
+                          cache_hit=self.cache_hit, selection=selection)
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Gather rows as a float32 tensor (B, 1, mels, frames), the model's input layout."""

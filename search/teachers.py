@@ -252,6 +252,8 @@ def _key(train: LabelledSet, parsed: list[tuple[str, str | None]], known: Mappin
     payload = {
         "v": TEACHER_FORMAT_VERSION,
         "features": train.features.directory.name,  # keyed by the exact training file list
+        # ...and, for a subset of a cached list, by the subset (no key change for whole lists).
+        **({"rows": train.features.selection} if train.features.selection else {}),
         "teachers": [
             [name, option, dict(known[name].settings),
              known[name].fingerprint(option) if known[name].fingerprint else None]

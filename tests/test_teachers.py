@@ -211,3 +211,21 @@ def test_more_folds_than_recordings_is_one_clear_error(tiny_corpus: Path, tmp_pa
     with pytest.raises(AscSearchError, match="only 3 recordings"):
         ensemble_logits(three, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
                         recipe=RECIPE, progress=False, folds=4)
+
+
+def test_subsets_of_one_cached_list_have_their_own_teacher_entries(tiny_corpus: Path,
+                                                                   tmp_path: Path) -> None:
+    pm = build_plugin_manager(load_entry_points=False)
+    memoriser = Memoriser()
+    pm.register(memoriser)
+    data = load_split_data(str(tiny_corpus), 100, pm=pm, cache_dir=tmp_path, progress=False)
+    rows = np.arange(len(data.train))
+    fitted = [ensemble_logits(part, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
+                              recipe=RECIPE, progress=False)
+              for part in (data.train, data.train.subset(rows[::2]), data.train.subset(rows[1::2]))]
+    # Same cached features folder, three different training lists: three fits, three entries.
+    assert len({f.directory for f in fitted}) == 3 and len(memoriser.fits) == 3
+    assert not any(f.cache_hit for f in fitted)
+    again = ensemble_logits(data.train.subset(rows[::2]), teacher_names=["memoriser"], pm=pm,
+                            cache_dir=tmp_path, recipe=RECIPE, progress=False)
+    assert again.cache_hit and again.directory == fitted[1].directory
