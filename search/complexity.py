@@ -87,7 +87,7 @@ def count_complexity(
     ``storage_dtype`` is the dtype the submission stores parameters in (DCASE: 16-bit, so 2 bytes
     each); it only affects ``param_bytes``. The model is run once in eval mode on the device its
     parameters are on (torchinfo would otherwise move a CPU model to a GPU) and left in the mode
-    it was in.
+    it was in; the global random stream is left where it was.
     """
     import torchinfo
 
@@ -98,11 +98,15 @@ def count_complexity(
     was_training = model.training
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
+    # torchinfo feeds torch.rand: counting must not move the seeded stream training draws from.
+    # It also keeps every summary (and so the model) in a module-level cache: dropped after.
     try:
-        summary = torchinfo.summary(model, input_size=input_shape, device=device, mode="eval",
-                                    verbose=0, depth=64)
+        with torch.random.fork_rng(devices=[]):
+            summary = torchinfo.summary(model, input_size=input_shape, device=device,
+                                        mode="eval", verbose=0, depth=64)
     finally:
         model.train(was_training)
+        torchinfo.torchinfo.clear_cached_forward_pass()
     macs, params = int(summary.total_mult_adds), int(summary.total_params)
     names = {id(module): name for name, module in model.named_modules()}
     uncounted: dict[str, int] = {}

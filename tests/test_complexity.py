@@ -128,6 +128,16 @@ def test_parameters_outside_leaf_layers_are_named() -> None:
     assert card.macs == (4 * 9 + 4) * 256 * 65 == _official(WithToken())[0]
 
 
+def test_counting_leaves_the_random_stream_and_no_model_behind() -> None:
+    model = build_model(ArchSpec(), pm=PM)
+    torch.manual_seed(0)
+    count_complexity(model)
+    after_counting = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_counting, torch.rand(3))  # training draws what it would have drawn
+    assert not torchinfo.torchinfo._cached_forward_pass  # the counted model is not kept alive
+
+
 def test_linear_and_bias_follow_torchinfo() -> None:
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
