@@ -68,6 +68,29 @@ def test_counts_per_device_match_the_public_lists(real_layout: Path) -> None:
     assert len(dataset.training_fold) == 69_800
 
 
+def test_the_derived_training_fold_keeps_unseen_devices_and_test_locations_out(
+        real_layout: Path, tmp_path: Path) -> None:
+    """meta.csv holds clips in neither fold (TAU22: 230,350 against 139,620 + 29,680)."""
+    root = tmp_path / "tau22"
+    shutil.copytree(real_layout / "split_setup", root / "split_setup")
+    meta = (real_layout / "meta.csv").read_text()
+    extra = ["audio/park-lyon-1100-99000-0-s4.wav\tpark\tlyon-1100\ts4",  # unseen device
+             "audio/park-lyon-1100-99001-0-a.wav\tpark\tlyon-1100\ta"]  # a new place
+    test_clip = _rows(SHARED_LISTS / "test.csv")[0][0]
+    _, city, location, _ = parse_filename(test_clip)
+    extra.append(f"audio/park-{city}-{location}-99002-0-a.wav\tpark\t{city}-{location}\ta")
+    # ...that last one recorded at a test location.
+    (root / "meta.csv").write_text(meta + "\n".join(extra) + "\n")
+    fold = set(load_dataset(root).training_fold)
+    assert len(fold) == 69_801 and "audio/park-lyon-1100-99001-0-a.wav" in fold
+    # The baseline's own split100.csv, where present, is the 100 % split as it stands.
+    listed = _rows(SHARED_LISTS / "split25.csv")
+    with (root / "split_setup" / "split100.csv").open("w") as handle:
+        handle.write("filename\tscene_label\n")
+        handle.writelines(f"{name}\t{scene}\n" for name, scene in listed)
+    assert load_dataset(root).training_fold == tuple(name for name, _ in listed)
+
+
 def test_location_and_device_parsed_from_names(real_layout: Path) -> None:
     clip = load_dataset(real_layout).clips["audio/airport-lisbon-1000-40000-0-a.wav"]
     assert (clip.scene, clip.city, clip.location, clip.device) == ("airport", "lisbon",
