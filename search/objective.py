@@ -150,6 +150,9 @@ def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
 
     ``prune_width_ratio`` r trains at r × the final base width (rounded up to 8); ``prune_stages``
     s spaces s targets evenly from there down to the final width (s = 2 for 96 → 64 → 32).
+    Targets are rounded to multiples of 8 and repeats dropped, so a narrow gap gives fewer
+    stages than asked (40 → 32 in 3 stages is one stage): the chain, not ``prune_stages``, says
+    how many stages ran, and the step budget is divided by the chain's length.
     """
     final = candidate.spec
     ratio = float(candidate.plan.get("prune_width_ratio", 1.0))
