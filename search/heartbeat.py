@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -88,16 +89,25 @@ class RequeueLostTrial:
 
 
 def settle_dead_local_trials(study: optuna.Study, *, why: str,
-                             announce: Callable[[str], None]) -> list[int]:
+                             announce: Callable[[str], None], wait: float = 10.0) -> list[int]:
     """Fail and queue again, now, the running trials whose worker was a process on this machine
     that no longer exists (joblib stopped it after Ctrl-C, or after another worker died).
 
     That loss is certain, so nobody need wait out the grace period. Trials of live processes and
-    of other machines are left to the heartbeats. Returns the trial numbers settled.
+    of other machines are left to the heartbeats. joblib stops the surviving workers
+    asynchronously, so a process on this machine is given up to ``wait`` seconds to exit before
+    it counts as alive. Returns the trial numbers settled.
     """
     host, settled = socket.gethostname(), []
     requeue = RequeueLostTrial(announce, why=why)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    local = {int(pid) for name, _, pid in (str(t.user_attrs.get("worker", "")).rpartition(":")
+                                           for t in running)
+             if name == host and pid.isdigit() and int(pid) != os.getpid()}
+    deadline = time.monotonic() + wait
+    while any(_alive(pid) for pid in local) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for trial in running:
         name, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
@@ -117,7 +127,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but not been reaped still answers signal 0 (Linux: state Z)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return False  # no /proc (not Linux), or it has just gone: signal 0 decided
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def lost_trials(study: optuna.Study) -> dict[int, dict]:

@@ -87,6 +87,26 @@ def test_a_worker_killed_mid_trial_loses_nothing(cli, tiny_corpus: Path, postgre
             f"{retries[0].number}") in shown
 
 
+def test_an_exited_but_unreaped_worker_counts_as_dead() -> None:
+    """joblib reaps a killed worker later: until then it is a zombie, which answers signal 0."""
+    from asc_search.heartbeat import _alive
+
+    child = subprocess.Popen(["sleep", "0.1"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _state(child.pid) != "Z":
+        time.sleep(0.05)
+    assert _state(child.pid) == "Z"
+    os.kill(child.pid, 0)  # signal 0 still finds it...
+    assert not _alive(child.pid)  # ...but its trial can be settled now
+    child.wait()
+    assert _alive(os.getpid())
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rpartition(")")[2].split()[0]
+
+
 @pytest.mark.slow
 def test_a_killed_local_worker_stops_run_in_one_line_and_the_rerun_recovers(
         tiny_corpus: Path, tmp_path: Path) -> None:
