@@ -73,8 +73,25 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
+#: CPU features with native bf16 arithmetic (x86 AVX-512 BF16 or AMX, ARM BF16 or SVE BF16).
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (``torch.cpu.get_capabilities``).
+
+    Without it bf16 autocast is emulated: on a 2-core AMD EPYC with AVX2 only, a DCASE-baseline
+    training step ran at 5.8 samples/s under bf16 autocast against 97 in fp32 with channels-last
+    (one thread each), where a CPU with AVX-512 BF16 runs bf16 about twice as fast as fp32.
+    """
+    capabilities = torch.cpu.get_capabilities()
+    return any(bool(capabilities.get(name, False)) for name in BF16_CPU_FEATURES)
+
+
 def precision_for(device: str | torch.device = "cpu", *, mixed: bool = True) -> Precision:
-    """bf16 autocast + channels-last on CPU; native bf16 (fp16 + scaler if unsupported) on CUDA."""
+    """Channels-last on CPU, with bf16 autocast where the CPU has native bf16 (fp32 otherwise:
+    emulated bf16 is many times slower); native bf16 (fp16 + scaler if unsupported) on CUDA.
+    ``mixed=False``: plain fp32, contiguous."""
     device = torch.device(device)
     if not mixed:
         return Precision(device, None, False, False)
@@ -82,7 +99,7 @@ def precision_for(device: str | torch.device = "cpu", *, mixed: bool = True) -> 
         if torch.cuda.is_bf16_supported():
             return Precision(device, torch.bfloat16, True, False)
         return Precision(device, torch.float16, True, True)
-    return Precision(device, torch.bfloat16, True, False)
+    return Precision(device, torch.bfloat16 if cpu_has_native_bf16() else None, True, False)
 
 
 def warmup_cosine(step: int, *, total: int, warmup: int) -> float:

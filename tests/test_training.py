@@ -142,10 +142,19 @@ def test_kd_loss_is_the_cpjku_formula() -> None:
                                F.cross_entropy(torch.tensor(student), torch.tensor(labels)))
 
 
-def test_cpu_precision_is_bf16_channels_last() -> None:
+@pytest.mark.parametrize(("capabilities", "autocast"), [
+    ({"avx2": True, "avx512_bf16": True}, torch.bfloat16),
+    ({"avx2": True, "amx_bf16": True}, torch.bfloat16),
+    ({"avx2": True, "avx512_f": True}, None),  # AVX-512 without BF16: bf16 would be emulated
+    ({"avx2": True}, None),
+])
+def test_cpu_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, capabilities: dict,
+                                                          autocast) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     precision = precision_for("cpu")
-    assert precision.autocast_dtype == torch.bfloat16 and precision.channels_last
+    assert precision.autocast_dtype == autocast and precision.channels_last
     assert precision_for("cpu", mixed=False).autocast_dtype is None
+    assert not precision_for("cpu", mixed=False).channels_last
 
 
 def test_fit_learns_and_is_deterministic(split_data) -> None:
