@@ -34,7 +34,7 @@ from asc_search.cli_training import (
               help="KD fine-tune epochs after each intermediate step.")
 @click.option("--final-finetune-epochs", type=int, default=10, show_default=True)
 @click.option("--round-to", type=int, default=8, show_default=True,
-              help="Keep channel counts multiples of this.")
+              help="Without --chain: step of the widest base width that fits the budget.")
 @click.option("--kd/--no-kd", default=True, show_default=True,
               help="Fine-tune with distillation from the cached teacher ensemble.")
 @_teacher_options

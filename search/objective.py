@@ -228,7 +228,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), chain=chain,
             max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
             storage_dtype=settings.storage_dtype, finetune_steps=budget.between,
-            final_finetune_epochs=0, fit_budget=True,
+            final_finetune_epochs=0,
         )
         result = prune(model, wide, plan, pm=pm, train=train, teacher_logits=teacher_logits,
                        recipe=recipe.with_(seed=derive_seed(seed, 1)), precision=precision,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,15 +71,19 @@ class PruningPlan:
     """What to prune to, by which measure and in how many steps.
 
     ``chain`` lists the base widths of every stage's target, widest first: ``(64, 32)`` prunes a
-    96-wide network to 64, fine-tunes, then to 32 (the seed's S3). Empty: one stage straight to the
-    budget's widest fitting width. Every stage takes ``steps`` pruning steps spaced by the schedule,
-    with ``finetune_epochs`` of KD after each step and ``final_finetune_epochs`` at the end.
+    96-wide network to 64, fine-tunes, then to 32 (the seed's S3); each stage lands on every
+    layer's width at that base. ``targets`` instead gives each stage's per-layer widths (names as
+    in ``ArchSpec.channel_overrides``), for plans whose final network is not a uniform one. Both
+    empty: one stage straight to the budget's widest fitting base width (in steps of
+    ``round_to``). Every stage takes ``steps`` pruning steps spaced by the schedule, with
+    ``finetune_epochs`` of KD after each step and ``final_finetune_epochs`` at the end.
     """
 
     importance: str = "l2"
     schedule: str = "agp"
     steps: int = 5
     chain: tuple[int, ...] = ()
+    targets: tuple[Mapping[str, int], ...] = ()
     max_macs: int = MAX_MACS
     max_param_bytes: int = MAX_PARAM_BYTES
     storage_dtype: str = "float16"
@@ -90,13 +94,10 @@ class PruningPlan:
     #: search gives every candidate the same step budget; see ``asc_search.budget``).
     finetune_steps: int | None = None
     taylor_batches: int = 4
-    #: Prune further, in one-shot steps, while the result is over budget (the search sets this:
-    #: rounding channel counts to ``round_to`` can leave a uniformly pruned network a little
-    #: wider than the final spec that was counted). Off: an over-budget result is refused.
-    fit_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "chain": list(self.chain)}
+        return {**asdict(self), "chain": list(self.chain),
+                "targets": [dict(sorted(t.items())) for t in self.targets]}
 
 
 @dataclass
@@ -116,16 +117,20 @@ class PruningResult:
     steps: list[PruningStep] = field(default_factory=list)
 
 
-def uniform_ratio(current_base: int, target_base: int) -> float:
-    """The channel fraction to remove so widths scale from ``current_base`` to ``target_base``.
+def stage_widths(spec: ArchSpec, base: int) -> dict[str, int]:
+    """Every layer's width in ``spec``'s network family at base width ``base``, no overrides:
+    the target of a chain stage (the uniform plans the seed used)."""
+    from asc_search.plugins.mobile_nets import plan_network
 
-    Torch-Pruning keeps ``int(channels × (1 − ratio))`` channels. In floating point 1 − (1 − 1/3)
-    is 0.33333333333333326, so 96 channels would keep 31, and rounding to 8 would then leave 24:
-    a network a third narrower than asked. A hair less pruning keeps the exact count.
-    """
-    if target_base >= current_base:
-        raise PruningError(f"target width {target_base} is not narrower than {current_base}")
-    return 1.0 - target_base / current_base - 1e-6
+    return dict(plan_network(spec.with_(base_channels=base, channel_overrides={})).widths)
+
+
+def step_targets(current: Mapping[str, int], target: Mapping[str, int],
+                 fractions: Sequence[float]) -> list[dict[str, int]]:
+    """Per-layer widths after each step of a stage: the way from ``current`` to ``target``
+    spaced by ``fractions`` (0 < f ≤ 1, the last 1), so the last step lands on ``target``."""
+    return [{key: current[key] - round(f * (current[key] - target[key])) for key in current}
+            for f in fractions]
 
 
 def prune(
@@ -143,12 +148,12 @@ def prune(
 ) -> PruningResult:
     """Prune ``model`` (built from ``spec``) in place by ``plan``; return it with its new spec.
 
-    With ``train`` (and ``teacher_logits`` for KD) every step is followed by a fine-tune; without,
-    the network is pruned only (tests, or a user who fine-tunes elsewhere). The final network is
-    checked with the DCASE counter and pruned further, step by step, until it fits the budget.
+    Every stage lands exactly on its per-layer target widths (``plan.targets``, else the chain's
+    base widths), so the network that comes out is the one that was counted before pruning. With
+    ``train`` (and ``teacher_logits`` for KD) every step is followed by a fine-tune; without, the
+    network is pruned only (tests, or a user who fine-tunes elsewhere). A result over the budget
+    is refused.
     """
-    import torch_pruning as tp
-
     metrics, schedules = importance_metrics(pm), pruning_schedules(pm)
     if plan.importance not in metrics:
         raise PluginError(f"unknown importance metric {plan.importance!r} "
@@ -161,33 +166,35 @@ def prune(
     metric, schedule = metrics[plan.importance], schedules[plan.schedule]
     precision = precision or precision_for("cpu")
     recipe = recipe or TrainingRecipe()
-    chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
+    if plan.targets:
+        targets = [dict(t) for t in plan.targets]
+    else:
+        chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
+        targets = [stage_widths(spec, base) for base in chain]
     example = torch.zeros(1, spec.in_channels, 256, 65)
     steps: list[PruningStep] = []
     card: ComplexityCard | None = None
-    current_base = spec.base_channels
-    for stage, target in enumerate(chain, start=1):
-        ratio = uniform_ratio(current_base, target)
+    current = _model_widths(model)
+    for stage, target in enumerate(targets, start=1):
+        _check_target(current, target)
+        # The schedule's shape, scaled to this stage: fractions of the way from current to target.
+        ratio = 1.0 - sum(target.values()) / sum(current.values())
         ratios = schedule.ratios(ratio, plan.steps)
         _check_ratios(plan.schedule, ratios, ratio)
-        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=metric.make(), pruning_ratio=ratio,
-            iterative_steps=plan.steps,
-            iterative_pruning_ratio_scheduler=lambda r, n, ratios=ratios: list(ratios),
-            ignored_layers=[_head(model)], round_to=plan.round_to, global_pruning=False,
-        )
-        for step in range(1, plan.steps + 1):
+        fractions = [min(1.0, r / ratio) for r in ratios[1:]]
+        fractions[-1] = 1.0
+        for step, widths in enumerate(step_targets(current, target, fractions), start=1):
+            model.to("cpu").to(memory_format=torch.contiguous_format).eval()
             if metric.needs_gradients:
                 _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
-            pruner.step()
+            _prune_to_widths(model, widths, importance=metric.make(), example=example)
             model.zero_grad(set_to_none=True)
             card = count_complexity(model, storage_dtype=plan.storage_dtype)
             record = PruningStep(stage, step, card.macs, card.params, ratios[step])
             steps.append(record)
             if on_step is not None:
                 on_step(record)
-            last = stage == len(chain) and step == plan.steps
+            last = stage == len(targets) and step == plan.steps
             length = plan.finetune_steps if plan.finetune_steps is not None \
                 else plan.finetune_epochs
             if train is not None and length > 0 and not last:
@@ -198,29 +205,11 @@ def prune(
                     precision=precision, progress=progress,
                     label=f"fine-tune stage {stage} step {step}")
                 model.to("cpu").to(memory_format=torch.contiguous_format)
-        current_base = target
+        current = target
     assert card is not None
-    extra = 0
-    while plan.fit_budget and _over(card, plan) and extra < 6:
-        # MACs and bytes shrink roughly with the square of the width: aim a little under budget.
-        keep = min(0.9, 0.97 * math.sqrt(min(plan.max_macs / card.macs,
-                                              plan.max_param_bytes / card.param_bytes)))
-        extra += 1
-        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-        if metric.needs_gradients:
-            _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
-        tp.pruner.MetaPruner(model, example, importance=metric.make(), pruning_ratio=1 - keep,
-                             iterative_steps=1, ignored_layers=[_head(model)],
-                             round_to=plan.round_to, global_pruning=False).step()
-        model.zero_grad(set_to_none=True)
-        card = count_complexity(model, storage_dtype=plan.storage_dtype)
-        record = PruningStep(len(chain) + 1, extra, card.macs, card.params, 1 - keep)
-        steps.append(record)
-        if on_step is not None:
-            on_step(record)
     if train is not None and plan.final_finetune_epochs > 0:
         fit(model, train, recipe.with_(epochs=plan.final_finetune_epochs, warmup_steps=0,
-                                       seed=derive_seed(recipe.seed, len(chain) + 1)),
+                                       seed=derive_seed(recipe.seed, len(targets) + 1)),
             teacher_logits=teacher_logits, precision=precision, progress=progress,
             label="final fine-tune")
         model.to("cpu").to(memory_format=torch.contiguous_format)
@@ -232,6 +221,89 @@ def prune(
             f"budget of {plan.max_macs:,} / {plan.max_param_bytes:,}; choose a narrower chain target"
         )
     return PruningResult(model=model, spec=new_spec, card=card, steps=steps)
+
+
+def _check_target(current: Mapping[str, int], target: Mapping[str, int]) -> None:
+    """A stage's target names the network's layers, widens none and narrows at least one."""
+    if set(target) != set(current):
+        missing, extra = sorted(set(current) - set(target)), sorted(set(target) - set(current))
+        raise PruningError(f"pruning target does not match the network's layers (missing: "
+                           f"{', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})")
+    wider = [f"{k} ({target[k]} > {current[k]})" for k in current if target[k] > current[k]]
+    if wider:
+        raise PruningError(f"pruning cannot widen layers: {', '.join(wider)}")
+    if any(target[k] < 1 for k in target):
+        raise PruningError("a pruning target keeps at least one channel per layer")
+    if target == dict(current):
+        raise PruningError(f"target width {target.get('stem2')} is not narrower than "
+                           f"{current.get('stem2')}: nothing to prune")
+
+
+def _width_keys(model: nn.Module) -> dict[nn.Module, str]:
+    """Every convolution of a CP-Mobile-family network → the width name (as in
+    ``channel_overrides``) of the channels it produces: the stem units, each block's expansion
+    (its 1×1 expand and depthwise convolutions) and each stage's output (its projections)."""
+    stem, stages = getattr(model, "stem", None), getattr(model, "stages", None)
+    if stem is None or stages is None:
+        raise PruningError(f"cannot prune a {type(model).__name__} to per-layer widths; "
+                           "only CP-Mobile-family networks are supported")
+    keys: dict[nn.Module, str] = {}
+
+    def claim(unit: nn.Module, key: str) -> None:
+        keys.update({m: key for m in unit.modules() if isinstance(m, nn.Conv2d)})
+
+    claim(stem[0], "stem1")
+    claim(stem[1], "stem2")
+    for stage_name, stage in stages.named_children():
+        for block_name, block in stage.named_children():
+            claim(block.expand, f"{block_name}.expand")
+            claim(block.depthwise, f"{block_name}.expand")
+            claim(block.project, stage_name)
+    return keys
+
+
+def _model_widths(model: nn.Module) -> dict[str, int]:
+    """The network's width per name: the output channels of the convolutions producing it."""
+    widths: dict[str, int] = {}
+    for conv, key in _width_keys(model).items():
+        widths[key] = conv.out_channels
+    return widths
+
+
+def _prune_to_widths(model: nn.Module, widths: Mapping[str, int], *, importance: Any,
+                     example: torch.Tensor) -> None:
+    """Remove the least important channels of every dependency group until each width name has
+    exactly ``widths[name]`` channels.
+
+    Torch-Pruning's dependency graph gives the groups (a residual add couples a stage's output
+    with its input, a depthwise convolution with its expansion, a parallel sum its branches) and
+    removes a group's channels from every layer it touches; the importance scores the group's
+    channels together. The class head keeps all its outputs. An importance that returns no scores
+    for a group falls back to the L2 norm: every group must land on its width.
+    """
+    import torch_pruning as tp
+
+    keys = _width_keys(model)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    fallback = tp.importance.GroupMagnitudeImportance(p=2)
+    for group in graph.get_all_groups(ignored_layers=[_head(model)],
+                                      root_module_types=[nn.Conv2d]):
+        names = {keys[dep.target.module] for dep, _ in group
+                 if dep.target.module in keys and graph.is_out_channel_pruning_fn(dep.handler)}
+        wanted = {widths[name] for name in names}
+        if len(wanted) != 1:
+            raise PruningError(f"layers {', '.join(sorted(names))} share their channels (a "
+                               f"residual add or a depthwise convolution) but are asked for "
+                               f"different widths {sorted(wanted)}")
+        root = group[0].dep.target.module
+        remove = root.out_channels - wanted.pop()
+        if remove <= 0:
+            continue
+        scores = importance(group)
+        if scores is None:
+            scores = fallback(group)
+        order = torch.argsort(torch.as_tensor(scores, dtype=torch.float64), stable=True)
+        group.prune(sorted(order[:remove].tolist()))
 
 
 def _over(card: ComplexityCard, plan: PruningPlan) -> bool:

@@ -24,6 +24,7 @@ from asc_search.prune import (
     PruningSchedule,
     prune,
     pruning_schedules,
+    stage_widths,
 )
 from asc_search.recipe import TrainingRecipe
 from conftest import one_line_error
@@ -92,6 +93,65 @@ def test_a_third_of_96_channels_is_32_not_24(schedule: str, chain: tuple[int, ..
     final = count_complexity(build_model(resolve_preset("seed-final", pm=PM), pm=PM))
     assert (result.card.macs, result.card.params) == (final.macs, final.params) == \
         (28_684_404, 60_652)
+
+
+def _irregular_targets(spec: ArchSpec, seed: int) -> dict[str, int]:
+    """Random per-layer widths below ``spec``'s, equal where a residual add couples layers."""
+    from asc_search.plugins.mobile_nets import plan_network
+
+    plan = plan_network(spec)
+    rng = torch.Generator().manual_seed(seed)
+    targets = {k: int(torch.randint(max(1, w // 3), w, (1,), generator=rng))
+               for k, w in plan.widths.items()}
+    for blocks in plan.blocks:
+        for block in blocks:
+            if block.residual:
+                targets[block.output] = targets[block.input]
+    return targets
+
+
+@pytest.mark.parametrize(("stem", "stages", "schedule"), [
+    ("plain", ("plain", "plain", "plain"), "agp"),
+    ("sequential", ("sequential", "parallel", "plain"), "linear"),
+    ("parallel", ("parallel", "sequential", "sequential"), "one_shot"),
+])
+def test_pruning_lands_exactly_on_irregular_per_layer_widths(stem: str, stages: tuple[str, ...],
+                                                             schedule: str) -> None:
+    spec = ArchSpec(arch="sscp_mobile", base_channels=48, stem_factorization=stem,
+                    factorization=stages)
+    targets = _irregular_targets(spec, seed=len(stem))
+    seen = []
+    result = prune(build_model(spec, pm=PM, seed=0), spec,
+                   PruningPlan(schedule=schedule, steps=3, targets=(targets,),
+                               final_finetune_epochs=0, max_macs=10**9, max_param_bytes=10**9),
+                   pm=PM, progress=False, on_step=seen.append)
+    from asc_search.plugins.mobile_nets import plan_network
+
+    assert plan_network(result.spec).widths == targets  # every layer, exactly
+    expected = count_complexity(build_model(spec.with_(channel_overrides=targets), pm=PM))
+    assert (result.card.macs, result.card.params) == (expected.macs, expected.params)
+    assert [s.macs for s in seen] == sorted((s.macs for s in seen), reverse=True)
+    x = torch.randn(2, 1, 256, 65)
+    rebuilt = build_model(result.spec, pm=PM)
+    rebuilt.load_state_dict(result.model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), result.model.eval()(x))
+
+
+def test_targets_that_split_a_residual_add_or_widen_are_refused() -> None:
+    spec = ArchSpec(base_channels=32)
+    targets = stage_widths(spec, 24)
+    split = {**targets, "s1": targets["stem2"] - 8}  # b1 adds stem2 to s1: they must match
+    with pytest.raises(PruningError, match="share their channels"):
+        prune(build_model(spec, pm=PM), spec, PruningPlan(steps=1, targets=(split,)),
+              pm=PM, progress=False)
+    wider = {**targets, "b1.expand": 200}
+    with pytest.raises(PruningError, match=r"cannot widen layers: b1\.expand \(200 > 64\)"):
+        prune(build_model(spec, pm=PM), spec, PruningPlan(steps=1, targets=(wider,)),
+              pm=PM, progress=False)
+    with pytest.raises(PruningError, match="missing: stem1"):
+        prune(build_model(spec, pm=PM), spec,
+              PruningPlan(steps=1, targets=({k: v for k, v in targets.items() if k != "stem1"},)),
+              pm=PM, progress=False)
 
 
 def test_default_target_is_the_widest_fitting_width_and_fits() -> None:
