@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
@@ -103,6 +104,8 @@ def main() -> None:
             append_result(args.out, {
                 "revision": REVISION, "plan": name, "seed": seed, "split": args.split,
                 "epochs": epochs, "threads": torch.get_num_threads(),
+                "precision": str(precision.autocast_dtype or torch.float32).removeprefix("torch."),
+                "date": date.today().isoformat(),
                 "macs": outcome.macs, "params": outcome.params, "budget": outcome.budget.to_dict(),
                 "training_macs": outcome.training_macs, "seconds": round(outcome.seconds, 1),
                 "teacher_seconds": teacher_seconds, "spec": outcome.spec.to_dict(),

@@ -5,11 +5,14 @@ process, on the same model (the DCASE baseline spec) and batch size (256), it me
 
 (a) the reference: what the DCASE 2024 baseline does every batch — waveforms already in memory,
     roll, resample 44.1 → 32 kHz, log-mel, Freq-MixStyle, frequency masking, fp32 train step;
-(b) asc-search's ``fit``: cached features, the same augmentations, KD from cached logits, bf16
-    autocast + channels-last on CPU;
+(b) asc-search's ``fit``: cached features, the same augmentations, KD from cached logits, at the
+    precision asc-search picks for this CPU (channels-last; bf16 autocast only where the CPU has
+    native bf16);
 (c) the bare model step at asc-search's precision on a batch already in memory;
+(d) the bare model step in fp32, fp32 + channels-last and bf16 autocast + channels-last, so the
+    precision choice is checked on the machine at hand;
 
-and prints b/a (target ≥ 4) and b/c (target ≥ 0.9).
+and prints b/a (target ≥ 4), b/c (target ≥ 0.9) and (d) as ratios to fp32.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from asc_search.features import FrontEndSettings, LogMelFrontEnd, build_features
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.recipe import TrainingRecipe
-from asc_search.train import fit, labelled_set, precision_for
+from asc_search.train import Precision, fit, labelled_set, precision_for
 
 
 def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batches: int) -> float:
@@ -57,12 +60,14 @@ def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batche
     return batch * batches / (time.perf_counter() - started)
 
 
-def bare_rate(batch: int, batches: int) -> float:
-    """(c) Model step only, at asc-search's precision, on one batch already in memory."""
-    precision = precision_for("cpu")
-    model = build_model(ArchSpec(), pm=build_plugin_manager()).to(memory_format=torch.channels_last)
+def bare_rate(batch: int, batches: int, precision: Precision | None = None) -> float:
+    """(c, d) Model step only, at ``precision`` (asc-search's for this CPU by default), on one
+    batch already in memory."""
+    precision = precision or precision_for("cpu")
+    layout = torch.channels_last if precision.channels_last else torch.contiguous_format
+    model = build_model(ArchSpec(), pm=build_plugin_manager()).to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.005, weight_decay=1e-4)
-    x = torch.randn(batch, 1, 256, 65).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 1, 256, 65).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,))
     model.train()
     started = None
@@ -126,10 +131,20 @@ def main() -> None:
     print(f"(a) DCASE baseline recipe (resample + log-mel + fp32 step): {a:7.1f} samples/s")
     b = project_rate(train, args.batch, args.batches)
     print(f"(b) asc-search fit (cached features, augmentation, KD):     {b:7.1f} samples/s")
+    chosen = precision_for("cpu")
     c = bare_rate(args.batch, args.batches)
-    print(f"(c) bare model step (bf16 autocast + channels-last):         {c:7.1f} samples/s")
+    print(f"(c) bare model step at asc-search's precision "
+          f"({chosen.autocast_dtype or 'fp32'}, channels-last):   {c:7.1f} samples/s")
     print(f"b/a = {b / a:.2f}  (target ≥ 4)")
     print(f"b/c = {b / c:.2f}  (target ≥ 0.9)")
+    cpu = torch.device("cpu")
+    variants = {"fp32": Precision(cpu, None, False, False),
+                "fp32 + channels-last": Precision(cpu, None, True, False),
+                "bf16 autocast + channels-last": Precision(cpu, torch.bfloat16, True, False)}
+    rates = {name: bare_rate(args.batch, args.batches, p) for name, p in variants.items()}
+    for name, rate in rates.items():
+        print(f"(d) bare step, {name:30s} {rate:7.1f} samples/s  "
+              f"({rate / rates['fp32']:.2f}× fp32)")
 
 
 if __name__ == "__main__":
