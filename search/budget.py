@@ -12,8 +12,9 @@ same number of samples in fewer or more steps. An unpruned candidate
 spends all of them on its one network. A pruning plan divides the same steps the way the seed's
 recipe divided its 150 epochs (100 wide, 2 after each intermediate pruning step, 50 at the end):
 a third for the final fine-tune, a tenth shared by the fine-tunes between pruning steps, the rest
-for the wide network. The cost of a step is not equal (a 96-wide network costs about nine times a
-32-wide one per step), so each candidate also records the training MACs it spent.
+for the wide network, which is the same for every plan so that plans share trained parents.
+The cost of a step is not equal (a 96-wide network costs about nine times a 32-wide one per
+step), so each candidate also records the training MACs it spent.
 """
 
 from __future__ import annotations
@@ -58,23 +59,30 @@ class StepBudget:
 
 def step_budget(epochs: int, *, steps_per_epoch: int, pruning_steps: int) -> StepBudget:
     """Divide ``epochs × steps_per_epoch`` optimiser steps for a plan of ``pruning_steps`` steps
-    (0 for a candidate that is not pruned)."""
+    (0 for a candidate that is not pruned).
+
+    Every pruned plan of a budget trains its wide network for the same steps, whatever its
+    schedule, steps or stages, so plans that start from the same wide network share one trained
+    parent (``asc_search.parents``): the wide part ends a tenth of the budget before the final
+    fine-tune's latest start, ⌊total × 2/3⌋. The tenth is divided between the intermediate
+    pruning steps; what a division leaves over (and all of it for a one-shot plan) goes to the
+    final fine-tune, which then starts earlier.
+    """
     if epochs < 1 or steps_per_epoch < 1:
         raise AscSearchError("a training budget needs at least one epoch of at least one step")
     total = epochs * steps_per_epoch
     if pruning_steps <= 0:
         return StepBudget(epochs, steps_per_epoch, total, 0, 0, 0)
-    # The wide part ends at ⌊total × 2/3⌋: whole steps, and whole epochs where the epochs allow.
-    final = total - math.floor(total * (1 - FINAL_FINETUNE_SHARE))
-    intermediate = pruning_steps - 1
-    between = round(total * BETWEEN_STEPS_SHARE) // intermediate if intermediate else 0
-    if intermediate and between < 1 and total - final - intermediate >= 1:
-        between = 1
-    wide = total - final - between * intermediate
+    final_start = math.floor(total * (1 - FINAL_FINETUNE_SHARE))
+    between_total = round(total * BETWEEN_STEPS_SHARE)
+    wide = final_start - between_total
     if wide < 1:
         raise AscSearchError(
-            f"a budget of {epochs} epoch(s) ({total} steps) is too small for a plan of "
-            f"{pruning_steps} pruning steps; raise the epochs")
+            f"a budget of {epochs} epoch(s) ({total} steps) is too small for a pruning plan; "
+            "raise the epochs")
+    intermediate = pruning_steps - 1
+    between = between_total // intermediate if intermediate else 0
+    final = total - wide - between * intermediate
     return StepBudget(epochs, steps_per_epoch, wide, between, final, pruning_steps)
 
 
@@ -83,10 +91,12 @@ def first_shared_report_epoch(epochs: int) -> int:
     its final width and so reports a validation score.
 
     A pruned plan reports only during its final fine-tune, which starts at step
-    ``⌊total × 2/3⌋``, so it is first scored at epoch ``⌊epochs × 2/3⌋ + 1`` whatever the steps
-    per epoch (``⌊⌊x⌋ / n⌋ = ⌊x / n⌋``) or the batch size a candidate samples. A pruner that
-    compares trials across epochs (Hyperband's rungs) must not start before it, or a pruned plan
-    scored at epoch 6 would be ranked against unpruned trials' epoch-1 scores.
+    ``⌊total × 2/3⌋`` at the latest (a plan whose steps between pruning steps fill their tenth
+    of the budget; others start earlier), so every plan has reported by epoch
+    ``⌊epochs × 2/3⌋ + 1`` whatever the steps per epoch (``⌊⌊x⌋ / n⌋ = ⌊x / n⌋``) or the batch
+    size a candidate samples. A pruner that compares trials across epochs (Hyperband's rungs)
+    must not start before it, or a pruned plan scored at epoch 6 would be ranked against
+    unpruned trials' epoch-1 scores.
     """
     if epochs < 1:
         raise AscSearchError("a training budget needs at least one epoch")
@@ -94,9 +104,10 @@ def first_shared_report_epoch(epochs: int) -> int:
 
 
 def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,
-                  between_macs: list[int], final_macs: int) -> int:
+                  between_macs: list[int], final_macs: int, with_wide: bool = True) -> int:
     """Estimated multiply-accumulates spent training: steps × batch × 3 forward passes of the
-    network trained in each phase (``between_macs``: the network after each intermediate step)."""
-    per_sample = budget.wide * wide_macs + budget.final * final_macs
+    network trained in each phase (``between_macs``: the network after each intermediate step).
+    ``with_wide=False``: the wide phase was not spent here (a parent loaded from the cache)."""
+    per_sample = budget.wide * wide_macs * with_wide + budget.final * final_macs
     per_sample += sum(budget.between * macs for macs in between_macs)
     return int(per_sample * batch_size * TRAINING_PASSES)

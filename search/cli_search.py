@@ -418,5 +418,79 @@ def _print_finalists(study: Any) -> None:
     _stdout().print(table)
 
 
+@click.group("parents")
+def parents_group() -> None:
+    """Trained wide networks that pruning plans start from, shared through the cache."""
+
+
+@parents_group.command("list")
+@pass_context
+def parents_list(obj: Context) -> None:
+    """Every cached parent: its network, training length, seed and cost."""
+    from asc_search.parents import cached_parents
+
+    found = cached_parents(obj.cache)
+    if not found:
+        _say(f"no cached parents in {obj.cache}")
+        return
+    table = Table("key", "network", "base", "steps", "seed", "clips", "train s", "size",
+                  "created", box=None)
+    for info in found:
+        table.add_row(info.key, info.spec.arch, str(info.spec.base_channels), str(info.steps),
+                      str(info.seed), str(info.train_clips), f"{info.seconds:.0f}",
+                      f"{info.size_bytes / 1e6:.1f} MB", info.created)
+    _stdout().print(table)
+
+
+@parents_group.command("build")
+@click.argument("study_name", metavar="STUDY")
+@_storage_options
+@click.option("--promotion/--search", default=False, show_default=True,
+              help="Build at the study's promotion budget instead of its search budget.")
+@click.option("--device", default="cpu", show_default=True)
+@pass_context
+def parents_build(obj: Context, study_name: str, storage: str | None, studies: Path | None,
+                  promotion: bool, device: str) -> None:
+    """Train the parents of a study's queued and finished pruning plans that are not cached yet,
+    so that workers started after this find them built."""
+    import optuna
+
+    from asc_search.objective import candidate_budget, parent_recipe
+    from asc_search.parents import trained_parent
+    from asc_search.paths import studies_dir
+    from asc_search.study import load_resources, settings_of
+
+    study = _open(study_name, storage, studies)
+    settings = settings_of(study)
+    loaded = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
+                            device=device, progress=not obj.quiet)
+    epochs = settings.promote_epochs if promotion else settings.proxy_epochs
+    wanted: dict[str, tuple] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING:
+            params = trial.system_attrs.get("fixed_params", {})
+        elif trial.user_attrs.get("status") == "trained":
+            params = trial.params
+        else:
+            continue
+        candidate = loaded.space.candidate(loaded.space.values_of(params))
+        wide, chain, recipe, budget = candidate_budget(
+            candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0)
+        if chain:
+            wanted.setdefault(wide.to_json(), (wide, parent_recipe(recipe), budget.wide,
+                                               trial.number))
+    if not wanted:
+        _say(f"study {study_name} has no pruning plan queued or trained: no parents to build")
+        return
+    for wide, recipe, steps, number in wanted.values():
+        started = time.perf_counter()
+        _, hit = trained_parent(wide, pm=obj.pm, recipe=recipe, steps=steps, train=loaded.train,
+                                teacher_logits=loaded.teacher_logits, precision=loaded.precision,
+                                cache=obj.cache, progress=not obj.quiet)
+        state = "cached already" if hit else f"trained in {time.perf_counter() - started:.0f} s"
+        _say(f"parent of trial {number}: {wide.arch} base {wide.base_channels}, {steps} steps "
+             f"({state})")
+
+
 COMMANDS = (run_command, worker_command, distill_command, report_command, export_command,
-            dashboard_command, studies_group)
+            dashboard_command, studies_group, parents_group)

@@ -30,6 +30,7 @@ from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
 from asc_search.heartbeat import worker_id
+from asc_search.parents import PARENT_SEED, trained_parent
 from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
 from asc_search.search_space import Candidate, SearchSpace
@@ -128,6 +129,7 @@ class TrialResources:
     studies: Path | None = None  # the studies folder (artifacts and their scratch space)
     progress: bool = False
     test: LabelledSet | None = None  # loaded for promotion only: trials never see it
+    cache: Path | None = None  # the cache folder: trained parents are kept there
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ class Outcome:
     validation: Evaluation
     seconds: float
     budget: StepBudget
-    training_macs: int
+    training_macs: int  # spent by this call: a parent loaded from the cache costs nothing here
+    parent_trained: bool = False  # a pruned plan whose parent this call trained (no cache hit)
 
 
 def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
@@ -171,11 +174,31 @@ def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
     return final.with_(base_channels=wide_base), tuple(chain)
 
 
+def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train: int,
+                     epochs: int, seed: int) -> tuple[ArchSpec, tuple[int, ...], TrainingRecipe,
+                                                      StepBudget]:
+    """The wide network, pruning chain, recipe and step budget a candidate trains with."""
+    wide, chain = wide_and_chain(candidate)
+    recipe = settings.base_recipe(n_train).with_(**candidate.training, seed=seed)
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    pruning_steps = len(chain) * int(candidate.plan.get("prune_steps", 1)) if chain else 0
+    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps)
+    recipe = recipe.with_(epochs=epochs,
+                          warmup_steps=min(recipe.warmup_steps, budget.wide // 10))
+    return wide, chain, recipe, budget
+
+
+def parent_recipe(recipe: TrainingRecipe) -> TrainingRecipe:
+    """The recipe a candidate's parent trains with: the parent seed instead of the trial's."""
+    return recipe.with_(seed=derive_seed(PARENT_SEED, 0))
+
+
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
                     train: LabelledSet, validation: LabelledSet, teacher_logits: np.ndarray,
                     precision: Precision, epochs: int, seed: int = 0, progress: bool = False,
                     on_report: Callable[[torch.nn.Module, int], None] | None = None,
-                    final_card: ComplexityCard | None = None) -> Outcome:
+                    final_card: ComplexityCard | None = None,
+                    parents: Path | None = None) -> Outcome:
     """Train with KD for a budget of ``epochs``, pruning by the candidate's plan on the way;
     score the result on validation.
 
@@ -188,16 +211,15 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     (every epoch of an unpruned candidate, the epochs of the final fine-tune of a pruned one),
     so intermediate values always score a network of the submitted width. ``final_card`` is the
     candidate's count if the caller has one: an unpruned network is then not counted again (a
-    pruned one carries the count its last step made).
+    pruned one carries the count its last step made). A pruned plan's wide network is its
+    parent (``asc_search.parents``): trained with the parent seed, not ``seed``, and loaded from
+    the ``parents`` cache folder when an earlier trial trained it; the pruning and fine-tunes
+    after it draw ``seed``.
     """
     started = time.perf_counter()
-    wide, chain = wide_and_chain(candidate)
-    recipe = settings.base_recipe(len(train)).with_(**candidate.training, seed=seed)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    pruning_steps = len(chain) * int(candidate.plan.get("prune_steps", 1)) if chain else 0
-    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps)
-    recipe = recipe.with_(epochs=epochs,
-                          warmup_steps=min(recipe.warmup_steps, budget.wide // 10))
+    wide, chain, recipe, budget = candidate_budget(candidate, settings=settings,
+                                                   n_train=len(train), epochs=epochs, seed=seed)
+    steps_per_epoch, pruning_steps = budget.steps_per_epoch, budget.pruning_steps
 
     def reporting(offset: int) -> Callable[[int], None] | None:
         """An ``on_step`` that reports at whole epochs of the budget, ``offset`` steps in."""
@@ -211,14 +233,21 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
 
         return on_step
 
-    model = build_model(wide, pm=pm, seed=seed)
+    parent_trained = False
+    if chain:
+        model, cache_hit = trained_parent(
+            wide, pm=pm, recipe=parent_recipe(recipe), steps=budget.wide, train=train,
+            teacher_logits=teacher_logits, precision=precision, cache=parents,
+            progress=progress)
+        parent_trained = not cache_hit
+    else:
+        model = build_model(wide, pm=pm, seed=seed)
+        fit(model, train, recipe.with_(seed=derive_seed(seed, 0)), steps=budget.wide,
+            teacher_logits=teacher_logits, precision=precision, on_step=reporting(0),
+            progress=progress, label=f"train {wide.base_channels}-wide")
+    model.to("cpu")
     wide_macs = final_card.macs if final_card is not None and not chain else \
         count_complexity(model, storage_dtype=settings.storage_dtype).macs
-    fit(model, train, recipe.with_(seed=derive_seed(seed, 0)), steps=budget.wide,
-        teacher_logits=teacher_logits, precision=precision,
-        on_step=None if chain else reporting(0),
-        progress=progress, label=f"train {wide.base_channels}-wide")
-    model.to("cpu")
     spec = wide
     between_macs: list[int] = []
     if chain:
@@ -246,12 +275,14 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     logits = predict(model, validation.features, precision=precision)
     model.to("cpu")
     spent = training_macs(budget, batch_size=recipe.batch_size, wide_macs=wide_macs,
-                          between_macs=between_macs, final_macs=card.macs)
+                          between_macs=between_macs, final_macs=card.macs,
+                          with_wide=not chain or parent_trained)
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
                    param_bytes=card.param_bytes,
                    validation=evaluate(logits, validation.labels, validation.devices,
                                        files=validation.files),
-                   seconds=time.perf_counter() - started, budget=budget, training_macs=spent)
+                   seconds=time.perf_counter() - started, budget=budget, training_macs=spent,
+                   parent_trained=parent_trained)
 
 
 def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
@@ -311,7 +342,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
         candidate, settings=settings, pm=resources.pm, train=resources.train,
         validation=resources.validation, teacher_logits=resources.teacher_logits,
         precision=resources.precision, epochs=settings.proxy_epochs, seed=trial.number,
-        progress=resources.progress, final_card=card,
+        progress=resources.progress, final_card=card, parents=resources.cache,
         on_report=report if settings.objective == "accuracy" else None,
     )
     # The pruned network, not the sampled spec, is what would be submitted: constrain that.
@@ -321,6 +352,8 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     trial.set_user_attr("train_seconds", round(outcome.seconds, 1))
     trial.set_user_attr("budget", outcome.budget.to_dict())
     trial.set_user_attr("training_macs", outcome.training_macs)
+    if outcome.budget.pruning_steps:
+        trial.set_user_attr("parent", "trained" if outcome.parent_trained else "cached")
     trial.set_user_attr("macs", outcome.macs)
     trial.set_user_attr("params", outcome.params)
     trial.set_user_attr("param_bytes", outcome.param_bytes)

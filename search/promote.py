@@ -82,7 +82,7 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
         outcome = train_candidate(
             candidate, settings=settings, pm=pm, train=data.train, validation=data.validation,
             teacher_logits=teacher_logits, precision=precision, epochs=settings.promote_epochs,
-            seed=0, progress=progress,
+            seed=0, progress=progress, parents=cache,
         )
         card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
         if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):

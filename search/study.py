@@ -257,7 +257,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                           validation=data.validation, teacher_logits=ensemble.logits,
                           precision=precision, artifacts=artifact_store(studies),
-                          studies=studies, progress=progress, test=data.test)
+                          studies=studies, progress=progress, test=data.test, cache=cache)
 
 
 def run_worker(job: WorkerJob, *, pm: Any = None,

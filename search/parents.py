@@ -1,0 +1,142 @@
+"""Parents: the wide networks pruning plans start from, trained once and shared by every trial.
+
+The seed's method is "train wide, prune, distil", and many plans start from the same wide network
+(S2 and S3 both prune the seed's 96-wide SSCP-Mobile). Training that network is most of a plan's
+compute: two thirds of its steps (``asc_search.budget`` gives every pruned plan of a budget the
+same wide steps), each about nine times the cost of a step of the 32-wide result. So a parent is
+trained once and kept in the cache folder beside the teacher logits, under a key of everything
+that shapes its weights: the wide spec, the recipe and its length in steps, the seed, the
+training clips, the teacher logits it distils from and the precision. Every later trial, worker
+or promotion that prunes from the same parent loads it instead of training it again.
+
+A parent is a tensor-only checkpoint (``asc_search.checkpoint``), written to a temporary file and
+renamed into place, so workers sharing a cache folder never read half a file: two that train the
+same parent at once both finish, and the second rename replaces an identical file. A parent file
+that does not load (truncated, tampered, not ours) is reported and trained again, never unpickled.
+Parents are trained with the study's parent seed rather than the trial's, or no two trials would
+share one; the pruning steps and fine-tunes after it draw the trial's own seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.errors import AscSearchError
+from asc_search.recipe import TrainingRecipe
+from asc_search.train import LabelledSet, Precision, fit
+
+log = logging.getLogger(__name__)
+
+PARENTS_FOLDER = "parents"
+#: The seed every parent is trained with (its initial weights and batch order).
+PARENT_SEED = 0
+#: Bump when the way a parent is trained changes, so old files are not mistaken for new ones.
+PARENT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ParentInfo:
+    """One cached parent, as ``asc-search parents list`` shows it."""
+
+    key: str
+    path: Path
+    spec: ArchSpec
+    steps: int
+    seed: int
+    seconds: float
+    train_clips: int
+    created: str
+    size_bytes: int
+
+
+def parent_key(spec: ArchSpec, *, recipe: TrainingRecipe, steps: int, train: LabelledSet,
+               teacher_logits: np.ndarray | None, precision: Precision) -> str:
+    """The content key of a parent: every input that changes its trained weights."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({
+        "version": PARENT_VERSION, "spec": spec.to_dict(), "recipe": recipe.to_dict(),
+        "steps": steps, "files": list(train.files),
+        "autocast": str(precision.autocast_dtype), "channels_last": precision.channels_last,
+        "device": precision.device.type,
+    }, sort_keys=True).encode())
+    if teacher_logits is not None:
+        digest.update(np.ascontiguousarray(teacher_logits, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def trained_parent(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: TrainingRecipe,
+                   steps: int, train: LabelledSet, teacher_logits: np.ndarray | None,
+                   precision: Precision, cache: Path | None, progress: bool = False,
+                   ) -> tuple[nn.Module, bool]:
+    """The wide network ``spec`` trained for ``steps`` optimiser steps of ``recipe`` with KD.
+
+    Returns (model, cache hit). Without ``cache`` it is trained and not kept. The initial weights
+    and batch order come from ``recipe.seed``.
+    """
+    path = None
+    if cache is not None:
+        key = parent_key(spec, recipe=recipe, steps=steps, train=train,
+                         teacher_logits=teacher_logits, precision=precision)
+        path = cache / PARENTS_FOLDER / f"{key}.pt"
+        model = _load(path, spec, pm=pm)
+        if model is not None:
+            return model, True
+    model = build_model(spec, pm=pm, seed=recipe.seed)
+    started = time.perf_counter()
+    fit(model, train, recipe, steps=steps, teacher_logits=teacher_logits, precision=precision,
+        progress=progress, label=f"parent {spec.base_channels}-wide")
+    model.to("cpu").to(memory_format=torch.contiguous_format)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, spec=spec, state_dict=model.state_dict(), metadata={
+            "stage": "parent", "version": PARENT_VERSION, "steps": steps, "seed": recipe.seed,
+            "seconds": round(time.perf_counter() - started, 1), "train_clips": len(train),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return model, False
+
+
+def _load(path: Path, spec: ArchSpec, *, pm: pluggy.PluginManager) -> nn.Module | None:
+    """The cached parent at ``path``, or None when there is none or it is unusable."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(path, label="cached parent")
+        if checkpoint.spec != spec or checkpoint.metadata.get("version") != PARENT_VERSION:
+            raise AscSearchError("it holds another network")
+        model = build_model(spec, pm=pm)
+        model.load_state_dict(checkpoint.state_dict)
+    except (AscSearchError, RuntimeError) as exc:
+        log.warning("cached parent %s is unusable (%s); training it again", path.name, exc)
+        return None
+    return model
+
+
+def cached_parents(cache: Path) -> list[ParentInfo]:
+    """Every parent in the cache folder, newest first; unreadable files are skipped."""
+    found = []
+    for path in sorted((cache / PARENTS_FOLDER).glob("*.pt")):
+        try:
+            checkpoint = load_checkpoint(path, label="cached parent")
+        except AscSearchError:
+            continue
+        meta: dict[str, Any] = checkpoint.metadata
+        found.append(ParentInfo(key=path.stem, path=path, spec=checkpoint.spec,
+                                steps=int(meta.get("steps", 0)), seed=int(meta.get("seed", 0)),
+                                seconds=float(meta.get("seconds", 0.0)),
+                                train_clips=int(meta.get("train_clips", 0)),
+                                created=str(meta.get("created", "")),
+                                size_bytes=path.stat().st_size))
+    return sorted(found, key=lambda info: info.created, reverse=True)
