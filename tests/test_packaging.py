@@ -24,9 +24,12 @@ def test_console_script_points_at_cli() -> None:
 
 
 def test_pinned_torch_stack() -> None:
+    # torchaudio 2.11.1 fails to load its library beside torch 2.11.0: 2.11.0 exactly.
     requires = importlib.metadata.requires("asc-search") or []
-    assert "torch==2.11.*" in requires and "torchaudio==2.11.*" in requires
+    assert "torch==2.11.*" in requires and "torchaudio==2.11.0" in requires
     import torch
     import torchaudio
+    import torchaudio.functional  # loads libtorchaudio: the import that failed with 2.11.1
 
-    assert torch.__version__.startswith("2.11") and torchaudio.__version__.startswith("2.11")
+    assert torch.__version__.startswith("2.11") and torchaudio.__version__.startswith("2.11.0")
+    assert torchaudio.functional.melscale_fbanks(201, 0.0, 8000.0, 8, 16000).shape == (201, 8)
