@@ -9,8 +9,10 @@ when it is there), S1 (64 → 32), S2 (96 → 32) and S3 (96 → 64 → 32) are 
 - reference: no parents cache, so every plan trains its own wide network;
 - shared: a fresh parents cache, so S3 loads the 96-wide parent S2 trained.
 
-Records seconds, training MACs and validation accuracy per plan (appended to ``--out``; a rerun
-skips what is there) and prints the totals and their ratio. The two runs give S2 the same
+Records seconds, training MACs and validation accuracy per plan and prints the totals and their
+ratio. A mode's three plans are appended to ``--out`` together when the mode finishes (a shared
+run cut off after S2 would leave S3 a fresh cache on resuming), and a rerun skips the modes that
+are there. The two runs give S2 the same
 parent, so their validation scores must agree; S3's must too (the parent is the same network).
 """
 
@@ -57,25 +59,28 @@ def main() -> None:
                                cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
                                progress=False)
     params = seed_params(space)
-    done = {(e["mode"], e["plan"]) for e in read_results(args.out)
+    done = {e["mode"] for e in read_results(args.out)
             if (e["split"], e["epochs"]) == (args.split, args.epochs)}
     precision = precision_for("cpu")
     for mode in ("reference", "shared"):
+        if mode in done:
+            continue
+        finished = []
         with tempfile.TemporaryDirectory(dir=cache) as parents:
             for plan in PLANS:
-                if (mode, plan) in done:
-                    continue
                 outcome = train_candidate(
                     space.candidate(space.values_of(params[plan])), settings=settings, pm=pm,
                     train=data.train, validation=data.validation,
                     teacher_logits=ensemble.logits, precision=precision, epochs=args.epochs,
                     seed=1, parents=Path(parents) if mode == "shared" else None)
-                append_result(args.out, {
+                finished.append({
                     "mode": mode, "plan": plan, "split": args.split, "epochs": args.epochs,
                     "threads": args.threads, "seconds": round(outcome.seconds, 1),
                     "training_macs": outcome.training_macs,
                     "parent_trained": outcome.parent_trained,
                     "validation": round(outcome.validation.macro_accuracy, 4)})
+        for entry in finished:
+            append_result(args.out, entry)
 
 
 def report(path: Path) -> str:

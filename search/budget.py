@@ -104,10 +104,10 @@ def first_shared_report_epoch(epochs: int) -> int:
 
 
 def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,
-                  between_macs: list[int], final_macs: int, with_wide: bool = True) -> int:
+                  between_macs: list[int], final_macs: int) -> int:
     """Estimated multiply-accumulates spent training: steps × batch × 3 forward passes of the
-    network trained in each phase (``between_macs``: the network after each intermediate step).
-    ``with_wide=False``: the wide phase was not spent here (a parent loaded from the cache)."""
-    per_sample = budget.wide * wide_macs * with_wide + budget.final * final_macs
+    network trained in each phase (``between_macs``: the network after each intermediate step;
+    ``wide_macs`` 0 where the wide phase was not spent here, a parent loaded from the cache)."""
+    per_sample = budget.wide * wide_macs + budget.final * final_macs
     per_sample += sum(budget.between * macs for macs in between_macs)
     return int(per_sample * batch_size * TRAINING_PASSES)

@@ -246,8 +246,12 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             teacher_logits=teacher_logits, precision=precision, on_step=reporting(0),
             progress=progress, label=f"train {wide.base_channels}-wide")
     model.to("cpu")
-    wide_macs = final_card.macs if final_card is not None and not chain else \
-        count_complexity(model, storage_dtype=settings.storage_dtype).macs
+    if chain and not parent_trained:
+        wide_macs = 0  # a parent loaded from the cache cost this trial nothing: not counted
+    elif final_card is not None and not chain:
+        wide_macs = final_card.macs
+    else:
+        wide_macs = count_complexity(model, storage_dtype=settings.storage_dtype).macs
     spec = wide
     between_macs: list[int] = []
     if chain:
@@ -275,8 +279,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     logits = predict(model, validation.features, precision=precision)
     model.to("cpu")
     spent = training_macs(budget, batch_size=recipe.batch_size, wide_macs=wide_macs,
-                          between_macs=between_macs, final_macs=card.macs,
-                          with_wide=not chain or parent_trained)
+                          between_macs=between_macs, final_macs=card.macs)
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
                    param_bytes=card.param_bytes,
                    validation=evaluate(logits, validation.labels, validation.devices,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asc_search.architecture import ArchSpec, SpecError
+from asc_search.architecture import ArchSpec
 from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError, PluginError
 from asc_search.plugin_manager import collect_named
@@ -154,6 +154,8 @@ def prune(
     network is pruned only (tests, or a user who fine-tunes elsewhere). A result over the budget
     is refused.
     """
+    import torch_pruning as tp
+
     metrics, schedules = importance_metrics(pm), pruning_schedules(pm)
     if plan.importance not in metrics:
         raise PluginError(f"unknown importance metric {plan.importance!r} "
@@ -183,11 +185,14 @@ def prune(
         _check_ratios(plan.schedule, ratios, ratio)
         fractions = [min(1.0, r / ratio) for r in ratios[1:]]
         fractions[-1] = 1.0
+        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        # One dependency graph per stage: it follows the network through its pruning steps.
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         for step, widths in enumerate(step_targets(current, target, fractions), start=1):
             model.to("cpu").to(memory_format=torch.contiguous_format).eval()
             if metric.needs_gradients:
                 _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
-            _prune_to_widths(model, widths, importance=metric.make(), example=example)
+            _prune_to_widths(model, graph, widths, importance=metric.make())
             model.zero_grad(set_to_none=True)
             card = count_complexity(model, storage_dtype=plan.storage_dtype)
             record = PruningStep(stage, step, card.macs, card.params, ratios[step])
@@ -270,8 +275,8 @@ def _model_widths(model: nn.Module) -> dict[str, int]:
     return widths
 
 
-def _prune_to_widths(model: nn.Module, widths: Mapping[str, int], *, importance: Any,
-                     example: torch.Tensor) -> None:
+def _prune_to_widths(model: nn.Module, graph: Any, widths: Mapping[str, int], *,
+                     importance: Any) -> None:
     """Remove the least important channels of every dependency group until each width name has
     exactly ``widths[name]`` channels.
 
@@ -279,12 +284,12 @@ def _prune_to_widths(model: nn.Module, widths: Mapping[str, int], *, importance:
     with its input, a depthwise convolution with its expansion, a parallel sum its branches) and
     removes a group's channels from every layer it touches; the importance scores the group's
     channels together. The class head keeps all its outputs. An importance that returns no scores
-    for a group falls back to the L2 norm: every group must land on its width.
+    for a group falls back to the L2 norm: every group must land on its width. ``graph`` is the
+    model's ``tp.DependencyGraph``, built once and kept valid by the pruning it carries out.
     """
     import torch_pruning as tp
 
     keys = _width_keys(model)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     fallback = tp.importance.GroupMagnitudeImportance(p=2)
     for group in graph.get_all_groups(ignored_layers=[_head(model)],
                                       root_module_types=[nn.Conv2d]):
@@ -383,22 +388,5 @@ def read_widths(model: nn.Module, spec: ArchSpec) -> dict[str, int]:
     from asc_search.plugins.mobile_nets import plan_network
 
     nominal = plan_network(spec.with_(channel_overrides={})).widths
-    found: dict[str, int] = {}
-
-    def width(module: nn.Module) -> int:
-        norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not norms:
-            raise SpecError(f"cannot read widths from {type(module).__name__}")
-        return norms[-1].num_features
-
-    stem = getattr(model, "stem", None)
-    stages = getattr(model, "stages", None)
-    if stem is None or stages is None:
-        raise PruningError(f"cannot read pruned widths of a {type(model).__name__}; "
-                           "only CP-Mobile-family networks are supported")
-    found["stem1"], found["stem2"] = width(stem[0]), width(stem[1])
-    for stage_name, stage in stages.named_children():
-        for block_name, block in stage.named_children():
-            found[f"{block_name}.expand"] = width(block.expand)
-            found[stage_name] = width(block.project)
+    found = _model_widths(model)
     return {name: value for name, value in found.items() if nominal.get(name) != value}

@@ -81,8 +81,9 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (``torch.cpu.get_capabilities``).
 
     Without it bf16 autocast is emulated: on a 2-core AMD EPYC with AVX2 only, a DCASE-baseline
-    training step ran at 5.8 samples/s under bf16 autocast against 97 in fp32 with channels-last
-    (one thread each), where a CPU with AVX-512 BF16 runs bf16 about twice as fast as fp32.
+    training step ran at 0.12× the speed of fp32 under bf16 autocast, and fp32 with channels-last
+    at 1.61× (benchmarks/README.md, "Training precision"), where a CPU with AVX-512 BF16 runs
+    bf16 about twice as fast as fp32.
     """
     capabilities = torch.cpu.get_capabilities()
     return any(bool(capabilities.get(name, False)) for name in BF16_CPU_FEATURES)
