@@ -188,9 +188,9 @@ def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train:
     return wide, chain, recipe, budget
 
 
-def parent_recipe(recipe: TrainingRecipe) -> TrainingRecipe:
+def parent_recipe(recipe: TrainingRecipe, *, parent_seed: int = PARENT_SEED) -> TrainingRecipe:
     """The recipe a candidate's parent trains with: the parent seed instead of the trial's."""
-    return recipe.with_(seed=derive_seed(PARENT_SEED, 0))
+    return recipe.with_(seed=derive_seed(parent_seed, 0))
 
 
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
@@ -198,7 +198,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                     precision: Precision, epochs: int, seed: int = 0, progress: bool = False,
                     on_report: Callable[[torch.nn.Module, int], None] | None = None,
                     final_card: ComplexityCard | None = None,
-                    parents: Path | None = None) -> Outcome:
+                    parents: Path | None = None, parent_seed: int = PARENT_SEED) -> Outcome:
     """Train with KD for a budget of ``epochs``, pruning by the candidate's plan on the way;
     score the result on validation.
 
@@ -214,7 +214,8 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     pruned one carries the count its last step made). A pruned plan's wide network is its
     parent (``asc_search.parents``): trained with the parent seed, not ``seed``, and loaded from
     the ``parents`` cache folder when an earlier trial trained it; the pruning and fine-tunes
-    after it draw ``seed``.
+    after it draw ``seed``. A study keeps one ``parent_seed`` for all its trials; a benchmark
+    that repeats a whole experiment per seed passes its seed, so the parents vary with it too.
     """
     started = time.perf_counter()
     wide, chain, recipe, budget = candidate_budget(candidate, settings=settings,
@@ -236,9 +237,9 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     parent_trained = False
     if chain:
         model, cache_hit = trained_parent(
-            wide, pm=pm, recipe=parent_recipe(recipe), steps=budget.wide, train=train,
-            teacher_logits=teacher_logits, precision=precision, cache=parents,
-            progress=progress)
+            wide, pm=pm, recipe=parent_recipe(recipe, parent_seed=parent_seed),
+            steps=budget.wide, train=train, teacher_logits=teacher_logits, precision=precision,
+            cache=parents, progress=progress)
         parent_trained = not cache_hit
     else:
         model = build_model(wide, pm=pm, seed=seed)

@@ -1,0 +1,130 @@
+"""Does the search beat the seed's hand-made plans at equal compute? (issue 12)
+
+One command: ``python benchmarks/search_vs_seed.py [--split 5] [--seeds 0 1 2] [--parts seed search]``.
+On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (cached), per seed:
+
+- part ``seed`` (a): the DCASE baseline and the seed's S1, S2, S3, each trained by the product's
+  own path (``train_candidate``, as promotion trains a finalist) for the calibration's epochs at
+  the split (150 at 5 %, 50 at 25 %). S2 and S3 share their 96-wide parent, as the product shares
+  it; every parent of a seed is trained with that seed, so a seed repeats the whole experiment.
+- part ``search`` (b): the search, given the CPU time S1, S2 and S3 took together at that seed
+  as its budget, covering its parents, its trials and the promotion of its winner at the same
+  length. Trials run with a tenth... see ``search_part``; its parents start from an empty folder
+  of their own, so nothing trained for (a) is free for (b).
+
+Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
+``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
+the table. CPU time is wall time × threads on an otherwise idle core (``--threads 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from calibrate_corpus import EPOCHS, recipe_for
+from results import append_result, read_results
+from seed_plans import candidates
+
+from asc_search.evaluate import evaluate, mean_sd_interval
+from asc_search.experiment import load_split_data
+from asc_search.objective import evaluation_attrs, train_candidate
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.teachers import ensemble_logits
+from asc_search.train import precision_for, predict
+
+REVISION = 1
+SEED_PLANS = ("baseline", "S1", "S2", "S3")
+TEACHERS = ["wide_cp_mobile", "patchout_transformer"]
+
+
+def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logits: Any,
+                  done: set[tuple[Any, ...]], epochs: int) -> None:
+    """(a): the baseline and S1–S3 at the recipe's length, parents shared within a seed."""
+    settings, plans = candidates(pm)
+    precision = precision_for("cpu")
+    parents = cache_dir() / "search_vs_seed" / f"split{args.split}"
+    for seed in args.seeds:
+        for name in SEED_PLANS:
+            if ("seed", name, seed, args.split, epochs) in done:
+                continue
+            started = time.process_time()
+            outcome = train_candidate(plans[name], settings=settings, pm=pm, train=data.train,
+                                      validation=data.validation, teacher_logits=teacher_logits,
+                                      precision=precision, epochs=epochs, seed=seed,
+                                      parents=parents, parent_seed=seed)
+            test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                            data.test.labels, data.test.devices, files=data.test.files)
+            append_result(args.out, {
+                "revision": REVISION, "part": "seed", "plan": name, "seed": seed,
+                "split": args.split, "epochs": epochs, "threads": torch.get_num_threads(),
+                "date": date.today().isoformat(), "macs": outcome.macs,
+                "params": outcome.params, "param_bytes": outcome.param_bytes,
+                "parent_trained": outcome.parent_trained,
+                "training_macs": outcome.training_macs, "seconds": round(outcome.seconds, 1),
+                "cpu_seconds": round(time.process_time() - started, 1),
+                "spec": outcome.spec.to_dict(), "validation": evaluation_attrs(outcome.validation),
+                "test": evaluation_attrs(test)})
+
+
+def report(path: Path) -> str:
+    """Per part and plan: test macro accuracy mean ± sd over seeds (t interval), CPU-minutes."""
+    entries = [e for e in read_results(path) if e.get("revision") == REVISION]
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    lines = ["| split | part | plan | seeds | test % mean ± sd (95 % t) | per-seed test "
+             "(95 % bootstrap) | MACs | CPU-min per seed |", "| --- " * 8 + "|"]
+    for split in sorted({e["split"] for e in entries}):
+        for part, plan in sorted({(e["part"], e["plan"]) for e in entries if e["split"] == split}):
+            runs = sorted((e for e in entries if (e["split"], e["part"], e["plan"])
+                           == (split, part, plan)), key=lambda e: e["seed"])
+            s = mean_sd_interval([e["test"]["macro"] for e in runs])
+            shown = pct(s["mean"]) if s["n"] < 2 else \
+                f"{pct(s['mean'])} ± {pct(s['sd'])} ({pct(s['low'])}–{pct(s['high'])})"
+            seeds = "; ".join(f"{e['seed']}: {pct(e['test']['macro'])} "
+                              f"({pct(e['test']['macro_interval'][0])}–"
+                              f"{pct(e['test']['macro_interval'][1])})" for e in runs)
+            minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
+            lines.append(f"| {split} % | {part} | {plan} | {len(runs)} | {shown} | {seeds} | "
+                         f"{runs[-1]['macs']:,} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="embedded")
+    parser.add_argument("--split", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--parts", nargs="*", default=["seed", "search"],
+                        choices=["seed", "search"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).with_name("search_vs_seed.jsonl"))
+    parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
+    args = parser.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
+    torch.set_num_threads(args.threads)
+    pm, cache = build_plugin_manager(), cache_dir()
+    epochs = EPOCHS[args.split]
+    done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"])
+            for e in read_results(args.out) if e.get("revision") == REVISION}
+    data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
+    teacher_recipe = recipe_for(args.split, len(data.train), 0, 256)
+    ensemble = ensemble_logits(data.train, teacher_names=TEACHERS, pm=pm, cache_dir=cache,
+                               recipe=teacher_recipe, progress=False)
+    if "seed" in args.parts:
+        run_seed_part(args, pm=pm, data=data, teacher_logits=ensemble.logits, done=done,
+                      epochs=epochs)
+
+
+if __name__ == "__main__":
+    main()
