@@ -29,7 +29,7 @@ from results import append_result, read_results
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.objective import wide_and_chain
+from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.prune import PruningPlan, importance_metrics, prune, pruning_schedules
 from asc_search.search_space import load_space

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asc_search.architecture import FACTORIZATIONS, architectures
+from asc_search.architecture import FACTORIZATIONS, architectures, presets
 from asc_search.hookspecs import hookimpl
 from asc_search.prune import importance_metrics, pruning_schedules
 from asc_search.search_space import DimensionInfo
@@ -17,8 +17,10 @@ MAX_STAGES = 4
 
 
 def _pruned(values: Any) -> bool:
-    """The plan prunes only when it trains wider than the final width."""
-    return float(values.get("prune_width_ratio", 1.0)) > 1.0
+    """The plan prunes only when it trains wider than the final width: a uniform plan with a
+    ratio above 1, or a parent-based one (``asc_search.plans``), which narrows its parent
+    to the budget unless the parent fits as it is."""
+    return values.get("parent") is not None or float(values.get("prune_width_ratio", 1.0)) > 1.0
 
 
 def _stepped(values: Any) -> bool:
@@ -69,10 +71,23 @@ def asc_space_dimensions() -> list[DimensionInfo]:
         DimensionInfo("prune_stages", "plan", "pruning stages, a KD fine-tune after each "
                       "(pruned plans only)", active_when=_pruned),
     ]
+    parent = [
+        DimensionInfo("parent", "plan", "the wide network a budget-filling plan prunes from: an "
+                      "architecture preset (asc-search plugins list shows them)",
+                      allowed=lambda pm: tuple(presets(pm))),
+        *(DimensionInfo(name, "plan", f"relative width kept of {what}; the plan is scaled to the "
+                        "largest network that fits the budgets (parent-based plans)")
+          for name, what in (("keep_stem", "the stem's first layer"),
+                             ("keep_s1", "stage 1 and the stem's output"),
+                             ("keep_s2", "stage 2"), ("keep_s3", "stage 3"), ("keep_s4", "stage 4"),
+                             ("keep_expand", "every block's expansion"))),
+        DimensionInfo("macs_fraction", "plan", "fraction of the MACs budget a parent-based plan "
+                      "fills (for the Pareto mode; 1 = all of it)"),
+    ]
     from dataclasses import fields
 
     from asc_search.recipe import TrainingRecipe
 
     training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
                 for f in fields(TrainingRecipe) if f.name != "seed"]
-    return spec + stages + plan + training
+    return spec + stages + plan + parent + training

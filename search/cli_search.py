@@ -52,8 +52,9 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 
 @click.command("run")
 @_data_options
-@click.option("--space", default="sscp_mobile", show_default=True,
-              help="Shipped space name or a TOML/YAML file.")
+@click.option("--space", default="sscp_fill", show_default=True,
+              help="Shipped space name or a TOML/YAML file (sscp_fill: budget-filling plans "
+                   "from shared parents; sscp_mobile: uniform plans, for --objective pareto).")
 @click.option("--budget-macs", default="30M", show_default=True)
 @click.option("--budget-bytes", default="128kB", show_default=True)
 @click.option("--dtype", "storage_dtype", default="float16", show_default=True,
@@ -67,7 +68,7 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @_storage_options
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), default="tpe",
               show_default=True)
-@click.option("--objective", type=click.Choice(["pareto", "accuracy"]), default="pareto",
+@click.option("--objective", type=click.Choice(["pareto", "accuracy"]), default="accuracy",
               show_default=True,
               help="pareto: accuracy and MACs; accuracy: accuracy under the budgets, with early "
                    "stopping.")
@@ -85,7 +86,8 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Clips per step for trials, teachers and finalists [default: split size / 25, "
                    "between 16 and 256].")
 @click.option("--promote", "top", type=int, default=1, show_default=True,
-              help="Pareto-optimal trials to distil at full length (0: none).")
+              help="Best searched trials to distil at full length, beside the best seed trial "
+                   "(0: none).")
 @click.option("--promote-epochs", type=int, default=32, show_default=True,
               help="Training budget of every finalist, in epochs with KD, divided the same way.")
 @click.option("--teacher", "teacher_names", multiple=True,
@@ -114,6 +116,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.heartbeat import set_heartbeat
     from asc_search.objective import SearchSettings
     from asc_search.paths import studies_dir
+    from asc_search.plans import smallest_settled
     from asc_search.search_space import read_space, smallest_candidate, space_from_dict
     from asc_search.storage import mask_url, resolve_storage
     from asc_search.study import (
@@ -144,7 +147,12 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         teacher_folds=teacher_folds,
         recipe={} if batch_size is None else {"batch_size": batch_size},
     )
-    smallest, card = smallest_candidate(parsed, pm=obj.pm, storage_dtype=storage_dtype)
+    names = {d.name for d in parsed.dimensions}
+    if objective == "pareto" and "parent" in names and "macs_fraction" not in names:
+        _say(f"note: space {parsed.name!r} fills the MACs budget with every candidate; for a "
+             "Pareto front of accuracy against MACs search macs_fraction too, or use sscp_mobile")
+    smallest, card = (smallest_settled(parsed, pm=obj.pm, storage_dtype=storage_dtype)
+                      or smallest_candidate(parsed, pm=obj.pm, storage_dtype=storage_dtype))
     if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
         raise AscSearchError(
             f"no network in space {parsed.name!r} fits {settings.max_macs:,} MACs and "
@@ -231,12 +239,13 @@ def worker_command(obj: Context, study_name: str, storage: str | None, studies: 
 @click.command("distill")
 @click.argument("study_name", metavar="STUDY")
 @click.option("--top", type=int, default=1, show_default=True)
-@click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also promote the DCASE baseline seed trial, for comparison.")
+@click.option("--seed-plan/--no-seed-plan", default=True, show_default=True,
+              help="Also promote the best seed trial (DCASE baseline or S1–S3, by validation), "
+                   "the hand-made reference every finalist is compared with.")
 @_storage_options
 @click.option("--device", default="cpu", show_default=True)
 @pass_context
-def distill_command(obj: Context, study_name: str, top: int, baseline: bool,
+def distill_command(obj: Context, study_name: str, top: int, seed_plan: bool,
                     storage: str | None, studies: Path | None, device: str) -> None:
     """Distil the top Pareto-optimal trials at full length; evaluate them on validation and test."""
     from asc_search.paths import studies_dir
@@ -244,7 +253,7 @@ def distill_command(obj: Context, study_name: str, top: int, baseline: bool,
 
     study = _open(study_name, storage, studies)
     distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
-            device=device, progress=not obj.quiet, with_baseline=baseline, announce=_say)
+            device=device, progress=not obj.quiet, with_seed_plan=seed_plan, announce=_say)
 
 
 @click.command("report")
@@ -384,10 +393,18 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
                      f"×{spec.get('channels_multiplier', 0):.2f} e{spec.get('expansion_rate', 0):.2f}"
                      f" {spec.get('n_blocks', '')} {'/'.join(f[:3] for f in spec.get('factorization', []))}"
                      if spec else "")
+        if spec.get("channel_overrides"):  # a pruned network: its base is stage 1's width
+            spec_text = spec_text.replace(f"w{spec['base_channels']}",
+                                          f"w{spec['channel_overrides'].get('s1', '?')}*", 1)
         ratio = float(plan.get("prune_width_ratio", 1.0))
-        plan_text = (f"×{ratio:g} {plan.get('importance', '')} {plan.get('schedule', '')} "
-                     f"{plan.get('prune_steps', '')}×{plan.get('prune_stages', 1)}"
-                     if ratio > 1 else "no pruning") if plan or spec else ""
+        how = (f"{plan.get('importance', '')} {plan.get('schedule', '')} "
+               f"{plan.get('prune_steps', '')}×{plan.get('prune_stages', 1)}")
+        if "parent" in plan:
+            scale = plan.get("fill_scale")
+            plan_text = f"{plan['parent']} " + (f"fill ×{scale:.2f} " if scale else "") + how
+        else:
+            plan_text = (f"×{ratio:g} {how}" if ratio > 1 else "no pruning") \
+                if plan or spec else ""
         state = attrs.get("status", trial.state.name.lower())
         if trial.state.name != "COMPLETE":
             state = "lost" if trial.number in lost else trial.state.name.lower()
@@ -455,7 +472,7 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
     so that workers started after this find them built."""
     import optuna
 
-    from asc_search.objective import candidate_budget, parent_recipe
+    from asc_search.objective import candidate_budget, parent_recipe, trial_candidate
     from asc_search.parents import trained_parent
     from asc_search.paths import studies_dir
     from asc_search.study import load_resources, settings_of
@@ -473,10 +490,11 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
             params = trial.params
         else:
             continue
-        candidate = loaded.space.candidate(loaded.space.values_of(params))
-        wide, chain, recipe, budget = candidate_budget(
+        candidate = trial_candidate(loaded.space, params, settings=settings, pm=obj.pm,
+                                    seed_trial="seed_trial" in trial.user_attrs)
+        wide, targets, recipe, budget = candidate_budget(
             candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0)
-        if chain:
+        if targets:
             wanted.setdefault(wide.to_json(), (wide, parent_recipe(recipe), budget.wide,
                                                trial.number))
     if not wanted:

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
 from asc_search.heartbeat import worker_id
 from asc_search.parents import PARENT_SEED, trained_parent
+from asc_search.plans import candidate_of, pruning_path, settle
 from asc_search.prune import PruningPlan, prune
 from asc_search.recipe import TrainingRecipe
 from asc_search.search_space import Candidate, SearchSpace
@@ -148,44 +149,27 @@ class Outcome:
     parent_trained: bool = False  # a pruned plan whose parent this call trained (no cache hit)
 
 
-def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
-    """The network to train first and the widths to prune it through.
-
-    ``prune_width_ratio`` r trains at r × the final base width (rounded up to 8); ``prune_stages``
-    s spaces s targets evenly from there down to the final width (s = 2 for 96 → 64 → 32).
-    Targets are rounded to multiples of 8 and repeats dropped, so a narrow gap gives fewer
-    stages than asked (40 → 32 in 3 stages is one stage): the chain, not ``prune_stages``, says
-    how many stages ran, and the step budget is divided by the chain's length.
-    """
-    final = candidate.spec
-    ratio = float(candidate.plan.get("prune_width_ratio", 1.0))
-    stages = int(candidate.plan.get("prune_stages", 1))
-    wide_base = int(math.ceil(final.base_channels * ratio / 8) * 8)
-    if wide_base <= final.base_channels:
-        return final, ()
-    chain = []
-    for k in range(1, stages + 1):
-        width = final.base_channels + (wide_base - final.base_channels) * (stages - k) / stages
-        width = int(round(width / 8) * 8)
-        if (not chain or width < chain[-1]) and width < wide_base:
-            chain.append(width)
-    if chain[-1] != final.base_channels:
-        chain.append(final.base_channels)
-    return final.with_(base_channels=wide_base), tuple(chain)
+def trial_candidate(space: SearchSpace, params: Mapping[str, Any], *, settings: SearchSettings,
+                    pm: pluggy.PluginManager, seed_trial: bool = False) -> Candidate:
+    """The trainable candidate of a trial's stored ``params`` under the study's budgets: what the
+    trial trained, what promotion trains again and what ``parents build`` prepares."""
+    return candidate_of(space, space.values_of(params), pm=pm, max_macs=settings.max_macs,
+                        max_param_bytes=settings.max_param_bytes,
+                        storage_dtype=settings.storage_dtype, seed_trial=seed_trial)
 
 
 def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train: int,
-                     epochs: int, seed: int) -> tuple[ArchSpec, tuple[int, ...], TrainingRecipe,
-                                                      StepBudget]:
-    """The wide network, pruning chain, recipe and step budget a candidate trains with."""
-    wide, chain = wide_and_chain(candidate)
+                     epochs: int, seed: int) -> tuple[ArchSpec, tuple[dict[str, int], ...],
+                                                      TrainingRecipe, StepBudget]:
+    """The wide network, pruning targets, recipe and step budget a candidate trains with."""
+    wide, targets = pruning_path(candidate)
     recipe = settings.base_recipe(n_train).with_(**candidate.training, seed=seed)
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
-    pruning_steps = len(chain) * int(candidate.plan.get("prune_steps", 1)) if chain else 0
+    pruning_steps = len(targets) * int(candidate.plan.get("prune_steps", 1)) if targets else 0
     budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps)
     recipe = recipe.with_(epochs=epochs,
                           warmup_steps=min(recipe.warmup_steps, budget.wide // 10))
-    return wide, chain, recipe, budget
+    return wide, targets, recipe, budget
 
 
 def parent_recipe(recipe: TrainingRecipe, *, parent_seed: int = PARENT_SEED) -> TrainingRecipe:
@@ -218,7 +202,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     that repeats a whole experiment per seed passes its seed, so the parents vary with it too.
     """
     started = time.perf_counter()
-    wide, chain, recipe, budget = candidate_budget(candidate, settings=settings,
+    wide, targets, recipe, budget = candidate_budget(candidate, settings=settings,
                                                    n_train=len(train), epochs=epochs, seed=seed)
     steps_per_epoch, pruning_steps = budget.steps_per_epoch, budget.pruning_steps
 
@@ -235,7 +219,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
         return on_step
 
     parent_trained = False
-    if chain:
+    if targets:
         model, cache_hit = trained_parent(
             wide, pm=pm, recipe=parent_recipe(recipe, parent_seed=parent_seed),
             steps=budget.wide, train=train, teacher_logits=teacher_logits, precision=precision,
@@ -247,19 +231,19 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             teacher_logits=teacher_logits, precision=precision, on_step=reporting(0),
             progress=progress, label=f"train {wide.base_channels}-wide")
     model.to("cpu")
-    if chain and not parent_trained:
+    if targets and not parent_trained:
         wide_macs = 0  # a parent loaded from the cache cost this trial nothing: not counted
-    elif final_card is not None and not chain:
+    elif final_card is not None and not targets:
         wide_macs = final_card.macs
     else:
         wide_macs = count_complexity(model, storage_dtype=settings.storage_dtype).macs
     spec = wide
     between_macs: list[int] = []
-    if chain:
+    if targets:
         schedule = candidate.plan.get("schedule", "agp")
         plan = PruningPlan(
             importance=candidate.plan.get("importance", "l2"),
-            schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), chain=chain,
+            schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), targets=targets,
             max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
             storage_dtype=settings.storage_dtype, finetune_steps=budget.between,
             final_finetune_epochs=0,
@@ -312,7 +296,11 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     settings = resources.settings
     # Which machine and process ran it: the first thing to look at when a trial was lost.
     trial.set_user_attr("worker", worker_id())
-    candidate = resources.space.suggest(trial)
+    # A parent-based plan is scaled to fill the budget here; a seed trial is trained as defined.
+    candidate = settle(resources.space.suggest(trial), pm=resources.pm,
+                       max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
+                       storage_dtype=settings.storage_dtype,
+                       seed_trial="seed_trial" in trial.user_attrs)
     final = build_model(candidate.spec, pm=resources.pm)
     card = count_complexity(final, storage_dtype=settings.storage_dtype)
     trial.set_user_attr("spec", candidate.spec.to_dict())

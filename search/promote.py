@@ -1,10 +1,11 @@
 """Promotion: the search's best feasible trials distilled again at full length, then tested.
 
 Search trials train on a short proxy schedule and are ranked on the validation list only. The
-Pareto-optimal feasible trials (best validation accuracy first) are retrained here with the same
-teachers on the longer promotion schedule, pruned by their plan, fine-tuned, and only now
-evaluated on the test list as well. The DCASE baseline's seed trial, when the study has one, is
-promoted with them, so every study reports the searched model against the baseline trained with
+best searched trials (Pareto-optimal and feasible, best validation accuracy first) are retrained
+here with the same teachers on the longer promotion schedule, pruned by their plan, fine-tuned,
+and only now evaluated on the test list as well. The best seed trial by validation (the DCASE
+baseline or one of the seed's S1–S3) is promoted with them as the hand-made reference, so every
+study reports the searched model against what a researcher would have built by hand, trained with
 the same recipe, teachers and budget, and each finalist's test difference from it with a paired
 bootstrap interval over recordings.
 
@@ -28,9 +29,9 @@ from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.evaluate import Evaluation, evaluate, paired_difference, recordings
-from asc_search.objective import evaluation_attrs, train_candidate
+from asc_search.objective import evaluation_attrs, train_candidate, trial_candidate
 from asc_search.storage import scratch
-from asc_search.study import feasible, load_resources, pareto_trials, settings_of
+from asc_search.study import feasible, load_resources, ranked_trials, settings_of
 from asc_search.train import predict
 
 FINALIST_PREFIX = "finalist:"
@@ -42,15 +43,18 @@ def _with_interval(result: Evaluation) -> str:
 
 
 def choose_finalists(study: optuna.Study, *, top: int,
-                     with_baseline: bool = True) -> list[optuna.trial.FrozenTrial]:
-    """The ``top`` Pareto-optimal feasible trials by validation accuracy, plus the baseline's."""
-    chosen = pareto_trials(study)[:top]
-    if with_baseline:
-        for trial in study.get_trials(deepcopy=False):
-            if (trial.user_attrs.get("seed_trial") == "dcase-baseline" and feasible(trial)
-                    and trial not in chosen):
-                chosen.append(trial)
-                break
+                     with_seed_plan: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` best searched trials (feasible; see ``ranked_trials``),
+    then the hand-made reference: the best seed trial (the DCASE baseline or one of the seed's
+    plans) by validation. Both are chosen before any test clip is read."""
+    chosen = ranked_trials(study, searched_only=True)[:top]
+    if with_seed_plan:
+        seeds = [t for t in study.get_trials(deepcopy=False)
+                 if "seed_trial" in t.user_attrs and feasible(t) and t.values]
+        if seeds:
+            chosen.append(max(seeds, key=lambda t: t.values[0]))
+    if not chosen:  # a study of seed trials only, asked for no reference
+        chosen = ranked_trials(study)[:top]
     return chosen
 
 
@@ -61,11 +65,11 @@ def finalists(study: optuna.Study) -> dict[int, dict[str, Any]]:
 
 
 def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Path | None,
-            device: str = "cpu", progress: bool = True, with_baseline: bool = True,
+            device: str = "cpu", progress: bool = True, with_seed_plan: bool = True,
             announce: Callable[[str], None] = lambda line: None) -> dict[int, dict[str, Any]]:
     """Promote the study's finalists (see the module docstring); return their results."""
     settings = settings_of(study)
-    chosen = choose_finalists(study, top=top, with_baseline=with_baseline)
+    chosen = choose_finalists(study, top=top, with_seed_plan=with_seed_plan)
     if not chosen:
         raise AscSearchError(f"study {study.study_name!r} has no feasible trained trial to promote")
     loaded = load_resources(settings, pm=pm, cache=cache, studies=studies, device=device,
@@ -75,7 +79,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     results = {}
     test_correct: dict[int, np.ndarray] = {}
     for trial in chosen:
-        candidate = space.candidate(space.values_of(trial.params))
+        candidate = trial_candidate(space, trial.params, settings=settings, pm=pm,
+                                    seed_trial="seed_trial" in trial.user_attrs)
         label = trial.user_attrs.get("seed_trial", "searched")
         announce(f"promoting trial {trial.number} ({label}): a budget of "
                  f"{settings.promote_epochs} epochs with KD, shared by its pruning plan")
@@ -122,31 +127,35 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                  f"{card.macs / 1e6:.2f} M MACs, "
                  f"{card.param_bytes:,} B ({outcome.seconds:.0f} s)")
         results[trial.number] = record
-    _compare_with_baseline(study, results, test_correct, data.test, announce)
+    reference = next((n for n, r in results.items() if r["label"] != "searched"),
+                     None) if with_seed_plan else None
+    _compare_with_reference(study, results, test_correct, data.test, reference, announce)
     return results
 
 
-def _compare_with_baseline(study: optuna.Study, results: dict[int, dict[str, Any]],
-                           test_correct: dict[int, np.ndarray], test: Any,
-                           announce: Callable[[str], None]) -> None:
-    """Each finalist's test accuracy minus the baseline's, with its paired bootstrap interval.
+def _compare_with_reference(study: optuna.Study, results: dict[int, dict[str, Any]],
+                            test_correct: dict[int, np.ndarray], test: Any,
+                            reference: int | None, announce: Callable[[str], None]) -> None:
+    """Each finalist's test accuracy minus the hand-made reference's (the best seed trial), with
+    its paired bootstrap interval.
 
     Two finalists scored on the same clips are compared on the same resampled recordings: the
     interval of the difference is far tighter than the two accuracies' own intervals, which
     overlap even where one model is reliably better.
     """
-    baseline = next((n for n, r in results.items() if r["label"] == "dcase-baseline"), None)
-    if baseline is None:
+    if reference is None or reference not in results:
         return
+    label = results[reference]["label"]
     for number, record in results.items():
-        if number == baseline:
+        if number == reference:
             continue
-        paired = paired_difference(test.labels, test_correct[number], test_correct[baseline],
+        paired = paired_difference(test.labels, test_correct[number], test_correct[reference],
                                    groups=recordings(test.files))
-        record["test_vs_baseline"] = {k: round(v, 4) for k, v in paired.items()}
+        record["test_vs_reference"] = {**{k: round(v, 4) for k, v in paired.items()},
+                                       "reference": label, "reference_trial": reference}
         study.set_user_attr(f"{FINALIST_PREFIX}{number}", record)
         verdict = "shown by this data" if paired["low"] > 0 or paired["high"] < 0 else \
             "not shown apart by this data"
-        announce(f"finalist trial {number} ({record['label']}) − baseline on test: "
+        announce(f"finalist trial {number} ({record['label']}) − {label} on test: "
                  f"{100 * paired['difference']:+.1f} points ({100 * paired['low']:+.1f} to "
                  f"{100 * paired['high']:+.1f}, paired 95 % bootstrap): {verdict}")

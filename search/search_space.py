@@ -33,7 +33,7 @@ import optuna
 import pluggy
 import yaml
 
-from asc_search.architecture import ArchSpec, SpecError, architectures, build_model
+from asc_search.architecture import ArchSpec, SpecError, architectures, build_model, presets
 from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.plugin_manager import collect_named
@@ -94,11 +94,26 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One sampled point: the final architecture, its pruning plan and training choices."""
+    """One sampled point: the final architecture, its pruning plan and training choices.
+
+    In a space with a ``parent`` dimension (``asc_search.plans``), ``space.candidate``
+    gives a plan still to be settled: its ``spec`` is the parent's and the plan holds relative
+    keep ratios. Settling it (``plans.settle``) sets ``parent`` to the wide network, ``spec``
+    to the final one and ``targets`` to each pruning stage's per-layer widths.
+    """
 
     spec: ArchSpec
     plan: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    #: The wide network a settled parent-based plan prunes from (None: see ``wide_and_chain``).
+    parent: ArchSpec | None = None
+    #: Per-layer widths after each pruning stage of a settled parent-based plan, widest first.
+    targets: tuple[Mapping[str, int], ...] = ()
+
+    @property
+    def unsettled(self) -> bool:
+        """A parent-based plan whose final widths are not yet computed (it cannot be trained)."""
+        return "parent" in self.plan and self.parent is None
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,8 @@ class SearchSpace:
     fixed: dict[str, Any]
     dimensions: tuple[Dimension, ...]
     infos: dict[str, DimensionInfo]
+    #: Every architecture preset, by name: what a ``parent`` dimension's choices name.
+    presets: Mapping[str, ArchSpec] = field(default_factory=dict)
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         """Sample every active dimension through ``trial`` and assemble the candidate.
@@ -192,7 +209,10 @@ class SearchSpace:
             else:
                 training[name] = value
         try:
-            spec = ArchSpec.from_dict(spec_fields)
+            if "parent" in plan:  # the parent preset, with the space's fixed fields over it
+                spec = self.presets[plan["parent"]].with_(**spec_fields)
+            else:
+                spec = ArchSpec.from_dict(spec_fields)
         except SpecError as exc:
             raise SpaceError(f"{self.source}: {exc}") from exc
         return Candidate(spec=spec, plan=plan, training=training)
@@ -304,7 +324,8 @@ def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -
         dimensions.append(dimension)
     space = SearchSpace(name=str(data.get("name", Path(source).stem)),
                         description=str(data.get("description", "")), source=source,
-                        fixed=fixed, dimensions=tuple(dimensions), infos=infos)
+                        fixed=fixed, dimensions=tuple(dimensions), infos=infos,
+                        presets=presets(pm))
     # Build the space's smallest corner once, so a spec field the architecture rejects fails here.
     corner = {d.name: d.choices[0] if d.kind == "categorical" else
               int(d.low) if d.kind == "int" else d.low for d in dimensions}

@@ -70,12 +70,34 @@ SEED_TRIALS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The same systems in a budget-filling space (``asc_search.plans``): a parent and keep
+#: ratios that place them in the space; as seed trials they are trained uniform, as defined.
+PARENT_SEED_TRIALS: dict[str, dict[str, Any]] = {
+    "dcase-baseline": {"parent": "dcase-baseline", "prune_stages": 1, **dict.fromkeys(
+        ("keep_stem", "keep_s1", "keep_s2", "keep_s3", "keep_expand"), 1.0)},
+    **{
+        name: {"parent": parent, **dict.fromkeys(
+                   ("keep_stem", "keep_s1", "keep_s2", "keep_s3", "keep_expand"), keep),
+               "importance": "l2", **plan}
+        for name, (parent, keep, plan) in {
+            "seed-S1": ("seed-s1-start", 0.5, {"schedule": "agp", "prune_steps": 5,
+                                                "prune_stages": 1}),
+            "seed-S2": ("seed-s2-start", 1 / 3, {"schedule": "linear", "prune_steps": 5,
+                                                  "prune_stages": 1}),
+            "seed-S3": ("seed-s2-start", 1 / 3, {"schedule": "agp", "prune_steps": 5,
+                                                  "prune_stages": 2}),
+        }.items()
+    },
+}
+
+
 def seed_params(space: Any) -> dict[str, dict[str, Any]]:
     """The seed trials this space can express, as trial params (a space without a dimension the
     seed needs, or whose range excludes its value, skips that seed)."""
+    parent_based = any(d.name == "parent" for d in space.dimensions)
     found = {}
-    for name, values in SEED_TRIALS.items():
-        arch = values["arch"]
+    for name, values in (PARENT_SEED_TRIALS if parent_based else SEED_TRIALS).items():
+        arch = values.get("arch", space.fixed.get("arch", "cp_mobile"))
         if space.fixed.get("arch", "cp_mobile") != arch and "arch" not in {
                 d.name for d in space.dimensions}:
             # The baseline is CP-Mobile; in an SSCP space it is the all-plain SSCP network,
@@ -394,14 +416,29 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(trials, key=lambda t: (t.values[0], -t.user_attrs["macs"]), default=None)
 
 
-def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials no other feasible trial beats on both accuracy and MACs, best first."""
-    trials = [t for t in study.get_trials(deepcopy=False) if feasible(t)]
+def pareto_trials(study: optuna.Study, *,
+                  among: Sequence[optuna.trial.FrozenTrial] | None = None,
+                  ) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials (of ``among``, else of the study) no other beats on both accuracy and MACs,
+    best first."""
+    pool = study.get_trials(deepcopy=False) if among is None else among
+    trials = [t for t in pool if feasible(t)]
     front = [t for t in trials if not any(
         o.values[0] >= t.values[0] and o.user_attrs["macs"] <= t.user_attrs["macs"]
         and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"])
         for o in trials)]
     return sorted(front, key=lambda t: (-t.values[0], t.user_attrs["macs"]))
+
+
+def ranked_trials(study: optuna.Study, *, searched_only: bool = False,
+                  ) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials best first: by validation accuracy under the budgets (one objective), or
+    the Pareto front of accuracy and MACs (two). ``searched_only`` leaves out the seed trials."""
+    pool = [t for t in study.get_trials(deepcopy=False)
+            if feasible(t) and not (searched_only and "seed_trial" in t.user_attrs)]
+    if len(study.directions) > 1:
+        return pareto_trials(study, among=pool)
+    return sorted(pool, key=lambda t: (-t.values[0], t.user_attrs["macs"]))
 
 
 def run_workers(jobs: Sequence[WorkerJob], *, announce: Callable[[str], None],

@@ -10,7 +10,8 @@ import pytest
 
 import asc_search.parents as parents
 from asc_search.experiment import load_split_data
-from asc_search.objective import SearchSettings, train_candidate, wide_and_chain
+from asc_search.objective import SearchSettings, train_candidate
+from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import read_space, space_from_dict
 from asc_search.train import fit as real_fit

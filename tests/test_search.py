@@ -10,7 +10,8 @@ import pytest
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.objective import SearchSettings, wide_and_chain
+from asc_search.objective import SearchSettings
+from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import read_space, space_from_dict
 from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage

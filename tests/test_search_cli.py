@@ -40,29 +40,36 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     labels = [t.user_attrs.get("seed_trial") for t in study.trials[:4]]
     assert labels == ["dcase-baseline", "seed-S1", "seed-S2", "seed-S3"]
     finalists = {k: v for k, v in study.user_attrs.items() if k.startswith("finalist:")}
-    assert "finalist:0" in finalists  # the baseline is promoted for comparison
+    # The hand-made reference is the best seed trial by validation, chosen before any test.
+    seeds = [t for t in study.trials if "seed_trial" in t.user_attrs and t.values
+             and t.user_attrs.get("status") == "trained"]
+    best_seed = max(seeds, key=lambda t: t.values[0])
+    reference = f"finalist:{best_seed.number}"
+    assert reference in finalists
+    assert [k for k, r in finalists.items() if r["label"] != "searched"] == [reference]
     for record in finalists.values():
         assert set(record["test"]["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5",
                                                      "s6"}
         assert record["macs"] <= 30_000_000 and record["param_bytes"] <= 128_000
-    # Every other finalist is compared with the baseline on the same test recordings.
+    # Every searched finalist is compared with the reference on the same test recordings.
     assert len(finalists) > 1
     for key, record in finalists.items():
-        paired = record.get("test_vs_baseline")
-        assert (paired is None) == (key == "finalist:0"), key
+        paired = record.get("test_vs_reference")
+        assert (paired is None) == (key == reference), key
         if paired:
-            gap = record["test"]["macro"] - finalists["finalist:0"]["test"]["macro"]
+            assert paired["reference"] == best_seed.user_attrs["seed_trial"]
+            gap = record["test"]["macro"] - finalists[reference]["test"]["macro"]
             assert paired["difference"] == pytest.approx(gap, abs=1e-3)
             assert paired["low"] <= paired["difference"] <= paired["high"]
-    assert re.search(r"− baseline on test: [+-]\d+\.\d points \([+-]\d+\.\d to [+-]\d+\.\d, paired",
-                     result.out)
+    assert re.search(r"− (dcase-baseline|seed-S\d) on test: [+-]\d+\.\d points "
+                     r"\([+-]\d+\.\d to [+-]\d+\.\d, paired", result.out)
 
     report = tmp_path / "studies" / "reports" / "e2e"
     for name in ("index.html", "pareto.png", "history.png", "finalists.png"):
         assert (report / name).is_file(), name
     assert "Finalists" in (report / "index.html").read_text()
     assert "test % (95 % CI)" in (report / "index.html").read_text()
-    assert "test − baseline, points (95 % CI)" in (report / "index.html").read_text()
+    assert "test − hand-made reference, points (95 % CI)" in (report / "index.html").read_text()
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out

@@ -1,0 +1,103 @@
+"""Budget-filling plans: every sampled candidate fills the budget and pruning lands on it."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from asc_search.architecture import build_model
+from asc_search.complexity import count_complexity
+from asc_search.plans import (
+    PlanError,
+    count_widths,
+    keep_dimension,
+    pruning_path,
+    scaled_widths,
+    settle,
+    smallest_settled,
+)
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.prune import PruningPlan, _model_widths, prune, stage_widths
+from asc_search.search_space import load_space
+from asc_search.study import seed_params
+
+PM = build_plugin_manager()
+MACS, BYTES = 30_000_000, 128_000
+
+
+def sampled(n: int, seed: int = 0) -> list:
+    """``n`` candidates of the default space drawn at random, settled to the DCASE budgets."""
+    space = load_space("sscp_fill", pm=PM)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    found = []
+    for _ in range(n):
+        trial = study.ask()
+        found.append(settle(space.suggest(trial), pm=PM, max_macs=MACS, max_param_bytes=BYTES))
+        study.tell(trial, 0.0)
+    return found
+
+
+def test_every_sampled_candidate_fills_the_budget() -> None:
+    for candidate in sampled(6):
+        card = count_complexity(build_model(candidate.spec, pm=PM))
+        assert card.macs <= MACS and card.param_bytes <= BYTES
+        parent = stage_widths(candidate.parent, candidate.parent.base_channels)
+        if not candidate.targets:  # the parent fits as it is (the baseline): trained unpruned
+            assert count_complexity(build_model(candidate.parent, pm=PM)).macs <= MACS
+            continue
+        # Full: the next scale up breaks a budget, and one of the two is nearly used up.
+        keep = {name: float(candidate.plan.get(keep_dimension(name), 1.0)) for name in parent}
+        wider = scaled_widths(parent, keep, candidate.plan["fill_scale"] * 1.03)
+        over = count_widths(candidate.parent, wider, pm=PM)
+        assert over.macs > MACS or over.param_bytes > BYTES
+        assert max(card.macs / MACS, card.param_bytes / BYTES) > 0.95
+
+
+def test_pruning_lands_on_the_sampled_widths() -> None:
+    """The settled widths are irregular; the pruned network has exactly them and their count."""
+    candidate = next(c for c in sampled(6, seed=3) if len(c.targets) == 2)
+    wide, targets = pruning_path(candidate)
+    model = build_model(wide, pm=PM, seed=0)
+    plan = PruningPlan(importance="l1", schedule="linear", steps=2, targets=targets,
+                       final_finetune_epochs=0)
+    result = prune(model, wide, plan, pm=PM, progress=False)
+    assert result.spec == candidate.spec
+    assert _model_widths(result.model) == targets[-1]
+    assert result.card.macs == count_complexity(build_model(candidate.spec, pm=PM)).macs
+    with torch.no_grad():
+        assert result.model(torch.zeros(1, 1, 256, 65)).shape == (1, 10)
+
+
+def test_seed_trials_in_the_filling_space_are_the_seed_plans() -> None:
+    space = load_space("sscp_fill", pm=PM)
+    params = seed_params(space)
+    assert set(params) == {"dcase-baseline", "seed-S1", "seed-S2", "seed-S3"}
+    settled = {name: settle(space.candidate(space.values_of(p)), pm=PM, max_macs=MACS,
+                            max_param_bytes=BYTES, seed_trial=True)
+               for name, p in params.items()}
+    final = stage_widths(settled["seed-S1"].parent, 32)
+    for name in ("seed-S1", "seed-S2", "seed-S3"):
+        assert settled[name].targets[-1] == final  # uniform to base 32, not filled
+        assert "fill_scale" not in settled[name].plan
+    assert settled["seed-S1"].parent.base_channels == 64
+    assert settled["seed-S3"].parent.base_channels == 96
+    assert settled["seed-S3"].targets[0] == stage_widths(settled["seed-S3"].parent, 64)
+    assert len(settled["seed-S2"].targets) == 1
+    assert settled["dcase-baseline"].targets == ()
+    assert settled["dcase-baseline"].spec.arch == "cp_mobile"
+
+
+def test_an_unsettled_plan_is_not_trained() -> None:
+    space = load_space("sscp_fill", pm=PM)
+    with pytest.raises(PlanError, match="settled"):
+        pruning_path(space.candidate({"parent": "seed-s1-start"}))
+
+
+def test_the_run_precheck_counts_the_narrowest_network() -> None:
+    space = load_space("sscp_fill", pm=PM)
+    found = smallest_settled(space, pm=PM)
+    assert found is not None
+    _, card = found
+    assert card.macs < 1_000_000  # one channel per layer: any real budget is reachable
+    assert smallest_settled(load_space("sscp_mobile", pm=PM), pm=PM) is None
