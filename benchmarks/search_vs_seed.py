@@ -7,10 +7,14 @@ On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (ca
   own path (``train_candidate``, as promotion trains a finalist) for the calibration's epochs at
   the split (150 at 5 %, 50 at 25 %). S2 and S3 share their 96-wide parent, as the product shares
   it; every parent of a seed is trained with that seed, so a seed repeats the whole experiment.
-- part ``search`` (b): the search, given the CPU time S1, S2 and S3 took together at that seed
-  as its budget, covering its parents, its trials and the promotion of its winner at the same
-  length. Trials run with a tenth... see ``search_part``; its parents start from an empty folder
-  of their own, so nothing trained for (a) is free for (b).
+- part ``search`` (b): the product's search (default space ``sscp_fill``, accuracy objective,
+  TPE seeded by the seed, median early stopping), given as its CPU budget what S1, S2 and S3 took
+  together at that seed in (a). The budget covers its parents, its trials and the promotion of its
+  winner at the same length as (a). Trials train for a fifth of that length; new trials start
+  until the CPU spent leaves room to promote the winner, reserved as the longer of S1's and S2's
+  own runs (a promotion trains a parent at full length, as they did). Its parents start from an
+  empty folder of their own, so nothing trained for (a) is free for (b); seed trials are not
+  queued (the question is whether sampling finds better, not whether it recognises S1–S3).
 
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
@@ -20,11 +24,14 @@ the table. CPU time is wall time × threads on an otherwise idle core (``--threa
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
 from results import append_result, read_results
@@ -32,9 +39,19 @@ from seed_plans import candidates
 
 from asc_search.evaluate import evaluate, mean_sd_interval
 from asc_search.experiment import load_split_data
-from asc_search.objective import evaluation_attrs, train_candidate
+from asc_search.objective import (
+    SearchSettings,
+    TrialResources,
+    evaluation_attrs,
+    run_trial,
+    train_candidate,
+    trial_candidate,
+)
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search_space import read_space, space_from_dict
+from asc_search.storage import artifact_store
+from asc_search.study import make_pruner, make_sampler, ranked_trials
 from asc_search.teachers import ensemble_logits
 from asc_search.train import precision_for, predict
 
@@ -72,6 +89,73 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
                 "test": evaluation_attrs(test)})
 
 
+def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logits: Any,
+                    done: set[tuple[Any, ...]], epochs: int) -> None:
+    """(b): the search under the CPU budget of (a)'s S1–S3 at the same seed."""
+    raw, source = read_space("sscp_fill")
+    space = space_from_dict(raw, source=source, pm=pm)
+    proxy = max(2, epochs // 5)
+    settings = SearchSettings(space=raw, space_source=source, split=args.split,
+                              objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs,
+                              recipe={"batch_size": 256})
+    precision = precision_for("cpu")
+    seed_runs = [e for e in read_results(args.out)
+                 if e.get("revision") == REVISION and e["part"] == "seed"]
+    for seed in args.seeds:
+        if ("search", "searched", seed, args.split, epochs) in done:
+            continue
+        plans = {e["plan"]: e for e in seed_runs
+                 if (e["seed"], e["split"], e["epochs"]) == (seed, args.split, epochs)}
+        if not {"S1", "S2", "S3"} <= set(plans):
+            print(f"seed {seed}: part seed has not run S1-S3 yet; no budget to search with")
+            continue
+        budget = sum(plans[p]["cpu_seconds"] for p in ("S1", "S2", "S3"))
+        reserve = max(plans["S1"]["cpu_seconds"], plans["S2"]["cpu_seconds"])
+        folder = cache_dir() / "search_vs_seed" / f"search-split{args.split}-seed{seed}"
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted search starts again, whole
+        folder.mkdir(parents=True)
+        resources = TrialResources(settings=settings, space=space, pm=pm, train=data.train,
+                                   validation=data.validation, teacher_logits=teacher_logits,
+                                   precision=precision, artifacts=artifact_store(folder),
+                                   studies=folder, cache=folder)
+        study = optuna.create_study(direction="maximize",
+                                    sampler=make_sampler("tpe", seed=seed),
+                                    pruner=make_pruner("median", epochs=proxy))
+        started = time.process_time()
+        longest = 0.0  # a trial starts only if one as long as the longest so far still fits
+        while time.process_time() - started + longest < budget - reserve:
+            before = time.process_time()
+            study.optimize(partial(run_trial, resources=resources), n_trials=1,
+                           catch=(Exception,), gc_after_trial=True)
+            longest = max(longest, time.process_time() - before)
+        search_cpu = time.process_time() - started
+        winner = ranked_trials(study)[0]
+        candidate = trial_candidate(space, winner.params, settings=settings, pm=pm)
+        outcome = train_candidate(candidate, settings=settings, pm=pm, train=data.train,
+                                  validation=data.validation, teacher_logits=teacher_logits,
+                                  precision=precision, epochs=epochs, seed=seed,
+                                  parents=folder, parent_seed=seed)
+        test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                        data.test.labels, data.test.devices, files=data.test.files)
+        statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
+        append_result(args.out, {
+            "revision": REVISION, "part": "search", "plan": "searched", "seed": seed,
+            "split": args.split, "epochs": epochs, "proxy_epochs": proxy,
+            "threads": torch.get_num_threads(), "date": date.today().isoformat(),
+            "budget_cpu_seconds": round(budget, 1), "reserve_cpu_seconds": round(reserve, 1),
+            "search_cpu_seconds": round(search_cpu, 1),
+            "cpu_seconds": round(time.process_time() - started, 1),
+            "trials": len(study.trials), "statuses": {s: statuses.count(s) for s in set(statuses)},
+            "proxy_scores": [[t.number, t.value, t.user_attrs.get("macs")]
+                             for t in study.trials if t.value is not None],
+            "winner": {"trial": winner.number, "params": winner.params,
+                       "proxy_validation": winner.value},
+            "macs": outcome.macs, "params": outcome.params, "param_bytes": outcome.param_bytes,
+            "training_macs": outcome.training_macs, "spec": outcome.spec.to_dict(),
+            "validation": evaluation_attrs(outcome.validation), "test": evaluation_attrs(test)})
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def report(path: Path) -> str:
     """Per part and plan: test macro accuracy mean ± sd over seeds (t interval), CPU-minutes."""
     entries = [e for e in read_results(path) if e.get("revision") == REVISION]
@@ -94,7 +178,31 @@ def report(path: Path) -> str:
             minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
             lines.append(f"| {split} % | {part} | {plan} | {len(runs)} | {shown} | {seeds} | "
                          f"{runs[-1]['macs']:,} | {minutes:.1f} |")
+        lines.append(_versus_best_seed_plan(entries, split))
     return "\n".join(lines)
+
+
+def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int) -> str:
+    """The search's test accuracy minus the best seed plan's (best mean test over seeds, which
+    favours the seed side), paired by seed, and the CPU each side spent."""
+    by = {(e["part"], e["plan"], e["seed"]): e for e in entries if e["split"] == split}
+    searched = sorted(seed for part, _, seed in by if part == "search")
+    plans = [p for p in ("S1", "S2", "S3") if all(("seed", p, s) in by for s in searched)]
+    if not searched or not plans:
+        return ""
+    best = max(plans, key=lambda p: sum(by["seed", p, s]["test"]["macro"] for s in searched))
+    gaps = [by["search", "searched", s]["test"]["macro"] - by["seed", best, s]["test"]["macro"]
+            for s in searched]
+    g = mean_sd_interval(gaps)
+    seed_cpu = sum(by["seed", p, s]["cpu_seconds"] for p in ("S1", "S2", "S3") for s in searched
+                   if ("seed", p, s) in by) / 60 / len(searched)
+    search_cpu = sum(by["search", "searched", s]["cpu_seconds"] for s in searched) / 60 / len(
+        searched)
+    spread = f" ± {100 * g['sd']:.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})" \
+        if g["n"] > 1 else ""
+    return (f"\nsplit {split} %: searched − {best} (the best seed plan) on test, paired by seed "
+            f"(n = {g['n']}): {100 * g['mean']:+.1f}{spread} points; CPU-min per seed: search "
+            f"{search_cpu:.1f}, S1 + S2 + S3 {seed_cpu:.1f}\n")
 
 
 def main() -> None:
@@ -124,6 +232,9 @@ def main() -> None:
     if "seed" in args.parts:
         run_seed_part(args, pm=pm, data=data, teacher_logits=ensemble.logits, done=done,
                       epochs=epochs)
+    if "search" in args.parts:
+        run_search_part(args, pm=pm, data=data, teacher_logits=ensemble.logits, done=done,
+                        epochs=epochs)
 
 
 if __name__ == "__main__":
