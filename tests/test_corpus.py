@@ -122,3 +122,22 @@ def test_synth_command_writes_a_checkable_corpus(cli, tmp_path: Path) -> None:
     check = cli("-q", "data", "check", tmp_path / "c", "--jobs", "1")
     assert check.code == 0 and "no problems found" in check.out
     assert "split5.csv" in check.out and "test.csv" in check.out
+
+
+def test_extra_validation_recordings_leave_every_other_clip_as_it_was() -> None:
+    """The larger validation list adds recordings after all others: the training, test and first
+    validation recordings (and so their audio, rendered from their index) are unchanged."""
+    import dataclasses
+
+    size = SIZES["default"]
+    plan = make_plan(seed=0, size=size)
+    without = make_plan(seed=0, size=dataclasses.replace(
+        size, extra_validation_recordings_per_device=0))
+    assert plan.recordings[:len(without.recordings)] == without.recordings
+    extra = plan.recordings[len(without.recordings):]
+    assert {r.fold for r in extra} == {"validation"}
+    validation = [r for r in plan.recordings if r.fold == "validation"]
+    assert len(validation) * size.clips_per_recording == 2_400
+    # Still only the validation locations: none shared with training or test.
+    held_out = {r.location_id for r in without.recordings if r.fold == "validation"}
+    assert {r.location_id for r in extra} <= held_out
