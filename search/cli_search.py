@@ -116,7 +116,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.heartbeat import set_heartbeat
     from asc_search.objective import SearchSettings
     from asc_search.paths import studies_dir
-    from asc_search.plans import smallest_settled
+    from asc_search.plans import MIN_WIDTH, smallest_settled
     from asc_search.search_space import read_space, smallest_candidate, space_from_dict
     from asc_search.storage import mask_url, resolve_storage
     from asc_search.study import (
@@ -154,11 +154,13 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     smallest, card = (smallest_settled(parsed, pm=obj.pm, storage_dtype=storage_dtype)
                       or smallest_candidate(parsed, pm=obj.pm, storage_dtype=storage_dtype))
     if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
+        what = (f"{smallest.plan['parent']} at {MIN_WIDTH} channels per layer"
+                if "parent" in smallest.plan else f"base_channels {smallest.spec.base_channels}")
         raise AscSearchError(
             f"no network in space {parsed.name!r} fits {settings.max_macs:,} MACs and "
             f"{settings.max_param_bytes:,} bytes ({storage_dtype}): its smallest counts "
-            f"{card.macs:,} MACs and {card.param_bytes:,} bytes (base_channels "
-            f"{smallest.spec.base_channels}); raise the budget or widen the space")
+            f"{card.macs:,} MACs and {card.param_bytes:,} bytes ({what}); raise the budget or "
+            "widen the space")
     url = resolve_storage(storage, studies=folder)
     # Refusals first, then the data: a bad --data or teacher leaves no study behind.
     check_resumable(name=study_name, storage_url=url, settings=settings)

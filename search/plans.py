@@ -12,7 +12,7 @@ entry may spend. A parent-based plan samples instead *which* wide network to sta
 ``asc_search.parents``) and *how* to narrow it: keep ratios for the stem, each stage's output and
 the blocks' expansions. Settling the plan scales those ratios by one factor, found by bisection,
 to the largest network that fits both the MACs and the bytes budget; every layer's width is
-``round(parent width × keep ratio × scale)``, at least 1 and at most the parent's. So every
+``round(parent width × keep ratio × scale)``, at least ``MIN_WIDTH`` and at most the parent's. So every
 sampled candidate fills the budget, and pruning (which lands exactly on per-layer widths) makes
 the network that was counted. A parent that fits as it is, is trained as it is.
 
@@ -45,6 +45,9 @@ class PlanError(AscSearchError):
 #: Keep-ratio dimensions and the width names they act on (``s1`` also sets ``stem2``: block b1's
 #: residual add ties the two together).
 KEEP_DIMENSIONS = ("keep_stem", "keep_s1", "keep_s2", "keep_s3", "keep_s4", "keep_expand")
+#: The narrowest a filled layer may become: below it a network of one-channel layers would "fit"
+#: any budget, and a budget that only such a network meets should be refused, not searched.
+MIN_WIDTH = 4
 #: Bisection steps on the scale: 2⁻¹⁶ of the range, finer than one channel of a 1,000-wide layer.
 SCALE_STEPS = 16
 
@@ -62,8 +65,9 @@ def keep_dimension(width_name: str) -> str:
 
 def scaled_widths(parent: Mapping[str, int], keep: Mapping[str, float],
                   scale: float) -> dict[str, int]:
-    """Every layer's width at ``scale``: parent width × keep ratio × scale, within [1, parent]."""
-    return {name: min(width, max(1, round(width * keep[name] * scale)))
+    """Every layer's width at ``scale``: parent width × keep ratio × scale, within
+    [``MIN_WIDTH``, parent]."""
+    return {name: min(width, max(MIN_WIDTH, round(width * keep[name] * scale)))
             for name, width in parent.items()}
 
 
@@ -116,8 +120,8 @@ def filled_widths(parent: ArchSpec, nominal: Mapping[str, int], keep: Mapping[st
 
     Widths grow with the scale and complexity with the widths, so a bisection needs
     ``SCALE_STEPS`` counts. At the scale where every layer reaches its parent width the parent
-    itself is the answer when it fits; when not even one channel per layer fits, the narrowest
-    network is returned and the pre-check reports it over budget.
+    itself is the answer when it fits; when not even ``MIN_WIDTH`` channels per layer fit, the
+    narrowest network is returned and the pre-check reports it over budget.
     """
 
     def fits(widths: Mapping[str, int]) -> bool:
@@ -158,8 +162,9 @@ def candidate_of(space: SearchSpace, values: Mapping[str, object], *, pm: pluggy
 
 def smallest_settled(space: SearchSpace, *, pm: pluggy.PluginManager,
                      storage_dtype: str = "float16") -> tuple[Candidate, ComplexityCard] | None:
-    """For a parent-based space, its narrowest network (every layer one channel, the widest
-    parent's count being irrelevant): what a run checks the budget against. None otherwise."""
+    """For a parent-based space, its narrowest network (every layer ``MIN_WIDTH`` channels, or
+    its parent's width where that is narrower): what a run checks the budget against. None for
+    other spaces."""
     names = next((d.choices for d in space.dimensions if d.name == "parent"),
                  (space.fixed["parent"],) if "parent" in space.fixed else ())
     if not names:
@@ -169,7 +174,7 @@ def smallest_settled(space: SearchSpace, *, pm: pluggy.PluginManager,
         candidate = space.candidate({"parent": name}) if "parent" not in space.fixed \
             else space.candidate({})
         parent = candidate.spec
-        tiny = {k: 1 for k in stage_widths(parent, parent.base_channels)}
+        tiny = {k: min(w, MIN_WIDTH) for k, w in stage_widths(parent, parent.base_channels).items()}
         card = count_widths(parent, tiny, pm=pm, storage_dtype=storage_dtype)
         if best is None or (card.macs, card.param_bytes) < (best[1].macs, best[1].param_bytes):
             best = candidate, card
