@@ -103,6 +103,18 @@ def first_shared_report_epoch(epochs: int) -> int:
     return min(epochs, math.floor(epochs * (1 - FINAL_FINETUNE_SHARE)) + 1)
 
 
+def report_epochs(epochs: int) -> set[int]:
+    """The epochs of an ``epochs`` budget at which a single-objective trial reports a validation
+    score to Optuna's pruner: the first epoch every plan reports at, and the last.
+
+    Scoring the 2,400-clip validation list costs about twice a proxy epoch's training at the
+    default batch, and reporting every epoch made the baseline's trial twice as long. Before the
+    first shared epoch a report cannot be compared across plans, so it only costs; after it
+    (two thirds of the budget) one more rung, at the end, is all a doubling rung schedule has.
+    """
+    return {first_shared_report_epoch(epochs), epochs}
+
+
 def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,
                   between_macs: list[int], final_macs: int) -> int:
     """Estimated multiply-accumulates spent training: steps × batch × 3 forward passes of the

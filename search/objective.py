@@ -25,7 +25,7 @@ import pluggy
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.budget import StepBudget, step_budget, training_macs
+from asc_search.budget import StepBudget, report_epochs, step_budget, training_macs
 from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.evaluate import Evaluation, evaluate
@@ -317,8 +317,22 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("train_seconds", 0.0)
         return _values(settings, 0.0, card.macs)
+    twin = None if "seed_trial" in trial.user_attrs else _unpruned_twin(trial, candidate)
+    if twin is not None:
+        # A sampled plan whose parent fits as it is *is* that trained network (the baseline,
+        # say): the sampler gets its score, and nothing is trained again.
+        trial.set_constraint("macs", over_macs)
+        trial.set_constraint("param_bytes", over_bytes)
+        trial.set_user_attr("status", "duplicate")
+        trial.set_user_attr("duplicate_of", twin.number)
+        trial.set_user_attr("train_seconds", 0.0)
+        return _values(settings, twin.values[0], card.macs)
+
+    reported = report_epochs(settings.proxy_epochs)
 
     def report(model: torch.nn.Module, epoch: int) -> None:
+        if epoch not in reported:
+            return
         logits = predict(model, resources.validation.features, precision=resources.precision)
         score = evaluate(logits, resources.validation.labels, resources.validation.devices,
                          interval=False).macro_accuracy
@@ -353,6 +367,23 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     trial.set_user_attr("validation", evaluation_attrs(outcome.validation))
     _upload_checkpoint(trial, resources, outcome)
     return _values(settings, outcome.validation.macro_accuracy, outcome.macs)
+
+
+def _unpruned_twin(trial: optuna.Trial,
+                   candidate: Candidate) -> optuna.trial.FrozenTrial | None:
+    """A trained trial of the same study that trained exactly this unpruned network and recipe,
+    if there is one (parent-based plans whose parent fits the budget as it is)."""
+    if "parent" not in candidate.plan or candidate.targets:
+        return None
+    spec, training = candidate.spec.to_dict(), candidate.training
+    for other in trial.study.get_trials(deepcopy=False,
+                                        states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = other.user_attrs
+        if (attrs.get("status") == "trained" and attrs.get("spec") == spec
+                and attrs.get("training") == training
+                and not attrs.get("budget", {}).get("pruning_steps")):
+            return other
+    return None
 
 
 def _values(settings: SearchSettings, accuracy: float, macs: int) -> float | tuple[float, float]:

@@ -395,6 +395,9 @@ class _ProgressLine:
         elif attrs.get("status") == "infeasible":
             what = (f"infeasible, not trained ({attrs['macs'] / 1e6:.2f} M MACs, "
                     f"{attrs['param_bytes']:,} B)")
+        elif attrs.get("status") == "duplicate":
+            what = (f"the network of trial {attrs['duplicate_of']} as it is: its score, not "
+                    "trained again")
         elif trial.state == optuna.trial.TrialState.FAIL:
             what = f"failed: {self.last_failure}"
         else:

@@ -10,7 +10,7 @@ import pytest
 import asc_search.objective as objective
 import asc_search.parents as parents_module
 import asc_search.prune as prune_module
-from asc_search.budget import first_shared_report_epoch, step_budget
+from asc_search.budget import first_shared_report_epoch, report_epochs, step_budget
 from asc_search.errors import AscSearchError
 from asc_search.experiment import load_split_data
 from asc_search.objective import SearchSettings, train_candidate
@@ -136,3 +136,12 @@ def test_first_shared_report_epoch_matches_every_budget_division() -> None:
 def test_hyperband_starts_its_rungs_where_pruned_plans_first_report() -> None:
     pruner = make_pruner("hyperband", epochs=8)
     assert pruner._min_resource == first_shared_report_epoch(8) == 6
+
+
+def test_trials_report_at_the_first_shared_epoch_and_the_last() -> None:
+    assert report_epochs(8) == {6, 8}
+    assert report_epochs(32) == {22, 32}
+    assert report_epochs(1) == {1}
+    for epochs in range(1, 60):
+        assert min(report_epochs(epochs)) == first_shared_report_epoch(epochs)
+        assert max(report_epochs(epochs)) == epochs

@@ -101,3 +101,41 @@ def test_the_run_precheck_counts_the_narrowest_network() -> None:
     _, card = found
     assert card.macs < 1_000_000  # a few channels per layer: any real budget is reachable
     assert smallest_settled(load_space("sscp_mobile", pm=PM), pm=PM) is None
+
+
+def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_path) -> None:
+    """A plan whose parent fits as it is (the baseline) is the seed trial's network: the trial
+    takes its score and trains nothing."""
+    from asc_search.objective import run_trial
+
+    space = load_space("sscp_fill", pm=PM)
+    study = optuna.create_study(direction="maximize")
+    baseline = seed_params(space)["dcase-baseline"]
+    study.enqueue_trial(baseline, user_attrs={"seed_trial": "dcase-baseline"})
+    study.enqueue_trial({**baseline, "keep_s2": 0.3})  # sampled: another point, same network
+
+    trained = []
+
+    class Resources:  # only what the duplicate path reads; training would fail loudly
+        settings = type("S", (), {"max_macs": MACS, "max_param_bytes": BYTES,
+                                  "storage_dtype": "float16", "objective": "accuracy"})()
+
+    def objective(trial: optuna.Trial) -> float:
+        if "seed_trial" in trial.user_attrs:  # stands in for the trained seed trial
+            candidate = settle(space.suggest(trial), pm=PM, max_macs=MACS,
+                               max_param_bytes=BYTES, seed_trial=True)
+            trial.set_user_attr("status", "trained")
+            trial.set_user_attr("spec", candidate.spec.to_dict())
+            trial.set_user_attr("training", candidate.training)
+            trial.set_user_attr("budget", {"pruning_steps": 0})
+            trained.append(trial.number)
+            return 0.42
+        resources = Resources()
+        resources.space, resources.pm = space, PM
+        return run_trial(trial, resources)  # type: ignore[arg-type]
+
+    study.optimize(objective, n_trials=2)
+    copy = study.trials[1]
+    assert copy.user_attrs["status"] == "duplicate" and copy.user_attrs["duplicate_of"] == 0
+    assert copy.value == 0.42 and trained == [0]
+    assert "train_seconds" in copy.user_attrs and copy.user_attrs["train_seconds"] == 0.0

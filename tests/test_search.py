@@ -184,15 +184,16 @@ def test_a_broken_search_stops_after_three_failures(pm, tiny_corpus: Path, monke
     assert len(optuna.load_study(study_name="broken", storage=url).trials) == 4  # 3 + 1 queued
 
 
-def test_single_objective_reports_every_epoch(pm, tiny_corpus: Path) -> None:
+def test_single_objective_reports_at_its_rungs(pm, tiny_corpus: Path) -> None:
     settings = _settings(tiny_corpus, pm=pm, objective="accuracy",
-                         proxy_epochs=2)
+                         proxy_epochs=4)
     study, url = _study("single", settings, pm=pm, seed_trials=True)
     assert len(study.directions) == 1
     run_worker(WorkerJob(study="single", storage_url=url, sampler="tpe", seed=0, n_trials=1,
                          timeout=None, pruner="median"), pm=pm)
     trial = optuna.load_study(study_name="single", storage=url).trials[0]
-    assert sorted(trial.intermediate_values) == [1, 2]
+    # The first epoch every plan reports at (⌊4 × 2/3⌋ + 1 = 3), then the last.
+    assert sorted(trial.intermediate_values) == [3, 4]
 
 
 def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
