@@ -401,7 +401,9 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
         ratio = float(plan.get("prune_width_ratio", 1.0))
         how = (f"{plan.get('importance', '')} {plan.get('schedule', '')} "
                f"{plan.get('prune_steps', '')}×{plan.get('prune_stages', 1)}")
-        if "parent" in plan and not attrs.get("budget", {}).get("pruning_steps", 1):
+        if attrs.get("status") == "duplicate":
+            plan_text = f"{plan.get('parent', '')} as is: trial {attrs['duplicate_of']}"
+        elif "parent" in plan and not attrs.get("budget", {}).get("pruning_steps", 1):
             plan_text = f"{plan['parent']} as is, no pruning"
         elif "parent" in plan:
             scale = plan.get("fill_scale")
