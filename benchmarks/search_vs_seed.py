@@ -10,11 +10,15 @@ On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (ca
 - part ``search`` (b): the product's search (default space ``sscp_fill``, accuracy objective,
   TPE seeded by the seed, median early stopping), given as its CPU budget what S1, S2 and S3 took
   together at that seed in (a). The budget covers its parents, its trials and the promotion of its
-  winner at the same length as (a). Trials train for a fifth of that length; new trials start
-  until the CPU spent leaves room to promote the winner, reserved as the longer of S1's and S2's
-  own runs (a promotion trains a parent at full length, as they did). Its parents start from an
-  empty folder of their own, so nothing trained for (a) is free for (b); seed trials are not
-  queued (the question is whether sampling finds better, not whether it recognises S1–S3).
+  winner to the same length as (a). Trials train for a fifth of that length (30 epochs at 5 %);
+  promotion is the product's: the best trials continue from their own checkpoints through rungs
+  of doubling fine-tunes (60, 120, 150 epochs; 4, 2 and 1 trials), keeping the better half
+  (``asc_search.promote.climb_rungs``). New trials start while the CPU spent plus the longest
+  trial so far leaves room for those rungs, reserved at what an epoch of the baseline cost in
+  (a). Its parents start from an empty folder of their own, so nothing trained for (a) is free
+  for (b); seed trials are not queued (the question is whether sampling finds better, not
+  whether it recognises S1–S3). The search's study is an SQLite file in that folder, with the
+  CPU spent so far: an interrupted search resumes (a trial cut short is not counted).
 
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
@@ -37,6 +41,7 @@ from calibrate_corpus import EPOCHS, recipe_for
 from results import append_result, read_results
 from seed_plans import candidates
 
+from asc_search.complexity import count_complexity
 from asc_search.evaluate import evaluate, mean_sd_interval
 from asc_search.experiment import load_split_data
 from asc_search.objective import (
@@ -45,17 +50,20 @@ from asc_search.objective import (
     evaluation_attrs,
     run_trial,
     train_candidate,
-    trial_candidate,
 )
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
+from asc_search.promote import REDUCTION, climb_rungs, rung_epochs
 from asc_search.search_space import read_space, space_from_dict
 from asc_search.storage import artifact_store
 from asc_search.study import make_pruner, make_sampler, ranked_trials
 from asc_search.teachers import ensemble_logits
 from asc_search.train import precision_for, predict
 
-REVISION = 1
+REVISION = 1  # part (a)'s rows
+#: Part (b)'s rows: 2 since promotion climbs rungs from the trials' checkpoints and the search
+#: resumes (revision 1 retrained its winner from scratch; it has no rows).
+SEARCH_REVISION = 2
 SEED_PLANS = ("baseline", "S1", "S2", "S3")
 TEACHERS = ["wide_cp_mobile", "patchout_transformer"]
 
@@ -95,6 +103,7 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     raw, source = read_space("sscp_fill")
     space = space_from_dict(raw, source=source, pm=pm)
     proxy = max(2, epochs // 5)
+    rungs = rung_epochs(proxy, epochs)
     settings = SearchSettings(space=raw, space_source=source, split=args.split,
                               objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs,
                               recipe={"batch_size": 256})
@@ -106,59 +115,89 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             continue
         plans = {e["plan"]: e for e in seed_runs
                  if (e["seed"], e["split"], e["epochs"]) == (seed, args.split, epochs)}
-        if not {"S1", "S2", "S3"} <= set(plans):
-            print(f"seed {seed}: part seed has not run S1-S3 yet; no budget to search with")
+        if not {"baseline", "S1", "S2", "S3"} <= set(plans):
+            print(f"seed {seed}: part seed has not run all four plans yet; no budget to search "
+                  "with")
             continue
         budget = sum(plans[p]["cpu_seconds"] for p in ("S1", "S2", "S3"))
-        reserve = max(plans["S1"]["cpu_seconds"], plans["S2"]["cpu_seconds"])
+        reserve = promotion_reserve(plans["baseline"], proxy, rungs)
         folder = cache_dir() / "search_vs_seed" / f"search-split{args.split}-seed{seed}"
-        shutil.rmtree(folder, ignore_errors=True)  # an interrupted search starts again, whole
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         resources = TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                                    validation=data.validation, teacher_logits=teacher_logits,
                                    precision=precision, artifacts=artifact_store(folder),
                                    studies=folder, cache=folder)
-        study = optuna.create_study(direction="maximize",
-                                    sampler=make_sampler("tpe", seed=seed),
-                                    pruner=make_pruner("median", epochs=proxy))
-        started = time.process_time()
-        longest = 0.0  # a trial starts only if one as long as the longest so far still fits
-        while time.process_time() - started + longest < budget - reserve:
+        study = optuna.create_study(study_name="search", storage=f"sqlite:///{folder}/study.db",
+                                    direction="maximize", load_if_exists=True)
+        for lost in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(lost._trial_id,
+                                                  state=optuna.trial.TrialState.FAIL)
+        # Resumed: the same seed's sampler, offset by the trials already run.
+        study.sampler = make_sampler("tpe", seed=seed * 1000 + len(study.trials))
+        study.pruner = make_pruner("median", epochs=proxy)
+        spent = study.user_attrs.get("search_cpu_seconds", 0.0)
+        longest = study.user_attrs.get("longest_trial_cpu_seconds", 0.0)
+        # A trial starts only if one as long as the longest so far still leaves the reserve.
+        while spent + longest < budget - reserve:
             before = time.process_time()
             study.optimize(partial(run_trial, resources=resources), n_trials=1,
                            catch=(Exception,), gc_after_trial=True)
-            longest = max(longest, time.process_time() - before)
-        search_cpu = time.process_time() - started
-        winner = ranked_trials(study)[0]
-        candidate = trial_candidate(space, winner.params, settings=settings, pm=pm)
-        outcome = train_candidate(candidate, settings=settings, pm=pm, train=data.train,
-                                  validation=data.validation, teacher_logits=teacher_logits,
-                                  precision=precision, epochs=epochs, seed=seed,
-                                  parents=folder, parent_seed=seed)
-        test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+            took = time.process_time() - before
+            spent, longest = spent + took, max(longest, took)
+            study.set_user_attr("search_cpu_seconds", spent)
+            study.set_user_attr("longest_trial_cpu_seconds", longest)
+            print(f"seed {seed}: trial {len(study.trials) - 1} took {took / 60:.1f} CPU-min; "
+                  f"{spent / 60:.1f} of {(budget - reserve) / 60:.1f} spent", flush=True)
+        started = time.process_time()
+        climbed = climb_rungs(ranked_trials(study), top=1, resources=resources, rungs=rungs,
+                              announce=partial(_say, f"seed {seed}:"),
+                              seed=seed)
+        winner = climbed[0]
+        promotion_cpu = time.process_time() - started
+        test = evaluate(predict(winner.model, data.test.features, precision=precision),
                         data.test.labels, data.test.devices, files=data.test.files)
+        card = count_complexity(winner.model, storage_dtype=settings.storage_dtype)
         statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
         append_result(args.out, {
-            "revision": REVISION, "part": "search", "plan": "searched", "seed": seed,
-            "split": args.split, "epochs": epochs, "proxy_epochs": proxy,
+            "revision": SEARCH_REVISION, "part": "search", "plan": "searched", "seed": seed,
+            "split": args.split, "epochs": epochs, "proxy_epochs": proxy, "rungs": rungs,
             "threads": torch.get_num_threads(), "date": date.today().isoformat(),
             "budget_cpu_seconds": round(budget, 1), "reserve_cpu_seconds": round(reserve, 1),
-            "search_cpu_seconds": round(search_cpu, 1),
-            "cpu_seconds": round(time.process_time() - started, 1),
+            "search_cpu_seconds": round(spent, 1),
+            "promotion_cpu_seconds": round(promotion_cpu, 1),
+            "cpu_seconds": round(spent + promotion_cpu, 1),
             "trials": len(study.trials), "statuses": {s: statuses.count(s) for s in set(statuses)},
             "proxy_scores": [[t.number, t.value, t.user_attrs.get("macs")]
                              for t in study.trials if t.value is not None],
-            "winner": {"trial": winner.number, "params": winner.params,
-                       "proxy_validation": winner.value},
-            "macs": outcome.macs, "params": outcome.params, "param_bytes": outcome.param_bytes,
-            "training_macs": outcome.training_macs, "spec": outcome.spec.to_dict(),
-            "validation": evaluation_attrs(outcome.validation), "test": evaluation_attrs(test)})
+            "winner": {"trial": winner.trial.number, "params": winner.trial.params,
+                       "proxy_validation": winner.trial.value, "rungs": winner.rungs},
+            "macs": card.macs, "params": card.params, "param_bytes": card.param_bytes,
+            "training_macs": winner.training_macs, "spec": winner.spec.to_dict(),
+            "validation": evaluation_attrs(winner.validation), "test": evaluation_attrs(test)})
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _say(prefix: str, line: str) -> None:
+    print(prefix, line, flush=True)
+
+
+def promotion_reserve(baseline: dict[str, Any], proxy: int, rungs: list[int]) -> float:
+    """CPU seconds the rungs will take, from what an epoch of the baseline (about as costly per
+    step as a budget-filling network) took in (a): the epochs each rung adds times the trials
+    climbing it (``climb_rungs``: top 1, halving), plus a tenth for the validation passes."""
+    per_epoch = baseline["cpu_seconds"] / baseline["epochs"]
+    climbing = [REDUCTION ** (len(rungs) - 1 - r) for r in range(len(rungs))]
+    added = [b - a for a, b in zip([proxy, *rungs[:-1]], rungs, strict=True)]
+    return 1.1 * per_epoch * sum(n * e for n, e in zip(climbing, added, strict=True))
+
+
+def _current(entry: dict[str, Any]) -> bool:
+    return entry.get("revision") == (REVISION if entry["part"] == "seed" else SEARCH_REVISION)
 
 
 def report(path: Path) -> str:
     """Per part and plan: test macro accuracy mean ± sd over seeds (t interval), CPU-minutes."""
-    entries = [e for e in read_results(path) if e.get("revision") == REVISION]
+    entries = [e for e in read_results(path) if _current(e)]
 
     def pct(value: float) -> str:
         return f"{100 * value:.1f}"
@@ -224,7 +263,7 @@ def main() -> None:
     pm, cache = build_plugin_manager(), cache_dir()
     epochs = EPOCHS[args.split]
     done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"])
-            for e in read_results(args.out) if e.get("revision") == REVISION}
+            for e in read_results(args.out) if _current(e)}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
     teacher_recipe = recipe_for(args.split, len(data.train), 0, 256)
     ensemble = ensemble_logits(data.train, teacher_names=TEACHERS, pm=pm, cache_dir=cache,

@@ -89,7 +89,12 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Best searched trials to distil at full length, beside the best seed trial "
                    "(0: none).")
 @click.option("--promote-epochs", type=int, default=32, show_default=True,
-              help="Training budget of every finalist, in epochs with KD, divided the same way.")
+              help="Training budget of every finalist, in epochs with KD.")
+@click.option("--promote-by", type=click.Choice(["continue", "retrain"]), default="continue",
+              show_default=True,
+              help="continue: the best trials go on from their own checkpoints through rungs of "
+                   "doubling fine-tunes (successive halving); retrain: each finalist is trained "
+                   "again from scratch on the whole budget.")
 @click.option("--teacher", "teacher_names", multiple=True,
               help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
@@ -105,7 +110,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 timeout: float, study_name: str, storage: str | None, studies: Path | None,
                 sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
-                promote_epochs: int,
+                promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
                 heartbeat: int | None) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
@@ -183,12 +188,12 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                       device=device, progress=not obj.quiet and n_jobs == 1)
             for index in range(n_jobs)]
     run_workers(jobs, announce=_say, pm=obj.pm, resources=resources)
-    _after_search(obj, study_name, url, folder, top, device)
+    _after_search(obj, study_name, url, folder, top, device, promote_by)
     _say(f"done in {(time.perf_counter() - started) / 60:.1f} min")
 
 
 def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
-                  device: str) -> None:
+                  device: str, promote_by: str) -> None:
     from asc_search.promote import distill
     from asc_search.report import write_report
     from asc_search.storage import load_study
@@ -197,7 +202,7 @@ def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
     study = load_study(name, url)
     if top > 0 and best_feasible(study) is not None:
         distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
-                progress=not obj.quiet, announce=_say)
+                progress=not obj.quiet, promote_by=promote_by, announce=_say)
     elif top > 0:
         _say("no feasible trained trial to promote; the report shows what was tried")
     page = write_report(load_study(name, url), folder=folder / "reports" / name)
@@ -244,18 +249,23 @@ def worker_command(obj: Context, study_name: str, storage: str | None, studies: 
 @click.option("--seed-plan/--no-seed-plan", default=True, show_default=True,
               help="Also promote the best seed trial (DCASE baseline or S1–S3, by validation), "
                    "the hand-made reference every finalist is compared with.")
+@click.option("--promote-by", type=click.Choice(["continue", "retrain"]), default="continue",
+              show_default=True,
+              help="continue: successive halving from the trials' own checkpoints; retrain: "
+                   "each finalist trained again from scratch.")
 @_storage_options
 @click.option("--device", default="cpu", show_default=True)
 @pass_context
-def distill_command(obj: Context, study_name: str, top: int, seed_plan: bool,
+def distill_command(obj: Context, study_name: str, top: int, seed_plan: bool, promote_by: str,
                     storage: str | None, studies: Path | None, device: str) -> None:
-    """Distil the top Pareto-optimal trials at full length; evaluate them on validation and test."""
+    """Distil the top trials at full length; evaluate them on validation and test."""
     from asc_search.paths import studies_dir
     from asc_search.promote import distill
 
     study = _open(study_name, storage, studies)
     distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
-            device=device, progress=not obj.quiet, with_seed_plan=seed_plan, announce=_say)
+            device=device, progress=not obj.quiet, with_seed_plan=seed_plan,
+            promote_by=promote_by, announce=_say)
 
 
 @click.command("report")

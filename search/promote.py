@@ -1,13 +1,21 @@
-"""Promotion: the search's best feasible trials distilled again at full length, then tested.
+"""Promotion: the search's best feasible trials trained on to full length, then tested.
 
 Search trials train on a short proxy schedule and are ranked on the validation list only. The
-best searched trials (Pareto-optimal and feasible, best validation accuracy first) are retrained
-here with the same teachers on the longer promotion schedule, pruned by their plan, fine-tuned,
-and only now evaluated on the test list as well. The best seed trial by validation (the DCASE
-baseline or one of the seed's S1–S3) is promoted with them as the hand-made reference, so every
-study reports the searched model against what a researcher would have built by hand, trained with
-the same recipe, teachers and budget, and each finalist's test difference from it with a paired
+best searched trials then climb **rungs** of successive halving: each continues from its own
+search checkpoint (the pruned network the trial left, with its trained weights), fine-tuned with
+KD to a budget ``REDUCTION`` times its last one (the proxy's 8 epochs, then 16, then 32), and
+after every rung only the best 1/``REDUCTION`` of them (by validation; by non-dominated sorting
+of accuracy and MACs in the Pareto mode, as MO-ASHA ranks a rung) go on. Nothing is trained from
+scratch: the parents and pruning the trial paid for are kept, and a plan ranked well on a short
+fine-tune earns a longer one. The top rung's survivors are the finalists. The best seed trial by
+validation (the DCASE baseline or one of the seed's S1–S3) climbs beside them, never dropped, as
+the hand-made reference: same rungs, recipe, teachers and budget. Only now is the test list read,
+for the finalists, and each searched finalist's test difference from the reference gets a paired
 bootstrap interval over recordings.
+
+``promote_by="retrain"`` is the earlier promotion: each finalist trained again from scratch on
+the whole promotion budget (a parent at that length, pruning, fine-tune), kept for comparison and
+for studies whose trial checkpoints are elsewhere (a worker's artifacts on another machine).
 
 Optuna refuses to change a finished trial, so a finalist's results are a study user attribute
 ``finalist:<trial number>`` and its checkpoint and complexity card are study artifacts named after
@@ -17,22 +25,34 @@ the trial.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.artifacts import upload_artifact
+import torch
+from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
-from asc_search.checkpoint import save_checkpoint
+from asc_search.architecture import ArchSpec, build_model
+from asc_search.budget import TRAINING_PASSES
+from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.evaluate import Evaluation, evaluate, paired_difference, recordings
-from asc_search.objective import evaluation_attrs, train_candidate, trial_candidate
+from asc_search.objective import (
+    TrialResources,
+    evaluation_attrs,
+    train_candidate,
+    trial_candidate,
+)
 from asc_search.storage import scratch
 from asc_search.study import feasible, load_resources, ranked_trials, settings_of
-from asc_search.train import predict
+from asc_search.train import derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
 
@@ -64,47 +84,224 @@ def finalists(study: optuna.Study) -> dict[int, dict[str, Any]]:
             for key, value in study.user_attrs.items() if key.startswith(FINALIST_PREFIX)}
 
 
+#: Successive halving's factor: each rung multiplies the budget by it and keeps 1 in it.
+REDUCTION = 2
+PROMOTE_BY = ("continue", "retrain")
+
+
+def rung_epochs(proxy_epochs: int, promote_epochs: int, *,
+                reduction: int = REDUCTION) -> list[int]:
+    """The budgets (epochs) at the ends of the promotion rungs: the proxy's times the reduction
+    factor, its square, ..., the last capped at the promotion budget. None when the promotion
+    budget is not longer than the proxy's (there is nothing to continue)."""
+    rungs, epochs = [], proxy_epochs
+    while epochs < promote_epochs:
+        epochs = min(promote_epochs, epochs * reduction)
+        rungs.append(epochs)
+    return rungs
+
+
+@dataclass
+class Promoted:
+    """A candidate on its way to the finals: its network as trained so far and what it cost."""
+
+    trial: optuna.trial.FrozenTrial
+    label: str  # "searched", or the seed trial's name (the hand-made reference)
+    model: torch.nn.Module
+    spec: ArchSpec
+    macs: int
+    epochs: int  # budget trained so far, in epochs of the study's batch
+    validation: Evaluation
+    seconds: float = 0.0  # spent by promotion (the search's share is the trial's)
+    training_macs: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def climb_rungs(entrants: Sequence[optuna.trial.FrozenTrial], *, top: int,
+                resources: TrialResources, rungs: Sequence[int],
+                reference: optuna.trial.FrozenTrial | None = None,
+                announce: Callable[[str], None] = lambda line: None,
+                seed: int = 0) -> list[Promoted]:
+    """Successive halving over fine-tune length (see the module docstring), from each trial's
+    own search checkpoint; returns the top rung's ``top`` survivors, then ``reference``.
+
+    ``entrants`` are searched trials, best first; the first ``top × REDUCTION^(rungs − 1)``
+    enter. At rung r (from 1) each contender trains ``(rungs[r] − epochs so far) ×
+    steps-per-epoch`` more steps (cosine from the recipe's rate, no warm-up, as a final
+    fine-tune) and is scored on validation; the best ``top × REDUCTION^(len(rungs) − r − 1)``
+    searched ones go on, and the last rung's best ``top`` are the finalists. With the default
+    8-epoch proxy and 32-epoch promotion: two trials fine-tune 8 epochs more, the better one 16
+    more: 32 epochs of promotion in all, against 32 per finalist (parent included) to retrain.
+    """
+    settings = resources.settings
+    pareto = settings.objective == "pareto"
+    width = top * REDUCTION ** (len(rungs) - 1)
+    climbing = [_from_checkpoint(t, resources) for t in entrants[:width]]
+    kept = [_from_checkpoint(reference, resources)] if reference is not None else []
+    for rung, epochs in enumerate(rungs, start=1):
+        for contender in climbing + kept:
+            _continue(contender, epochs=epochs, rung=rung, resources=resources, seed=seed)
+        goes_on = top * REDUCTION ** max(len(rungs) - rung - 1, 0)
+        climbing = _ranked(climbing, pareto=pareto)
+        names = ", ".join(f"{c.trial.number} {100 * c.validation.macro_accuracy:.1f} %"
+                          for c in climbing + kept)
+        dropped = [c.trial.number for c in climbing[goes_on:]]
+        announce(f"rung {rung} ({epochs} epochs): validation of trials {names}"
+                 + (f"; {', '.join(map(str, dropped))} stop here" if dropped else ""))
+        climbing = climbing[:goes_on]
+    return climbing + kept
+
+
+def _ranked(contenders: list[Promoted], *, pareto: bool) -> list[Promoted]:
+    """Best first: by validation accuracy, or by non-dominated front of (accuracy, MACs) and
+    accuracy within a front."""
+    if not pareto:
+        return sorted(contenders, key=lambda c: (-c.validation.macro_accuracy, c.macs))
+    front_of: dict[int, int] = {}
+    rest, front = list(contenders), 0
+    while rest:
+        layer = [c for c in rest if not any(
+            o.validation.macro_accuracy >= c.validation.macro_accuracy and o.macs <= c.macs
+            and (o.validation.macro_accuracy > c.validation.macro_accuracy or o.macs < c.macs)
+            for o in rest)]
+        for c in layer:
+            front_of[id(c)] = front
+        rest = [c for c in rest if id(c) not in front_of]
+        front += 1
+    return sorted(contenders, key=lambda c: (front_of[id(c)], -c.validation.macro_accuracy,
+                                             c.macs))
+
+
+def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources) -> Promoted:
+    """The network a trial left: its search checkpoint artifact, read tensor-only."""
+    artifact = trial.user_attrs.get("checkpoint_artifact")
+    if artifact is None:
+        raise AscSearchError(f"trial {trial.number} has no search checkpoint to continue from; "
+                             "promote with --promote-by retrain")
+    with scratch(resources.studies) as folder:
+        path = Path(folder) / f"trial-{trial.number}.pt"
+        try:
+            download_artifact(artifact_store=resources.artifacts, artifact_id=artifact,
+                              file_path=str(path))
+        except ArtifactNotFound:
+            raise AscSearchError(
+                f"trial {trial.number}'s checkpoint is not in this studies folder (a worker on "
+                "another machine keeps its own artifacts): copy them, or promote with "
+                "--promote-by retrain") from None
+        loaded = load_checkpoint(path, label=f"trial {trial.number}'s search checkpoint")
+    model = build_model(loaded.spec, pm=resources.pm)
+    model.load_state_dict(loaded.state_dict)
+    attrs = trial.user_attrs
+    validation = evaluate(predict(model, resources.validation.features,
+                                  precision=resources.precision),
+                          resources.validation.labels, resources.validation.devices,
+                          files=resources.validation.files)
+    return Promoted(trial=trial, label=attrs.get("seed_trial", "searched"), model=model,
+                    spec=loaded.spec,
+                    macs=int(attrs["macs"]), epochs=resources.settings.proxy_epochs,
+                    validation=validation, budget={"search": attrs.get("budget", {})})
+
+
+def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialResources,
+              seed: int) -> None:
+    """Fine-tune a contender in place with KD up to a budget of ``epochs``; score it."""
+    settings, trial = resources.settings, contender.trial
+    started = time.perf_counter()
+    candidate = trial_candidate(resources.space, trial.params, settings=settings,
+                                pm=resources.pm, seed_trial="seed_trial" in trial.user_attrs)
+    recipe = settings.base_recipe(len(resources.train)).with_(**candidate.training)
+    steps = (epochs - contender.epochs) * math.ceil(len(resources.train) / recipe.batch_size)
+    fit(contender.model, resources.train,
+        recipe.with_(epochs=epochs, warmup_steps=0, seed=derive_seed(seed, trial.number, rung)),
+        steps=steps, teacher_logits=resources.teacher_logits, precision=resources.precision,
+        progress=resources.progress, label=f"rung {rung}: trial {trial.number}")
+    contender.model.to("cpu")
+    contender.validation = evaluate(
+        predict(contender.model, resources.validation.features, precision=resources.precision),
+        resources.validation.labels, resources.validation.devices,
+        files=resources.validation.files)
+    contender.model.to("cpu")
+    contender.seconds += time.perf_counter() - started
+    contender.training_macs += steps * recipe.batch_size * TRAINING_PASSES * contender.macs
+    contender.budget[f"rung {rung}"] = {"epochs": epochs, "steps": steps}
+    contender.epochs = epochs
+    contender.rungs.append({"rung": rung, "epochs": epochs,
+                            "validation": round(contender.validation.macro_accuracy, 4)})
+
+
+def _retrained(trial: optuna.trial.FrozenTrial, label: str, *, resources: TrialResources,
+               cache: Path, progress: bool) -> Promoted:
+    """A finalist trained again from scratch on the whole promotion budget."""
+    settings = resources.settings
+    candidate = trial_candidate(resources.space, trial.params, settings=settings,
+                                pm=resources.pm, seed_trial="seed_trial" in trial.user_attrs)
+    outcome = train_candidate(
+        candidate, settings=settings, pm=resources.pm, train=resources.train,
+        validation=resources.validation, teacher_logits=resources.teacher_logits,
+        precision=resources.precision, epochs=settings.promote_epochs, seed=0,
+        progress=progress, parents=cache)
+    return Promoted(trial=trial, label=label, model=outcome.model, spec=outcome.spec,
+                    macs=outcome.macs, epochs=settings.promote_epochs,
+                    validation=outcome.validation, seconds=outcome.seconds,
+                    training_macs=outcome.training_macs, budget=outcome.budget.to_dict())
+
+
 def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Path | None,
             device: str = "cpu", progress: bool = True, with_seed_plan: bool = True,
+            promote_by: str = "continue",
             announce: Callable[[str], None] = lambda line: None) -> dict[int, dict[str, Any]]:
     """Promote the study's finalists (see the module docstring); return their results."""
+    if promote_by not in PROMOTE_BY:
+        raise AscSearchError(f"promote by {promote_by!r}: choose one of {', '.join(PROMOTE_BY)}")
     settings = settings_of(study)
-    chosen = choose_finalists(study, top=top, with_seed_plan=with_seed_plan)
+    rungs = rung_epochs(settings.proxy_epochs, settings.promote_epochs) \
+        if promote_by == "continue" else []
+    width = top * REDUCTION ** (len(rungs) - 1) if rungs else top
+    chosen = choose_finalists(study, top=width, with_seed_plan=with_seed_plan)
     if not chosen:
         raise AscSearchError(f"study {study.study_name!r} has no feasible trained trial to promote")
     loaded = load_resources(settings, pm=pm, cache=cache, studies=studies, device=device,
                             progress=progress, with_test=True)
-    space, precision, store = loaded.space, loaded.precision, loaded.artifacts
-    data, teacher_logits = loaded, loaded.teacher_logits
+    searched = [t for t in chosen if "seed_trial" not in t.user_attrs]
+    seeds = [t for t in chosen if "seed_trial" in t.user_attrs]
+    if rungs:
+        announce(f"promoting by successive halving from the trials' checkpoints: "
+                 f"{len(searched)} searched trial(s) and {len(seeds)} seed plan(s) through "
+                 f"rungs of {', '.join(map(str, rungs))} epochs")
+        promoted = climb_rungs(searched or seeds, top=top, resources=loaded, rungs=rungs,
+                               reference=seeds[0] if searched and seeds else None,
+                               announce=announce)
+    else:
+        promoted = []
+        for trial in chosen:
+            label = trial.user_attrs.get("seed_trial", "searched")
+            announce(f"promoting trial {trial.number} ({label}): a budget of "
+                     f"{settings.promote_epochs} epochs with KD, shared by its pruning plan")
+            promoted.append(_retrained(trial, label, resources=loaded, cache=cache,
+                                       progress=progress))
     results = {}
     test_correct: dict[int, np.ndarray] = {}
-    for trial in chosen:
-        candidate = trial_candidate(space, trial.params, settings=settings, pm=pm,
-                                    seed_trial="seed_trial" in trial.user_attrs)
-        label = trial.user_attrs.get("seed_trial", "searched")
-        announce(f"promoting trial {trial.number} ({label}): a budget of "
-                 f"{settings.promote_epochs} epochs with KD, shared by its pruning plan")
-        outcome = train_candidate(
-            candidate, settings=settings, pm=pm, train=data.train, validation=data.validation,
-            teacher_logits=teacher_logits, precision=precision, epochs=settings.promote_epochs,
-            seed=0, progress=progress, parents=cache,
-        )
-        card = count_complexity(outcome.model, storage_dtype=settings.storage_dtype)
+    data, precision, store = loaded, loaded.precision, loaded.artifacts
+    for finalist in promoted:
+        trial, label = finalist.trial, finalist.label
+        card = count_complexity(finalist.model, storage_dtype=settings.storage_dtype)
         if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
             announce(f"trial {trial.number} skipped: its promoted network does not fit the budget "
                      f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
             continue
         # Selection is over; only now does the test list get looked at.
-        test_logits = predict(outcome.model, data.test.features, precision=precision)
+        test_logits = predict(finalist.model, data.test.features, precision=precision)
         test = evaluate(test_logits, data.test.labels, data.test.devices, files=data.test.files)
         test_correct[trial.number] = test_logits.argmax(axis=1) == data.test.labels
-        outcome.model.to("cpu")
+        finalist.model.to("cpu")
         with scratch(studies) as folder:
             checkpoint = Path(folder) / f"trial-{trial.number}-finalist.pt"
-            save_checkpoint(checkpoint, spec=outcome.spec, state_dict=outcome.model.state_dict(),
+            save_checkpoint(checkpoint, spec=finalist.spec,
+                            state_dict=finalist.model.state_dict(),
                             metadata={"trial": trial.number, "stage": "finalist",
                                       "validation_macro_accuracy":
-                                          outcome.validation.macro_accuracy,
+                                          finalist.validation.macro_accuracy,
                                       "test_macro_accuracy": test.macro_accuracy})
             complexity = Path(folder) / f"trial-{trial.number}-complexity.json"
             complexity.write_text(json.dumps(card.to_dict(), indent=2))
@@ -113,19 +310,20 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             complexity_id = upload_artifact(artifact_store=store, file_path=str(complexity),
                                             study_or_trial=study)
         record = {
-            "trial": trial.number, "label": label, "epochs": settings.promote_epochs,
-            "budget": outcome.budget.to_dict(), "training_macs": outcome.training_macs,
-            "validation": evaluation_attrs(outcome.validation),
+            "trial": trial.number, "label": label, "epochs": finalist.epochs,
+            "promoted_by": "continue" if rungs else "retrain", "rungs": finalist.rungs,
+            "budget": finalist.budget, "training_macs": finalist.training_macs,
+            "validation": evaluation_attrs(finalist.validation),
             "test": evaluation_attrs(test), "macs": card.macs, "params": card.params,
-            "param_bytes": card.param_bytes, "seconds": round(outcome.seconds, 1),
-            "spec": outcome.spec.to_dict(), "checkpoint_artifact": checkpoint_id,
+            "param_bytes": card.param_bytes, "seconds": round(finalist.seconds, 1),
+            "spec": finalist.spec.to_dict(), "checkpoint_artifact": checkpoint_id,
             "complexity_artifact": complexity_id,
         }
         study.set_user_attr(f"{FINALIST_PREFIX}{trial.number}", record)
         announce(f"finalist trial {trial.number} ({label}): validation "
-                 f"{_with_interval(outcome.validation)}, test {_with_interval(test)}, "
+                 f"{_with_interval(finalist.validation)}, test {_with_interval(test)}, "
                  f"{card.macs / 1e6:.2f} M MACs, "
-                 f"{card.param_bytes:,} B ({outcome.seconds:.0f} s)")
+                 f"{card.param_bytes:,} B ({finalist.seconds:.0f} s)")
         results[trial.number] = record
     reference = next((n for n, r in results.items() if r["label"] != "searched"),
                      None) if with_seed_plan else None

@@ -200,7 +200,7 @@ def _finalists_table(study: optuna.Study) -> str:
         f"<td>{r['param_bytes']:,}</td><td>{_with_interval(r['validation'])}</td>"
         f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
         f"<td>{_pct(r['test']['unseen'])}</td><td>{_versus(r)}</td>"
-        f"<td>{r['seconds']:.0f}</td></tr>"
+        f"<td>{_rungs(r)}</td><td>{r['seconds']:.0f}</td></tr>"
         for n, r in sorted(promoted.items()))
     return ("<h2>Finalists</h2><p>Macro accuracy with its 95 % bootstrap interval over "
             "recordings (the clips of one recording are not independent). The hand-made "
@@ -213,7 +213,18 @@ def _finalists_table(study: optuna.Study) -> str:
             "<table><tr><th>trial</th><th>kind</th><th>MACs</th><th>bytes</th>"
             "<th>validation % (95 % CI)</th><th>test % (95 % CI)</th><th>test seen %</th>"
             "<th>test unseen %</th><th>test − hand-made reference, points (95 % CI)</th>"
-            "<th>seconds</th></tr>" + rows + "</table>")
+            "<th>validation % by rung (epochs)</th><th>seconds</th></tr>" + rows + "</table>"
+            "<p>Finalists promoted by <em>continue</em> went on from their own search "
+            "checkpoints through rungs of doubling fine-tunes, the better half kept at each "
+            "(successive halving); <em>retrain</em> ones were trained again from scratch.</p>")
+
+
+def _rungs(record: dict[str, Any]) -> str:
+    """A continued finalist's validation after each rung; retrained ones climbed none."""
+    rungs = record.get("rungs")
+    if not rungs:
+        return "retrained" if record.get("promoted_by") == "retrain" else "–"
+    return " → ".join(f"{_pct(r['validation'])} ({r['epochs']})" for r in rungs)
 
 
 def _versus(record: dict[str, Any]) -> str:

@@ -15,7 +15,14 @@ from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import read_space, space_from_dict
 from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage
-from asc_search.study import SEED_TRIALS, WorkerJob, create_or_resume, run_worker, seed_params
+from asc_search.study import (
+    SEED_TRIALS,
+    WorkerJob,
+    create_or_resume,
+    ranked_trials,
+    run_worker,
+    seed_params,
+)
 
 QUICK = {"proxy_epochs": 1, "teacher_epochs": 1}
 
@@ -387,3 +394,102 @@ def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: 
     distill(optuna.load_study(study_name="no-test", storage=url), top=1, pm=pm,
             cache=cache_dir(), studies=None, progress=False)
     assert ("promotion", True) in requested
+
+
+def test_rungs_double_the_budget_up_to_the_promotion_one() -> None:
+    from asc_search.promote import rung_epochs
+
+    assert rung_epochs(8, 32) == [16, 32]
+    assert rung_epochs(30, 150) == [60, 120, 150]
+    assert rung_epochs(8, 8) == [] and rung_epochs(8, 4) == []
+
+
+@pytest.mark.slow
+def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus: Path,
+                                                                tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Rung 1 starts from the weights the trial stored, rung 2 from rung 1's, each training only
+    the steps its budget adds; the worse half stops at a rung; nothing trains from scratch."""
+    import torch
+    from optuna.artifacts import download_artifact
+
+    import asc_search.promote as promote
+    from asc_search.checkpoint import load_checkpoint
+    from asc_search.dataset import load_dataset
+    from asc_search.paths import cache_dir
+    from asc_search.storage import artifact_store
+
+    settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
+                         promote_epochs=4)  # proxy 1 epoch: rungs at 2 and 4 epochs
+    _, url = _study("rungs", settings, pm=pm, seed_trials=True)
+    run_worker(WorkerJob(study="rungs", storage_url=url, sampler="random", seed=0, n_trials=6,
+                         timeout=None, pruner="none"), pm=pm)
+    study = optuna.load_study(study_name="rungs", storage=url)
+    searched = [t for t in study.trials if t.user_attrs.get("status") == "trained"
+                and "seed_trial" not in t.user_attrs]
+    assert len(searched) >= 2, [t.user_attrs.get("status") for t in study.trials]
+
+    def stored(trial) -> dict[str, torch.Tensor]:
+        path = tmp_path / f"stored-{trial.number}.pt"
+        download_artifact(artifact_store=artifact_store(None),
+                          artifact_id=trial.user_attrs["checkpoint_artifact"],
+                          file_path=str(path))
+        return load_checkpoint(path).state_dict
+
+    starts: list[tuple[str, int, dict[str, torch.Tensor]]] = []  # (label, steps, weights)
+    real_fit = promote.fit
+
+    def spying_fit(model, train, recipe, *, steps, label, **kwargs):
+        starts.append((label, steps, {k: v.detach().clone().cpu()
+                                      for k, v in model.state_dict().items()}))
+        return real_fit(model, train, recipe, steps=steps, label=label, **kwargs)
+
+    def no_training_from_scratch(*args, **kwargs):
+        raise AssertionError("promotion by continuation trained a candidate from scratch")
+
+    monkeypatch.setattr(promote, "fit", spying_fit)
+    monkeypatch.setattr(promote, "train_candidate", no_training_from_scratch)
+    results = promote.distill(study, top=1, pm=pm, cache=cache_dir(), studies=None,
+                              progress=False)
+    entrants = ranked_trials(study, searched_only=True)[:2]
+    reference = max((t for t in study.trials if "seed_trial" in t.user_attrs
+                     and t.user_attrs.get("status") == "trained"), key=lambda t: t.values[0])
+    n_train = len(load_dataset(tiny_corpus).split(25, seed=0).train)
+    steps_per_epoch = -(-n_train // settings.base_recipe(n_train).batch_size)
+    rung1 = {label: (steps, weights) for label, steps, weights in starts
+             if label.startswith("rung 1")}
+    assert set(rung1) == {f"rung 1: trial {t.number}" for t in [*entrants, reference]}
+    for trial in [*entrants, reference]:
+        steps, weights = rung1[f"rung 1: trial {trial.number}"]
+        assert steps == (2 - 1) * steps_per_epoch
+        own = stored(trial)
+        assert weights.keys() == own.keys()
+        assert all(torch.equal(weights[k].float(), own[k].float()) for k in own), trial.number
+    rung2 = [(label, steps) for label, steps, _ in starts if label.startswith("rung 2")]
+    survivor = results[next(n for n, r in results.items() if r["label"] == "searched")]
+    assert sorted(rung2) == sorted([(f"rung 2: trial {survivor['trial']}", 2 * steps_per_epoch),
+                                    (f"rung 2: trial {reference.number}", 2 * steps_per_epoch)])
+    # The survivor is the better of the two entrants after rung 1, and climbed both rungs.
+    assert [r["epochs"] for r in survivor["rungs"]] == [2, 4] and survivor["epochs"] == 4
+    assert set(results) == {survivor["trial"], reference.number}
+    assert results[reference.number]["label"] == reference.user_attrs["seed_trial"]
+    assert "test_vs_reference" in survivor
+
+
+def test_a_pareto_rung_keeps_the_non_dominated_first() -> None:
+    from asc_search.evaluate import Evaluation
+    from asc_search.promote import Promoted, _ranked
+
+    def contender(name: str, accuracy: float, macs: int) -> Promoted:
+        scores = Evaluation(n=1, macro_accuracy=accuracy, accuracy=accuracy, per_class={},
+                            per_device={}, seen=None, unseen=None, confusion=None)
+        return Promoted(trial=name, label="searched", model=None, spec=None, macs=macs,
+                        epochs=1, validation=scores)
+
+    pool = [contender("dominated", 0.45, 29_500_000), contender("accurate", 0.50, 29_000_000),
+            contender("small", 0.42, 10_000_000), contender("worst", 0.30, 28_000_000)]
+    # By accuracy alone "dominated" would go before "small"; on the front, "small" is kept.
+    assert [c.trial for c in _ranked(pool, pareto=True)] == ["accurate", "small", "dominated",
+                                                            "worst"]
+    assert [c.trial for c in _ranked(pool, pareto=False)] == ["accurate", "dominated", "small",
+                                                             "worst"]

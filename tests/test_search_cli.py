@@ -18,7 +18,7 @@ import torch
 from asc_search.checkpoint import load_checkpoint
 from conftest import one_line_error, start
 
-QUICK = ("--split", "25", "--proxy-epochs", "1", "--teacher-epochs", "1", "--promote-epochs", "1")
+QUICK = ("--split", "25", "--proxy-epochs", "1", "--teacher-epochs", "1", "--promote-epochs", "2")
 
 
 def _storage(tmp_path: Path) -> str:
@@ -51,6 +51,9 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
         assert set(record["test"]["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5",
                                                      "s6"}
         assert record["macs"] <= 30_000_000 and record["param_bytes"] <= 128_000
+        # Promoted by continuing from the trial's checkpoint: one rung, 1 → 2 epochs.
+        assert record["promoted_by"] == "continue" and record["epochs"] == 2
+        assert [(r["rung"], r["epochs"]) for r in record["rungs"]] == [(1, 2)]
     # Every searched finalist is compared with the reference on the same test recordings.
     assert len(finalists) > 1
     for key, record in finalists.items():
@@ -70,6 +73,7 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     assert "Finalists" in (report / "index.html").read_text()
     assert "test % (95 % CI)" in (report / "index.html").read_text()
     assert "test − hand-made reference, points (95 % CI)" in (report / "index.html").read_text()
+    assert "validation % by rung (epochs)" in (report / "index.html").read_text()
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out
