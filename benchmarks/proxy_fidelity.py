@@ -5,10 +5,15 @@ settings (embedded corpus, 5 % split, ``wide_cp_mobile`` teacher 20 epochs, spac
 proxy 8 epochs, promotion 32 epochs; the cache folder's data, teacher and parents are reused when
 there), ``--n`` candidates are drawn at random (so the ranking is tested over the space, not
 around one optimum) and trained as search trials, with no early stopping; then every one is
-trained again at the promotion length, as ``asc-search distill`` trains a finalist. The figure is
-Kendall's τ between the proxy validation score and the promoted validation score. Test is never
-read. Results are appended to ``--out`` (default benchmarks/proxy_fidelity.jsonl): the proxy
-stage as one line, then one line per promoted candidate; a rerun promotes what is missing.
+trained again at the promotion length. ``--promote-by retrain`` trains each from scratch (a
+parent at the promotion length, pruning, fine-tune: how ``distill`` promoted before rungs);
+``--promote-by continue`` continues every one from its own search checkpoint through the
+promotion rungs (16, then 32 epochs, as ``distill`` now promotes, with no candidate dropped), so
+τ is read at each rung. The figure is Kendall's τ between the proxy validation score and the
+promoted validation score. Test is never read. Results are appended to ``--out`` (default
+benchmarks/proxy_fidelity.jsonl): the proxy stage as one line, then one line per promoted
+candidate; a rerun promotes what is missing (continue mode: the proxy study and its checkpoints
+are kept in the cache folder, so it resumes after the proxy stage).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import itertools
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -26,6 +32,7 @@ from results import append_result, read_results
 from asc_search.objective import SearchSettings, run_trial, train_candidate, trial_candidate
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
+from asc_search.promote import climb_rungs, rung_epochs
 from asc_search.search_space import read_space
 from asc_search.study import load_resources
 
@@ -55,6 +62,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--promote-by", choices=["retrain", "continue"], default="retrain")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).with_name("proxy_fidelity.jsonl"))
     args = parser.parse_args()
@@ -63,24 +71,35 @@ def main() -> None:
     pm, cache = build_plugin_manager(), cache_dir()
     raw, source = read_space("sscp_fill")
     settings = SearchSettings(space=raw, space_source=source, split=5, objective="accuracy")
-    resources = load_resources(settings, pm=pm, cache=cache, studies=cache / "proxy_fidelity",
+    folder = cache / "proxy_fidelity"
+    resources = load_resources(settings, pm=pm, cache=cache, studies=folder,
                                device="cpu", progress=False)
-    entries = [e for e in read_results(args.out) if (e["n"], e["seed"]) == (args.n, args.seed)]
+    entries = [e for e in read_results(args.out) if (e["n"], e["seed"]) == (args.n, args.seed)
+               and e.get("promote_by", "retrain") == args.promote_by]
     proxy = next((e for e in entries if e["stage"] == "proxy"), None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Continue mode keeps the study (its trials' checkpoints) beside the artifacts.
+    storage = f"sqlite:///{folder}/study-n{args.n}-seed{args.seed}.db" \
+        if args.promote_by == "continue" else None
+    if args.promote_by == "continue":
+        folder.mkdir(parents=True, exist_ok=True)
     if proxy is None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction="maximize",
+        study = optuna.create_study(direction="maximize", storage=storage,
+                                    study_name=f"proxy-{args.n}-{args.seed}-{time.time():.0f}",
                                     sampler=optuna.samplers.RandomSampler(seed=args.seed),
                                     pruner=optuna.pruners.NopPruner())
         started = time.perf_counter()
         study.optimize(lambda trial: run_trial(trial, resources), n_trials=args.n)
         proxy = {"stage": "proxy", "n": args.n, "seed": args.seed,
+                 "promote_by": args.promote_by, "study": study.study_name,
                  "date": date.today().isoformat(), "seconds": round(time.perf_counter() - started),
                  "trials": [{"trial": t.number, "params": t.params, "validation": t.value,
                              "macs": t.user_attrs.get("macs")} for t in study.trials]}
         append_result(args.out, proxy)
     promoted = {e["trial"] for e in entries if e["stage"] == "promoted"}
-    for row in proxy["trials"]:
+    if args.promote_by == "continue":
+        _continue_all(args, proxy, promoted, resources=resources, storage=storage)
+    for row in proxy["trials"] if args.promote_by == "retrain" else []:
         if row["trial"] in promoted:
             continue
         candidate = trial_candidate(resources.space, row["params"], settings=settings, pm=pm)
@@ -95,10 +114,36 @@ def main() -> None:
                                  "validation_interval": list(outcome.validation.macro_interval),
                                  "seconds": round(outcome.seconds, 1)})
     rows = [e for e in read_results(args.out)
-            if e["stage"] == "promoted" and (e["n"], e["seed"]) == (args.n, args.seed)]
+            if e["stage"] == "promoted" and (e["n"], e["seed"]) == (args.n, args.seed)
+            and e.get("promote_by", "retrain") == args.promote_by]
     tau = kendall_tau([r["proxy_validation"] for r in rows], [r["validation"] for r in rows])
     print(f"Kendall tau over {len(rows)} candidates (proxy {settings.proxy_epochs} epochs against "
-          f"promoted {settings.promote_epochs}): {tau:.2f}")
+          f"promoted {settings.promote_epochs}, promoted by {args.promote_by}): {tau:.2f}")
+    for rung in sorted({r["rung"] for row in rows for r in row.get("rungs", [])})[:-1]:
+        at = [next(r["validation"] for r in row["rungs"] if r["rung"] == rung) for row in rows]
+        print(f"  at rung {rung}: tau {kendall_tau([r['proxy_validation'] for r in rows], at):.2f}"
+              f" with the proxy, {kendall_tau(at, [r['validation'] for r in rows]):.2f} with "
+              "the last rung")
+
+
+def _continue_all(args: argparse.Namespace, proxy: dict, promoted: set[int], *,
+                  resources: Any, storage: str | None) -> None:
+    """Every proxy trial climbs every rung from its own checkpoint (none is dropped)."""
+    settings = resources.settings
+    study = optuna.load_study(study_name=proxy["study"], storage=storage)
+    pending = [t for t in study.trials if t.number not in promoted
+               and t.user_attrs.get("status") == "trained"]
+    rungs = rung_epochs(settings.proxy_epochs, settings.promote_epochs)
+    for trial in pending:  # one at a time, each appended when it reaches the top rung
+        started = time.perf_counter()
+        climbed = climb_rungs([trial], top=1, resources=resources, rungs=rungs)[0]
+        append_result(args.out, {"stage": "promoted", "n": args.n, "seed": args.seed,
+                                 "promote_by": "continue", "trial": trial.number,
+                                 "proxy_validation": trial.value,
+                                 "validation": climbed.validation.macro_accuracy,
+                                 "validation_interval": list(climbed.validation.macro_interval),
+                                 "rungs": climbed.rungs,
+                                 "seconds": round(time.perf_counter() - started, 1)})
 
 
 if __name__ == "__main__":

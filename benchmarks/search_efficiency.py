@@ -1,9 +1,16 @@
-"""Search efficiency: hypervolume of (validation accuracy, MACs) after N trials, per sampler.
+"""Search efficiency: hypervolume of (validation accuracy, MACs) per trial and per CPU-minute.
 
-One command: ``python benchmarks/search_efficiency.py [--trials 16] [--seeds 0 1 2]``.
-For each sampler (tpe, nsga2, random) and seed, a fresh study searches the default space on the
+One command: ``python benchmarks/search_efficiency.py [--trials 16] [--seeds 0 1 2]
+[--space sscp_mobile|sscp_fill] [--minutes M --threads 1]``.
+For each sampler (tpe, nsga2, random) and seed, a fresh Pareto study searches the space on the
 embedded corpus's 5 % split under 30 M MACs / 128 kB, without the seed trials (they would be the
-same for every sampler). After every trial the hypervolume of the feasible front is recorded,
+same for every sampler). ``sscp_mobile`` is the uniform space the search used before budget
+filling; ``sscp_fill`` is the budget-filling one, given a ``macs_fraction`` dimension (0.2–1) so
+that its Pareto mode can trade MACs for accuracy. ``--minutes`` gives every study the same time
+instead of the same trials (run with ``--threads 1`` on an otherwise idle core, so wall time is
+CPU time); the report then compares hypervolume at equal time, at the shortest study's end, which
+is what a user with a fixed machine budget gets. Every trial's completion time is recorded.
+After every trial the hypervolume of the feasible front is recorded,
 with the reference point (chance accuracy 10 %, the MACs budget) and MACs as a fraction of the
 budget, so 0.9 would be a perfect classifier at zero cost. The seconds spent on infeasible
 candidates are the wall time of those trials minus their counting, which the search promises is
@@ -14,8 +21,10 @@ candidates are the wall time of those trials minus their counting, which the sea
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -26,7 +35,7 @@ from asc_search.objective import SearchSettings
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import WorkerJob, create_or_resume, feasible, run_worker
+from asc_search.study import WorkerJob, create_or_resume, feasible, load_resources, run_worker
 
 SAMPLERS = ("tpe", "nsga2", "random")
 CHANCE = 0.1
@@ -54,6 +63,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS))
     parser.add_argument("--proxy-epochs", type=int, default=2)
+    parser.add_argument("--space", default="sscp_mobile", choices=["sscp_mobile", "sscp_fill"])
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time per study instead of --trials (with --threads 1: CPU-minutes)")
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path,
@@ -70,33 +82,54 @@ def main() -> None:
     folder = cache / "benchmarks" / "search-efficiency"
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder / 'studies.db'}"
-    done = {(e["sampler"], e["seed"]) for e in read_results(args.out)}
-    raw, source = read_space("sscp_mobile")
+    budget = "trials" if args.minutes is None else f"{args.minutes:g} min"
+    done = {(e.get("space", "sscp_mobile"), e.get("budget", "trials"), e["sampler"], e["seed"])
+            for e in read_results(args.out)}
+    raw, source = read_space(args.space)
+    if args.space == "sscp_fill":
+        raw = {**raw, "dimensions": {**raw["dimensions"], "macs_fraction": {
+            "type": "float", "low": 0.2, "high": 1.0}}}
     space = space_from_dict(raw, source=source, pm=pm)
     settings = SearchSettings(space=raw, space_source=source, data=args.data, split=args.split,
                               proxy_epochs=args.proxy_epochs, teacher_epochs=args.teacher_epochs)
     for seed in args.seeds:
         for sampler in args.samplers:
-            if (sampler, seed) in done:
+            if (args.space, budget, sampler, seed) in done:
                 continue
             name = f"{sampler}-seed{seed}-{int(time.time())}"
             create_or_resume(name=name, storage_url=url, settings=settings, sampler=sampler,
                              seed=seed, seed_trials=False, space=space)
+            # Each study trains its own parents: one study's are not free for the next.
+            parents = folder / f"parents-{name}"
+            resources = replace(load_resources(settings, pm=pm, cache=cache,
+                                               studies=folder, device="cpu", progress=False),
+                                cache=parents)
             started = time.perf_counter()
             run_worker(WorkerJob(study=name, storage_url=url, sampler=sampler, seed=seed,
-                                 n_trials=args.trials, timeout=None, studies=str(folder)),
-                       pm=pm, announce=lambda line: print(line, flush=True))
+                                 n_trials=None if args.minutes else args.trials,
+                                 timeout=60 * args.minutes if args.minutes else None,
+                                 studies=str(folder)),
+                       pm=pm, announce=lambda line: print(line, flush=True),
+                       resources=resources)
+            shutil.rmtree(parents, ignore_errors=True)
             seconds = time.perf_counter() - started
             trials = optuna.load_study(study_name=name, storage=url).trials
-            curve, points = [], []
+            curve, points, finished = [], [], []
             for trial in trials:
+                if trial.datetime_complete is not None:
+                    finished.append(round((trial.datetime_complete - trials[0].datetime_start)
+                                          .total_seconds(), 1))
+                else:
+                    finished.append(None)
                 if feasible(trial):
                     points.append((trial.values[0], trial.user_attrs["macs"]))
                 curve.append(round(hypervolume(points, max_macs=settings.max_macs), 4))
             infeasible = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
             entry = {
+                "space": args.space, "budget": budget, "threads": torch.get_num_threads(),
                 "sampler": sampler, "seed": seed, "trials": len(trials),
-                "hypervolume": curve, "feasible": len(points), "infeasible": len(infeasible),
+                "hypervolume": curve, "finished_seconds": finished, "feasible": len(points),
+                "infeasible": len(infeasible),
                 "failed": sum(t.state != optuna.trial.TrialState.COMPLETE for t in trials),
                 "best_validation": max((p[0] for p in points), default=None),
                 "train_seconds": round(sum(t.user_attrs.get("train_seconds", 0.0)
@@ -111,29 +144,55 @@ def main() -> None:
 
 
 def report(path: Path) -> str:
+    """One table per (space, budget): per sampler, hypervolume after N/2 and N trials, or, for
+    studies given equal time, at the shortest study's end."""
     entries = read_results(path)
-    lines = ["| sampler | seeds | trials | hypervolume after N/2 | after N (mean ± sd) | "
-             "best validation % (mean) | feasible / infeasible | training s on infeasible | "
-             "wall s of infeasible trials (counting only) | minutes per study |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for sampler in SAMPLERS:
-        runs = [e for e in entries if e["sampler"] == sampler]
-        if not runs:
-            continue
-        n = min(e["trials"] for e in runs)
-        final = [e["hypervolume"][n - 1] for e in runs]
-        half = [e["hypervolume"][n // 2 - 1] for e in runs]
-        spread = statistics.stdev(final) if len(final) > 1 else 0.0
-        best = [e["best_validation"] for e in runs if e["best_validation"] is not None]
-        lines.append(
-            f"| {sampler} | {len(runs)} | {n} | {statistics.mean(half):.4f} | "
-            f"{statistics.mean(final):.4f} ± {spread:.4f} | "
-            f"{100 * statistics.mean(best):.1f} | "
-            f"{sum(e['feasible'] for e in runs)} / {sum(e['infeasible'] for e in runs)} | "
-            f"{sum(e['infeasible_train_seconds'] for e in runs):.0f} | "
-            f"{sum(e['infeasible_wall_seconds'] for e in runs):.1f} | "
-            f"{statistics.mean(e['seconds'] for e in runs) / 60:.1f} |")
-    return "\n".join(lines)
+    out = []
+    groups = sorted({(e.get("space", "sscp_mobile"), e.get("budget", "trials")) for e in entries})
+    for space, budget in groups:
+        runs_of = {s: [e for e in entries if e["sampler"] == s
+                       and (e.get("space", "sscp_mobile"), e.get("budget", "trials"))
+                       == (space, budget)] for s in SAMPLERS}
+        timed = budget != "trials"
+        ends = [max(t for t in e["finished_seconds"] if t is not None)
+                for runs in runs_of.values() for e in runs if timed]
+        at = min(ends) if ends else None
+        out += [f"space {space}, budget per study: {budget}"
+                + (f" (hypervolume read at {at / 60:.1f} min, the shortest study's end)"
+                   if at else ""),
+                "| sampler | seeds | trials | hypervolume after N/2 | after N (mean ± sd) | "
+                "best validation % (mean) | feasible / infeasible | training s on infeasible | "
+                "wall s of infeasible trials (counting only) | minutes per study |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for sampler, runs in runs_of.items():
+            if not runs:
+                continue
+            n = min(e["trials"] for e in runs)
+            if timed:
+                final = [_at_time(e, at) for e in runs]
+                half = [_at_time(e, at / 2) for e in runs]
+            else:
+                final = [e["hypervolume"][n - 1] for e in runs]
+                half = [e["hypervolume"][n // 2 - 1] for e in runs]
+            spread = statistics.stdev(final) if len(final) > 1 else 0.0
+            best = [e["best_validation"] for e in runs if e["best_validation"] is not None]
+            out.append(
+                f"| {sampler} | {len(runs)} | {n} | {statistics.mean(half):.4f} | "
+                f"{statistics.mean(final):.4f} ± {spread:.4f} | "
+                f"{100 * statistics.mean(best):.1f} | "
+                f"{sum(e['feasible'] for e in runs)} / {sum(e['infeasible'] for e in runs)} | "
+                f"{sum(e['infeasible_train_seconds'] for e in runs):.0f} | "
+                f"{sum(e['infeasible_wall_seconds'] for e in runs):.1f} | "
+                f"{statistics.mean(e['seconds'] for e in runs) / 60:.1f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _at_time(entry: dict, seconds: float) -> float:
+    """The hypervolume of the trials a study had finished after ``seconds``."""
+    reached = [hv for hv, t in zip(entry["hypervolume"], entry["finished_seconds"], strict=True)
+               if t is not None and t <= seconds]
+    return max(reached, default=0.0)
 
 
 if __name__ == "__main__":

@@ -197,9 +197,13 @@ def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
     from asc_search.promote import distill
     from asc_search.report import write_report
     from asc_search.storage import load_study
-    from asc_search.study import best_feasible
+    from asc_search.study import best_feasible, ranked_trials
 
     study = load_study(name, url)
+    if top > 0 and not ranked_trials(study, searched_only=True):
+        _say("no sampled trial was trained before the search stopped (the seed trials took its "
+             "time): the finalists are the seed plans alone; raise --timeout or --trials to "
+             "compare a searched model with them")
     if top > 0 and best_feasible(study) is not None:
         distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
                 progress=not obj.quiet, promote_by=promote_by, announce=_say)

@@ -111,7 +111,7 @@ class Promoted:
     spec: ArchSpec
     macs: int
     epochs: int  # budget trained so far, in epochs of the study's batch
-    validation: Evaluation
+    validation: Evaluation | None  # after the last rung climbed (None before the first)
     seconds: float = 0.0  # spent by promotion (the search's share is the trial's)
     training_macs: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
@@ -193,14 +193,11 @@ def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources)
     model = build_model(loaded.spec, pm=resources.pm)
     model.load_state_dict(loaded.state_dict)
     attrs = trial.user_attrs
-    validation = evaluate(predict(model, resources.validation.features,
-                                  precision=resources.precision),
-                          resources.validation.labels, resources.validation.devices,
-                          files=resources.validation.files)
+    # Scored after its first rung: entrants are ranked by the trial's own search score.
     return Promoted(trial=trial, label=attrs.get("seed_trial", "searched"), model=model,
-                    spec=loaded.spec,
-                    macs=int(attrs["macs"]), epochs=resources.settings.proxy_epochs,
-                    validation=validation, budget={"search": attrs.get("budget", {})})
+                    spec=loaded.spec, macs=int(attrs["macs"]),
+                    epochs=resources.settings.proxy_epochs, validation=None,
+                    budget={"search": attrs.get("budget", {})})
 
 
 def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialResources,

@@ -396,8 +396,8 @@ class _ProgressLine:
             what = (f"infeasible, not trained ({attrs['macs'] / 1e6:.2f} M MACs, "
                     f"{attrs['param_bytes']:,} B)")
         elif attrs.get("status") == "duplicate":
-            what = (f"the network of trial {attrs['duplicate_of']} as it is: its score, not "
-                    "trained again")
+            what = (f"the network of trial {attrs['duplicate_of']} as it is: not trained again "
+                    "(ends pruned, so the sampler looks elsewhere)")
         elif trial.state == optuna.trial.TrialState.FAIL:
             what = f"failed: {self.last_failure}"
         else:

@@ -105,7 +105,7 @@ def test_the_run_precheck_counts_the_narrowest_network() -> None:
 
 def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_path) -> None:
     """A plan whose parent fits as it is (the baseline) is the seed trial's network: the trial
-    takes its score and trains nothing."""
+    trains nothing and ends pruned, so TPE does not take the copy for a new good point."""
     from asc_search.objective import run_trial
 
     space = load_space("sscp_fill", pm=PM)
@@ -137,5 +137,6 @@ def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_p
     study.optimize(objective, n_trials=2)
     copy = study.trials[1]
     assert copy.user_attrs["status"] == "duplicate" and copy.user_attrs["duplicate_of"] == 0
-    assert copy.value == 0.42 and trained == [0]
+    assert copy.state == optuna.trial.TrialState.PRUNED and copy.value is None
+    assert trained == [0]
     assert "train_seconds" in copy.user_attrs and copy.user_attrs["train_seconds"] == 0.0

@@ -385,7 +385,7 @@ def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: 
         return real_build(files, **kwargs)
 
     monkeypatch.setattr(experiment, "build_features", spying_build)
-    settings = _settings(tiny_corpus, pm=pm, promote_epochs=1)
+    settings = _settings(tiny_corpus, pm=pm, promote_epochs=2)  # continued through one rung
     _, url = _study("no-test", settings, pm=pm, seed_trials=True)
     run_worker(WorkerJob(study="no-test", storage_url=url, sampler="random", seed=0,
                          n_trials=2, timeout=None), pm=pm)
@@ -493,3 +493,20 @@ def test_a_pareto_rung_keeps_the_non_dominated_first() -> None:
                                                             "worst"]
     assert [c.trial for c in _ranked(pool, pareto=False)] == ["accurate", "dominated", "small",
                                                              "worst"]
+
+
+def test_continuing_a_trial_whose_checkpoint_is_elsewhere_names_it(tmp_path: Path) -> None:
+    """A worker on another machine keeps its artifacts there: one line, and the way out."""
+    from types import SimpleNamespace
+
+    from asc_search.promote import _from_checkpoint
+    from asc_search.storage import artifact_store
+
+    trial = optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint_artifact": "gone",
+                                                             "macs": 1})
+    resources = SimpleNamespace(studies=tmp_path, artifacts=artifact_store(tmp_path))
+    with pytest.raises(AscSearchError, match=r"trial -?\d+'s checkpoint is not in this studies "
+                                             r"folder .*--promote-by retrain"):
+        _from_checkpoint(trial, resources)
+    with pytest.raises(AscSearchError, match="no search checkpoint"):
+        _from_checkpoint(optuna.trial.create_trial(value=0.5), resources)
