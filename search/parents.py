@@ -10,8 +10,10 @@ training clips, the teacher logits it distils from and the precision. Every late
 or promotion that prunes from the same parent loads it instead of training it again.
 
 A parent is a tensor-only checkpoint (``asc_search.checkpoint``), written to a temporary file and
-renamed into place, so workers sharing a cache folder never read half a file: two that train the
-same parent at once both finish, and the second rename replaces an identical file. A parent file
+renamed into place, so workers sharing a cache folder never read half a file. Training it holds a
+lock file beside it (``filelock``, an OS lock that dies with its process), so of several workers
+that want the same parent at once one trains it and the others wait and load it: before the lock,
+two workers starting S2 and S3 together trained the 96-wide parent twice. A parent file
 that does not load (truncated, tampered, not ours) is reported and trained again, never unpickled.
 Parents are trained with the study's parent seed rather than the trial's, or no two trials would
 share one; the pruning steps and fine-tunes after it draw the trial's own seed.
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pluggy
 import torch
+from filelock import FileLock
 from torch import nn
 
 from asc_search.architecture import ArchSpec, build_model
@@ -86,26 +89,41 @@ def trained_parent(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: Training
     Returns (model, cache hit). Without ``cache`` it is trained and not kept. The initial weights
     and batch order come from ``recipe.seed``.
     """
-    path = None
-    if cache is not None:
-        key = parent_key(spec, recipe=recipe, steps=steps, train=train,
-                         teacher_logits=teacher_logits, precision=precision)
-        path = cache / PARENTS_FOLDER / f"{key}.pt"
-        model = _load(path, spec, pm=pm)
+    if cache is None:
+        return _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
+                      teacher_logits=teacher_logits, precision=precision, path=None,
+                      progress=progress), False
+    key = parent_key(spec, recipe=recipe, steps=steps, train=train,
+                     teacher_logits=teacher_logits, precision=precision)
+    path = cache / PARENTS_FOLDER / f"{key}.pt"
+    model = _load(path, spec, pm=pm)
+    if model is not None:
+        return model, True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        model = _load(path, spec, pm=pm)  # trained by another worker while this one waited
         if model is not None:
             return model, True
+        return _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
+                      teacher_logits=teacher_logits, precision=precision, path=path,
+                      progress=progress), False
+
+
+def _train(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: TrainingRecipe, steps: int,
+           train: LabelledSet, teacher_logits: np.ndarray | None, precision: Precision,
+           path: Path | None, progress: bool) -> nn.Module:
+    """Train the parent and, given ``path``, keep it there."""
     model = build_model(spec, pm=pm, seed=recipe.seed)
     started = time.perf_counter()
     fit(model, train, recipe, steps=steps, teacher_logits=teacher_logits, precision=precision,
         progress=progress, label=f"parent {spec.base_channels}-wide")
     model.to("cpu").to(memory_format=torch.contiguous_format)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, spec=spec, state_dict=model.state_dict(), metadata={
             "stage": "parent", "version": PARENT_VERSION, "steps": steps, "seed": recipe.seed,
             "seconds": round(time.perf_counter() - started, 1), "train_clips": len(train),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return model, False
+    return model
 
 
 def _load(path: Path, spec: ArchSpec, *, pm: pluggy.PluginManager) -> nn.Module | None:

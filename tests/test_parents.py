@@ -82,6 +82,43 @@ def test_a_second_plan_from_the_same_parent_trains_no_parent(data, tmp_path: Pat
     assert len(parent_fits) == 2 and len(parents.cached_parents(tmp_path)) == 2
 
 
+def test_workers_wanting_one_parent_at_once_train_it_once(data, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """Two workers reach the same parent together: one trains it, the other waits and loads."""
+    import threading
+
+    settings, linear, one_shot = _plans()
+    fits: list[str] = []
+    inside = threading.Event()
+
+    def slow_fit(model, train, recipe, **kwargs):
+        fits.append(threading.current_thread().name)
+        inside.set()  # the second worker asks while this one trains
+        threading.Event().wait(1.0)
+        return real_fit(model, train, recipe, **kwargs)
+
+    monkeypatch.setattr(parents, "fit", slow_fit)
+    logits = np.random.default_rng(0).normal(size=(len(data.train), 10)).astype(np.float32)
+    outcomes: dict[str, object] = {}
+
+    def worker(name: str, candidate, seed: int) -> None:
+        outcomes[name] = train_candidate(
+            candidate, settings=settings, pm=PM, train=data.train, validation=data.validation,
+            teacher_logits=logits, precision=precision_for("cpu"),
+            epochs=settings.proxy_epochs, seed=seed, parents=tmp_path)
+
+    first = threading.Thread(target=worker, args=("first", linear, 1), name="first")
+    second = threading.Thread(target=worker, args=("second", one_shot, 2), name="second")
+    first.start()
+    assert inside.wait(timeout=120)
+    second.start()
+    first.join(timeout=300)
+    second.join(timeout=300)
+    assert fits == ["first"]
+    assert outcomes["first"].parent_trained and not outcomes["second"].parent_trained
+    assert len(parents.cached_parents(tmp_path)) == 1
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_an_unusable_parent_file_is_trained_again_never_unpickled(data, tmp_path: Path,
                                                                   caplog) -> None:
