@@ -13,7 +13,7 @@ promotion rungs (16, then 32 epochs, as ``distill`` now promotes, with no candid
 promoted validation score. Test is never read. Results are appended to ``--out`` (default
 benchmarks/proxy_fidelity.jsonl): the proxy stage as one line, then one line per promoted
 candidate; a rerun promotes what is missing (continue mode: the proxy study and its checkpoints
-are kept in the cache folder, so it resumes after the proxy stage).
+are kept in the cache folder, so a rerun resumes within the proxy stage too).
 """
 
 from __future__ import annotations
@@ -84,17 +84,27 @@ def main() -> None:
     if args.promote_by == "continue":
         folder.mkdir(parents=True, exist_ok=True)
     if proxy is None:
-        study = optuna.create_study(direction="maximize", storage=storage,
-                                    study_name=f"proxy-{args.n}-{args.seed}-{time.time():.0f}",
-                                    sampler=optuna.samplers.RandomSampler(seed=args.seed),
-                                    pruner=optuna.pruners.NopPruner())
+        # Continue mode: a proxy stage cut short resumes with the trials it finished (the
+        # sampler's seed moves on with them, so the draws that follow are new ones).
+        name = f"proxy-{args.n}-{args.seed}" if storage else \
+            f"proxy-{args.n}-{args.seed}-{time.time():.0f}"
+        study = optuna.create_study(direction="maximize", storage=storage, study_name=name,
+                                    load_if_exists=True, pruner=optuna.pruners.NopPruner())
+        finished = [t for t in study.trials if t.state.is_finished()]
+        for lost in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(lost._trial_id,
+                                                  state=optuna.trial.TrialState.FAIL)
+        study.sampler = optuna.samplers.RandomSampler(seed=args.seed + 1000 * len(finished))
+        done = [t for t in finished if t.state != optuna.trial.TrialState.FAIL]
         started = time.perf_counter()
-        study.optimize(lambda trial: run_trial(trial, resources), n_trials=args.n)
+        study.optimize(lambda trial: run_trial(trial, resources),
+                       n_trials=max(0, args.n - len(done)))
         proxy = {"stage": "proxy", "n": args.n, "seed": args.seed,
                  "promote_by": args.promote_by, "study": study.study_name,
                  "date": date.today().isoformat(), "seconds": round(time.perf_counter() - started),
                  "trials": [{"trial": t.number, "params": t.params, "validation": t.value,
-                             "macs": t.user_attrs.get("macs")} for t in study.trials]}
+                             "macs": t.user_attrs.get("macs")} for t in study.trials
+                            if t.state != optuna.trial.TrialState.FAIL]}
         append_result(args.out, proxy)
     promoted = {e["trial"] for e in entries if e["stage"] == "promoted"}
     if args.promote_by == "continue":

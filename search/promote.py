@@ -51,7 +51,7 @@ from asc_search.objective import (
     trial_candidate,
 )
 from asc_search.storage import scratch
-from asc_search.study import feasible, load_resources, ranked_trials, settings_of
+from asc_search.study import dominates, feasible, load_resources, ranked_trials, settings_of
 from asc_search.train import derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
@@ -160,11 +160,12 @@ def _ranked(contenders: list[Promoted], *, pareto: bool) -> list[Promoted]:
         return sorted(contenders, key=lambda c: (-c.validation.macro_accuracy, c.macs))
     front_of: dict[int, int] = {}
     rest, front = list(contenders), 0
+
+    def point(c: Promoted) -> tuple[float, int]:
+        return c.validation.macro_accuracy, c.macs
+
     while rest:
-        layer = [c for c in rest if not any(
-            o.validation.macro_accuracy >= c.validation.macro_accuracy and o.macs <= c.macs
-            and (o.validation.macro_accuracy > c.validation.macro_accuracy or o.macs < c.macs)
-            for o in rest)]
+        layer = [c for c in rest if not any(dominates(point(o), point(c)) for o in rest)]
         for c in layer:
             front_of[id(c)] = front
         rest = [c for c in rest if id(c) not in front_of]
@@ -205,15 +206,14 @@ def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialRe
     """Fine-tune a contender in place with KD up to a budget of ``epochs``; score it."""
     settings, trial = resources.settings, contender.trial
     started = time.perf_counter()
-    candidate = trial_candidate(resources.space, trial.params, settings=settings,
-                                pm=resources.pm, seed_trial="seed_trial" in trial.user_attrs)
-    recipe = settings.base_recipe(len(resources.train)).with_(**candidate.training)
+    # The recipe overrides the trial trained with, as it stored them: settling the plan again
+    # (16 counts of bisection) for every contender at every rung would only find them again.
+    recipe = settings.base_recipe(len(resources.train)).with_(**trial.user_attrs["training"])
     steps = (epochs - contender.epochs) * math.ceil(len(resources.train) / recipe.batch_size)
     fit(contender.model, resources.train,
         recipe.with_(epochs=epochs, warmup_steps=0, seed=derive_seed(seed, trial.number, rung)),
         steps=steps, teacher_logits=resources.teacher_logits, precision=resources.precision,
         progress=resources.progress, label=f"rung {rung}: trial {trial.number}")
-    contender.model.to("cpu")
     contender.validation = evaluate(
         predict(contender.model, resources.validation.features, precision=resources.precision),
         resources.validation.labels, resources.validation.devices,

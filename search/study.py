@@ -419,6 +419,12 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(trials, key=lambda t: (t.values[0], -t.user_attrs["macs"]), default=None)
 
 
+def dominates(a: tuple[float, int], b: tuple[float, int]) -> bool:
+    """Whether (accuracy, MACs) point ``a`` is at least as good as ``b`` on both and better on
+    one: the rule of the search's Pareto front and of a Pareto promotion rung."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
 def pareto_trials(study: optuna.Study, *,
                   among: Sequence[optuna.trial.FrozenTrial] | None = None,
                   ) -> list[optuna.trial.FrozenTrial]:
@@ -426,10 +432,11 @@ def pareto_trials(study: optuna.Study, *,
     best first."""
     pool = study.get_trials(deepcopy=False) if among is None else among
     trials = [t for t in pool if feasible(t)]
-    front = [t for t in trials if not any(
-        o.values[0] >= t.values[0] and o.user_attrs["macs"] <= t.user_attrs["macs"]
-        and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"])
-        for o in trials)]
+
+    def point(t: optuna.trial.FrozenTrial) -> tuple[float, int]:
+        return t.values[0], t.user_attrs["macs"]
+
+    front = [t for t in trials if not any(dominates(point(o), point(t)) for o in trials)]
     return sorted(front, key=lambda t: (-t.values[0], t.user_attrs["macs"]))
 
 
