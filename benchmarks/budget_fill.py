@@ -3,7 +3,7 @@
 One command: ``python benchmarks/budget_fill.py [--n 100] [--seed 0]``. Draws ``--n`` candidates
 at random (Optuna's RandomSampler, the sampler TPE starts with) from the uniform space
 ``sscp_mobile`` and from the budget-filling default ``sscp_fill``, settles each as a trial would
-(``asc_search.plans.settle``), and counts its final network with the DCASE counter against
+(``asc_search.pruning.plans.settle``), and counts its final network with the DCASE counter against
 30 M MACs and 128,000 bytes (float16). No training: this is the pre-check every trial runs. It
 records per space the share over budget, and for the feasible ones the share of the MACs budget
 and of the bytes budget used (median and 10th percentile), and the seconds per candidate. Each
@@ -24,9 +24,9 @@ from results import append_result, read_results
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.plans import settle
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import load_space
+from asc_search.pruning.plans import settle
+from asc_search.search.space import load_space
 
 MACS, BYTES = 30_000_000, 128_000
 

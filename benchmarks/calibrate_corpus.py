@@ -26,14 +26,14 @@ from pathlib import Path
 from results import append_result, read_results
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.evaluate import evaluate, mean_sd_interval
-from asc_search.experiment import load_split_data
-from asc_search.objective import evaluation_attrs
+from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.recipe import TrainingRecipe
-from asc_search.teachers import ensemble_logits
-from asc_search.train import fit, predict
+from asc_search.search.objective import evaluation_attrs
+from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.training.evaluate import evaluate, mean_sd_interval
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import fit, predict
 
 EPOCHS = {5: 150, 10: 100, 25: 50, 50: 30, 100: 16}
 REVISION = 2

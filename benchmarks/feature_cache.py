@@ -13,10 +13,10 @@ import time
 import numpy as np
 import torch
 
-from asc_search.audio import read_clip
-from asc_search.data_source import resolve_data
-from asc_search.dataset import load_dataset
-from asc_search.features import FrontEndSettings, LogMelFrontEnd, build_features
+from asc_search.data.audio import read_clip
+from asc_search.data.dataset import load_dataset
+from asc_search.data.source import resolve_data
+from asc_search.features.logmel import FrontEndSettings, LogMelFrontEnd, build_features
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from results import append_result, read_results
 
-from asc_search.experiment import load_split_data
-from asc_search.objective import SearchSettings, train_candidate
+from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import seed_params
-from asc_search.teachers import ensemble_logits
-from asc_search.train import precision_for
+from asc_search.search.objective import SearchSettings, train_candidate
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.study import seed_params
+from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.training.train import precision_for
 
 PLANS = ("seed-S1", "seed-S2", "seed-S3")
 

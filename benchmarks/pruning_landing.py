@@ -6,7 +6,7 @@ pre-check and whose plan prunes, and prunes each one's (untrained) wide network 
 no fine-tuning (shapes do not depend on weights, nor on the importance metric: ``taylor``, which
 needs training batches, is replaced by ``l2``). Two pruners in the same process:
 
-- asc-search's, which lands every layer on the final spec's width (``asc_search.prune``);
+- asc-search's, which lands every layer on the final spec's width (``asc_search.pruning.prune``);
 - the reference: one uniform ratio per stage of the chain (``1 − target / current`` base width)
   with Torch-Pruning's ``MetaPruner`` and channels rounded to 8, as asc-search pruned before
   issue 12. It keeps the wide network's proportions, which round differently from the final
@@ -29,10 +29,10 @@ from results import append_result, read_results
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.prune import PruningPlan, importance_metrics, prune, pruning_schedules
-from asc_search.search_space import load_space
+from asc_search.pruning.plans import wide_and_chain
+from asc_search.pruning.prune import PruningPlan, importance_metrics, prune, pruning_schedules
+from asc_search.search.space import load_space
 
 MAX_MACS, MAX_BYTES = 30_000_000, 128_000
 

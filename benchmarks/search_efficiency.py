@@ -31,11 +31,17 @@ import optuna
 import torch
 from results import append_result, read_results
 
-from asc_search.objective import SearchSettings
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import WorkerJob, create_or_resume, feasible, load_resources, run_worker
+from asc_search.search.objective import SearchSettings
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.study import (
+    WorkerJob,
+    create_or_resume,
+    feasible,
+    load_resources,
+    run_worker,
+)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 CHANCE = 0.1

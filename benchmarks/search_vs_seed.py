@@ -13,7 +13,7 @@ On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (ca
   winner to the same length as (a). Trials train for a fifth of that length (30 epochs at 5 %);
   promotion is the product's: the best trials continue from their own checkpoints through rungs
   of doubling fine-tunes (60, 120, 150 epochs; 4, 2 and 1 trials), keeping the better half
-  (``asc_search.promote.climb_rungs``). New trials start while the CPU spent plus the longest
+  (``asc_search.search.promote.climb_rungs``). New trials start while the CPU spent plus the longest
   trial so far leaves room for those rungs, reserved at what an epoch of the baseline cost in
   (a). Its parents start from an empty folder of their own, so nothing trained for (a) is free
   for (b); seed trials are not queued (the question is whether sampling finds better, not
@@ -42,23 +42,23 @@ from results import append_result, read_results
 from seed_plans import candidates
 
 from asc_search.complexity import count_complexity
-from asc_search.evaluate import evaluate, mean_sd_interval
-from asc_search.experiment import load_split_data
-from asc_search.objective import (
+from asc_search.features.experiment import load_split_data
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search.objective import (
     SearchSettings,
     TrialResources,
     evaluation_attrs,
     run_trial,
     train_candidate,
 )
-from asc_search.paths import cache_dir
-from asc_search.plugin_manager import build_plugin_manager
-from asc_search.promote import REDUCTION, climb_rungs, rung_epochs
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.storage import artifact_store
-from asc_search.study import make_pruner, make_sampler, ranked_trials
-from asc_search.teachers import ensemble_logits
-from asc_search.train import precision_for, predict
+from asc_search.search.promote import REDUCTION, climb_rungs, rung_epochs
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.storage import artifact_store
+from asc_search.search.study import make_pruner, make_sampler, ranked_trials
+from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.training.evaluate import evaluate, mean_sd_interval
+from asc_search.training.train import precision_for, predict
 
 REVISION = 1  # part (a)'s rows
 #: Part (b)'s rows: 2 since promotion climbs rungs from the trials' checkpoints and the search

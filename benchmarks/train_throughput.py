@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.audio import read_clip
-from asc_search.augment import freq_mixstyle, mask_along
-from asc_search.data_source import resolve_data
-from asc_search.dataset import load_dataset
-from asc_search.features import FrontEndSettings, LogMelFrontEnd, build_features
+from asc_search.data.audio import read_clip
+from asc_search.data.dataset import load_dataset
+from asc_search.data.source import resolve_data
+from asc_search.features.logmel import FrontEndSettings, LogMelFrontEnd, build_features
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.recipe import TrainingRecipe
-from asc_search.train import Precision, fit, labelled_set, precision_for
+from asc_search.training.augment import freq_mixstyle, mask_along
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import Precision, fit, labelled_set, precision_for
 
 
 def reference_rate(waves: torch.Tensor, labels: torch.Tensor, batch: int, batches: int) -> float:

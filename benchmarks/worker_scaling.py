@@ -22,11 +22,11 @@ from results import append_result, read_results
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.objective import SearchSettings
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import (
+from asc_search.search.objective import SearchSettings
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.study import (
     WorkerJob,
     create_or_resume,
     load_resources,

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from joblib import Parallel, delayed
 
-from asc_search.dataset import (
+from asc_search.data.dataset import (
     DEVICES,
     SCENES,
     SEEN_DEVICES,

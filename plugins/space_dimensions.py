@@ -10,15 +10,15 @@ from typing import Any
 
 from asc_search.architecture import FACTORIZATIONS, architectures, presets
 from asc_search.hookspecs import hookimpl
-from asc_search.prune import importance_metrics, pruning_schedules
-from asc_search.search_space import DimensionInfo
+from asc_search.pruning.prune import importance_metrics, pruning_schedules
+from asc_search.search.space import DimensionInfo
 
 MAX_STAGES = 4
 
 
 def _pruned(values: Any) -> bool:
     """The plan prunes only when it trains wider than the final width: a uniform plan with a
-    ratio above 1, or a parent-based one (``asc_search.plans``), which narrows its parent
+    ratio above 1, or a parent-based one (``asc_search.pruning.plans``), which narrows its parent
     to the budget unless the parent fits as it is."""
     return values.get("parent") is not None or float(values.get("prune_width_ratio", 1.0)) > 1.0
 
@@ -86,7 +86,7 @@ def asc_space_dimensions() -> list[DimensionInfo]:
     ]
     from dataclasses import fields
 
-    from asc_search.recipe import TrainingRecipe
+    from asc_search.training.recipe import TrainingRecipe
 
     training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
                 for f in fields(TrainingRecipe) if f.name != "seed"]

@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     import click
 
     from asc_search.architecture import Architecture
-    from asc_search.dataset import DatasetSource
-    from asc_search.prune import ImportanceMetric, PruningSchedule
-    from asc_search.search_space import DimensionInfo
-    from asc_search.teachers import Teacher
+    from asc_search.data.dataset import DatasetSource
+    from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
+    from asc_search.search.space import DimensionInfo
+    from asc_search.teachers.ensemble import Teacher
 
 PROJECT = "asc_search"
 
@@ -53,7 +53,7 @@ def asc_register_commands(cli: click.Group) -> None:
 def asc_dataset_sources() -> list[DatasetSource]:
     """Return named data sources that ``--data NAME`` can use instead of a folder path.
 
-    Each ``asc_search.dataset.DatasetSource`` has a ``name``, a one-line ``description`` and a
+    Each ``asc_search.data.dataset.DatasetSource`` has a ``name``, a one-line ``description`` and a
     ``prepare(cache_dir)`` callable returning a folder in the TAU Urban Acoustic Scenes 2022
     Mobile layout (``meta.csv``, ``audio/``, split lists). ``prepare`` is called only when the source
     is used and must be idempotent: the built-in ``embedded`` corpus writes itself into the cache
@@ -92,7 +92,7 @@ def asc_architectures() -> list[Architecture]:
 def asc_teachers() -> list[Teacher]:
     """Return teachers that ``--teacher NAME[=OPTION]`` can name.
 
-    Each ``asc_search.teachers.Teacher`` has a ``name``, a ``description``, ``settings`` that change
+    Each ``asc_search.teachers.ensemble.Teacher`` has a ``name``, a ``description``, ``settings`` that change
     its output (part of the cache key), an optional ``fingerprint(option)`` for files an option
     points at, and ``fit(context)`` returning a ``TeacherFit`` whose ``logits`` (N, classes) are
     row-aligned with ``context.train``. The context holds only the split's training clips (features,
@@ -112,7 +112,7 @@ def asc_teachers() -> list[Teacher]:
 def asc_importance_metrics() -> list[ImportanceMetric]:
     """Return channel-importance metrics a pruning plan can name.
 
-    Each ``asc_search.prune.ImportanceMetric`` has a ``name``, a ``description``, ``make()``
+    Each ``asc_search.pruning.prune.ImportanceMetric`` has a ``name``, a ``description``, ``make()``
     returning a Torch-Pruning importance (a callable taking a dependency group and returning one
     score per channel; low scores are pruned first) and ``needs_gradients``: when true the engine
     fills ``.grad`` from a few training batches before every pruning step. Names must be unique.
@@ -124,7 +124,7 @@ def asc_importance_metrics() -> list[ImportanceMetric]:
 def asc_pruning_schedules() -> list[PruningSchedule]:
     """Return pruning schedules a plan can name.
 
-    Each ``asc_search.prune.PruningSchedule`` has a ``name``, a ``description`` and
+    Each ``asc_search.pruning.prune.PruningSchedule`` has a ``name``, a ``description`` and
     ``ratios(final_ratio, steps)`` returning the cumulative channel ratio removed after each step:
     ``steps + 1`` values starting at 0, never decreasing, ending at ``final_ratio``. The engine
     checks this and fine-tunes with KD after every step. Names must be unique.
@@ -141,7 +141,7 @@ def asc_pruning_schedules() -> list[PruningSchedule]:
 def asc_space_dimensions() -> list[DimensionInfo]:
     """Return dimension names that search-space files may declare.
 
-    Each ``asc_search.search_space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
+    Each ``asc_search.search.space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
     ``target`` saying what it shapes (``"spec"``: an ``ArchSpec`` field or, with an ``apply``
     callable, part of one; ``"plan"``: the pruning plan; ``"training"``: the training recipe), a
     one-line ``description``, and optionally ``allowed(pm)`` returning the values a categorical

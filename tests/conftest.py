@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asc_search.cli import main
+from asc_search.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LISTS = REPO.parent / "shared" / "dcase2024"

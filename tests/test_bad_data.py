@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asc_search.audio import read_clip
-from asc_search.dataset import load_dataset
+from asc_search.data.audio import read_clip
+from asc_search.data.dataset import load_dataset
 from asc_search.errors import DataError
 from conftest import noise, one_line_error, write_wav
 

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import asc_search.objective as objective
-import asc_search.parents as parents_module
-import asc_search.prune as prune_module
-from asc_search.budget import first_shared_report_epoch, report_epochs, step_budget
+import asc_search.parents.store as parents_module
+import asc_search.pruning.prune as prune_module
+import asc_search.search.objective as objective
 from asc_search.errors import AscSearchError
-from asc_search.experiment import load_split_data
-from asc_search.objective import SearchSettings, train_candidate
+from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.study import make_pruner, seed_params
-from asc_search.train import fit as real_fit
-from asc_search.train import precision_for
+from asc_search.search.budget import first_shared_report_epoch, report_epochs, step_budget
+from asc_search.search.objective import SearchSettings, train_candidate
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.study import make_pruner, seed_params
+from asc_search.training.train import fit as real_fit
+from asc_search.training.train import precision_for
 
 PM = build_plugin_manager()
 

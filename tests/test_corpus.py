@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asc_search.dataset import SCENES, load_dataset
-from asc_search.dataset_check import check_dataset
+from asc_search.data.check import check_dataset
+from asc_search.data.dataset import SCENES, load_dataset
 from asc_search.errors import DataError
 from asc_search.plugins.embedded_corpus import (
     SCENE_RECIPES,

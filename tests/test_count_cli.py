@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.plugin_manager import build_plugin_manager
+from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from conftest import one_line_error
 
 PM = build_plugin_manager(load_entry_points=False)

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torchaudio
 
-from asc_search.dataset import load_dataset
-from asc_search.features import FrontEndSettings, LogMelFrontEnd, build_features
+from asc_search.data.dataset import load_dataset
+from asc_search.features.logmel import FrontEndSettings, LogMelFrontEnd, build_features
 from conftest import noise, write_wav
 
 
@@ -58,7 +58,7 @@ def test_built_once_then_a_cache_hit(tiny_corpus: Path, files: list[str], tmp_pa
 
 def test_rows_equal_the_front_end_and_batches_keep_order(tiny_corpus: Path, files: list[str],
                                                         tmp_path: Path) -> None:
-    from asc_search.audio import read_clip
+    from asc_search.data.audio import read_clip
 
     features = build_features(files, root=tiny_corpus, cache_dir=tmp_path, n_jobs=1)
     front_end = LogMelFrontEnd(FrontEndSettings())

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import asc_search.parents as parents
-from asc_search.experiment import load_split_data
-from asc_search.objective import SearchSettings, train_candidate
-from asc_search.plans import wide_and_chain
+import asc_search.parents.store as parents
+from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.train import fit as real_fit
-from asc_search.train import precision_for
+from asc_search.pruning.plans import wide_and_chain
+from asc_search.search.objective import SearchSettings, train_candidate
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.training.train import fit as real_fit
+from asc_search.training.train import precision_for
 
 PM = build_plugin_manager()
 

@@ -8,7 +8,8 @@ import torch
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.plans import (
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.pruning.plans import (
     PlanError,
     count_widths,
     keep_dimension,
@@ -17,10 +18,9 @@ from asc_search.plans import (
     settle,
     smallest_settled,
 )
-from asc_search.plugin_manager import build_plugin_manager
-from asc_search.prune import PruningPlan, _model_widths, prune, stage_widths
-from asc_search.search_space import load_space
-from asc_search.study import seed_params
+from asc_search.pruning.prune import PruningPlan, _model_widths, prune, stage_widths
+from asc_search.search.space import load_space
+from asc_search.search.study import seed_params
 
 PM = build_plugin_manager()
 MACS, BYTES = 30_000_000, 128_000
@@ -106,7 +106,7 @@ def test_the_run_precheck_counts_the_narrowest_network() -> None:
 def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_path) -> None:
     """A plan whose parent fits as it is (the baseline) is the seed trial's network: the trial
     trains nothing and ends pruned, so TPE does not take the copy for a new good point."""
-    from asc_search.objective import run_trial
+    from asc_search.search.objective import run_trial
 
     space = load_space("sscp_fill", pm=PM)
     study = optuna.create_study(direction="maximize")

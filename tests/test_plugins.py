@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asc_search.data_source import dataset_sources, resolve_data
+from asc_search.data.source import dataset_sources, resolve_data
 from asc_search.errors import PluginError
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager, describe_plugins
@@ -19,7 +19,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
 
     import click
 
-    from asc_search.dataset import DatasetSource
+    from asc_search.data.dataset import DatasetSource
     from asc_search.hookspecs import hookimpl
 
     PREPARED = []
@@ -113,7 +113,7 @@ def test_duplicate_source_names_are_refused() -> None:
     class Twin:
         @hookimpl
         def asc_dataset_sources(self):
-            from asc_search.dataset import DatasetSource
+            from asc_search.data.dataset import DatasetSource
 
             return [DatasetSource("embedded", "a clash", lambda cache: cache)]
 

@@ -11,13 +11,12 @@ import torch
 from torch import nn
 
 from asc_search.architecture import ArchSpec, build_model, resolve_preset
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import PluginError
-from asc_search.experiment import load_split_data
+from asc_search.features.experiment import load_split_data
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.prune import (
+from asc_search.pruning.prune import (
     ImportanceMetric,
     PruningError,
     PruningPlan,
@@ -26,7 +25,8 @@ from asc_search.prune import (
     pruning_schedules,
     stage_widths,
 )
-from asc_search.recipe import TrainingRecipe
+from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.training.recipe import TrainingRecipe
 from conftest import one_line_error
 
 PM = build_plugin_manager(load_entry_points=False)
@@ -234,7 +234,7 @@ def test_taylor_uses_training_gradients(tiny_corpus: Path, tmp_path: Path) -> No
 
 def test_taylor_scoring_leaves_batch_norm_statistics_alone(tiny_corpus: Path,
                                                           tmp_path: Path) -> None:
-    from asc_search.prune import _accumulate_gradients
+    from asc_search.pruning.prune import _accumulate_gradients
 
     data = load_split_data(str(tiny_corpus), 100, pm=PM, cache_dir=tmp_path, progress=False)
     model = build_model(ArchSpec(base_channels=24), pm=PM, seed=0)
@@ -258,7 +258,7 @@ class BrokenSchedule:
 def test_plugin_schedules_are_checked() -> None:
     pm = build_plugin_manager(load_entry_points=False)
     pm.register(BrokenSchedule())
-    from asc_search.prune import importance_metrics
+    from asc_search.pruning.prune import importance_metrics
 
     assert importance_metrics(pm)["constant"].description == "every channel the same"
     assert "backwards" in pruning_schedules(pm)

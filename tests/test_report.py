@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from asc_search import report
+from asc_search.report import page as report
 
 
 def _trial(trial: optuna.Trial) -> float:

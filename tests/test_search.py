@@ -10,12 +10,12 @@ import pytest
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.objective import SearchSettings
-from asc_search.plans import wide_and_chain
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import read_space, space_from_dict
-from asc_search.storage import StorageError, check_study_name, mask_url, resolve_storage
-from asc_search.study import (
+from asc_search.pruning.plans import wide_and_chain
+from asc_search.search.objective import SearchSettings
+from asc_search.search.space import read_space, space_from_dict
+from asc_search.search.storage import StorageError, check_study_name, mask_url, resolve_storage
+from asc_search.search.study import (
     SEED_TRIALS,
     WorkerJob,
     create_or_resume,
@@ -77,7 +77,7 @@ def test_a_pruned_candidate_lands_on_the_network_that_was_counted(pm) -> None:
     # Found by the search-efficiency benchmark: this final spec counts 29.6 M MACs, but the
     # 72-wide network pruned by a uniform ratio kept its own stage proportions and came out at
     # 39.7 M, over the budget. Pruning to the final spec's widths lands on the counted network.
-    from asc_search.prune import PruningPlan, prune
+    from asc_search.pruning.prune import PruningPlan, prune
 
     raw, source = read_space("sscp_mobile")
     space = space_from_dict(raw, source=source, pm=pm)
@@ -99,7 +99,7 @@ def test_a_pruned_candidate_lands_on_the_network_that_was_counted(pm) -> None:
 
 
 def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypatch) -> None:
-    import asc_search.objective as objective
+    import asc_search.search.objective as objective
 
     def no_training(*args, **kwargs):
         raise AssertionError("an infeasible candidate reached training")
@@ -123,8 +123,8 @@ def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypa
 def test_trials_train_count_and_store_a_checkpoint(pm, tiny_corpus: Path, tmp_path: Path) -> None:
     from optuna.artifacts import download_artifact
 
-    from asc_search.checkpoint import load_checkpoint
-    from asc_search.storage import artifact_store
+    from asc_search.search.storage import artifact_store
+    from asc_search.training.checkpoint import load_checkpoint
 
     settings = _settings(tiny_corpus, pm=pm)
     _, url = _study("trained", settings, pm=pm, seed_trials=True)
@@ -153,7 +153,7 @@ def test_trials_train_count_and_store_a_checkpoint(pm, tiny_corpus: Path, tmp_pa
 
 def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corpus: Path,
                                                                    monkeypatch) -> None:
-    import asc_search.objective as objective
+    import asc_search.search.objective as objective
 
     real, calls = objective.train_candidate, []
 
@@ -177,7 +177,7 @@ def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corp
 
 
 def test_a_broken_search_stops_after_three_failures(pm, tiny_corpus: Path, monkeypatch) -> None:
-    import asc_search.objective as objective
+    import asc_search.search.objective as objective
 
     def broken(*args, **kwargs):
         raise RuntimeError("always broken")
@@ -225,7 +225,7 @@ def test_a_study_of_an_older_version_is_read_but_not_trained_on(pm, tiny_corpus:
                                                                  cli) -> None:
     import json
 
-    from asc_search.study import SETTINGS_ATTR, settings_of
+    from asc_search.search.study import SETTINGS_ATTR, settings_of
 
     study, url = _study("older", _settings(tiny_corpus, pm=pm), pm=pm)
     stored = json.loads(study.user_attrs[SETTINGS_ATTR])
@@ -241,7 +241,7 @@ def test_a_study_of_an_older_version_is_read_but_not_trained_on(pm, tiny_corpus:
 
 
 def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
-    from asc_search.objective import auto_batch_size
+    from asc_search.search.objective import auto_batch_size
 
     assert [auto_batch_size(n) for n in (40, 400, 1_000, 8_000, 139_000)] == [16, 16, 40, 256, 256]
     settings = _settings(tiny_corpus, pm=pm)
@@ -253,7 +253,7 @@ def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
 
 WRITER = """
 import sys, optuna
-from asc_search.storage import open_storage
+from asc_search.search.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="writers", storage=open_storage(sys.argv[1], heartbeat=1))
 def objective(trial):
@@ -271,7 +271,7 @@ def test_the_default_storage_takes_four_concurrent_writers() -> None:
     import subprocess
     import sys
 
-    from asc_search.storage import open_storage
+    from asc_search.search.storage import open_storage
 
     url = resolve_storage(None)
     study = optuna.create_study(study_name="writers", storage=open_storage(url))
@@ -311,8 +311,8 @@ def test_environment_storage_wins_over_the_default(monkeypatch) -> None:
 
 
 def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: Path) -> None:
-    from asc_search.heartbeat import HEARTBEAT_ATTR, lost_trials
-    from asc_search.storage import open_storage
+    from asc_search.search.heartbeat import HEARTBEAT_ATTR, lost_trials
+    from asc_search.search.storage import open_storage
 
     settings = _settings(tiny_corpus, pm=pm, max_macs=30_000_000)
     study, url = _study("waits", settings, pm=pm)
@@ -344,7 +344,7 @@ def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: 
 
 def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_corpus: Path,
                                                                      monkeypatch) -> None:
-    import asc_search.study as study_module
+    import asc_search.search.study as study_module
 
     real, calls = study_module.run_trial, []
 
@@ -370,10 +370,10 @@ def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_co
 def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: Path,
                                                monkeypatch) -> None:
     """Trials select on validation; the test list's clips are read once, for the finalists."""
-    import asc_search.experiment as experiment
-    from asc_search.dataset import load_dataset
+    import asc_search.features.experiment as experiment
+    from asc_search.data.dataset import load_dataset
     from asc_search.paths import cache_dir
-    from asc_search.promote import distill
+    from asc_search.search.promote import distill
 
     test_files = set(load_dataset(tiny_corpus).test)
     requested: list[tuple[str, bool]] = []  # (phase, whether any test clip was asked for)
@@ -397,7 +397,7 @@ def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: 
 
 
 def test_rungs_double_the_budget_up_to_the_promotion_one() -> None:
-    from asc_search.promote import rung_epochs
+    from asc_search.search.promote import rung_epochs
 
     assert rung_epochs(8, 32) == [16, 32]
     assert rung_epochs(30, 150) == [60, 120, 150]
@@ -413,11 +413,11 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
     import torch
     from optuna.artifacts import download_artifact
 
-    import asc_search.promote as promote
-    from asc_search.checkpoint import load_checkpoint
-    from asc_search.dataset import load_dataset
+    import asc_search.search.promote as promote
+    from asc_search.data.dataset import load_dataset
     from asc_search.paths import cache_dir
-    from asc_search.storage import artifact_store
+    from asc_search.search.storage import artifact_store
+    from asc_search.training.checkpoint import load_checkpoint
 
     settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
                          promote_epochs=4)  # proxy 1 epoch: rungs at 2 and 4 epochs
@@ -477,8 +477,8 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
 
 
 def test_a_pareto_rung_keeps_the_non_dominated_first() -> None:
-    from asc_search.evaluate import Evaluation
-    from asc_search.promote import Promoted, _ranked
+    from asc_search.search.promote import Promoted, _ranked
+    from asc_search.training.evaluate import Evaluation
 
     def contender(name: str, accuracy: float, macs: int) -> Promoted:
         scores = Evaluation(n=1, macro_accuracy=accuracy, accuracy=accuracy, per_class={},
@@ -499,8 +499,8 @@ def test_continuing_a_trial_whose_checkpoint_is_elsewhere_names_it(tmp_path: Pat
     """A worker on another machine keeps its artifacts there: one line, and the way out."""
     from types import SimpleNamespace
 
-    from asc_search.promote import _from_checkpoint
-    from asc_search.storage import artifact_store
+    from asc_search.search.promote import _from_checkpoint
+    from asc_search.search.storage import artifact_store
 
     trial = optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint_artifact": "gone",
                                                              "macs": 1})

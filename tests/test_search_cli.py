@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 
-from asc_search.checkpoint import load_checkpoint
+from asc_search.training.checkpoint import load_checkpoint
 from conftest import one_line_error, start
 
 QUICK = ("--split", "25", "--proxy-epochs", "1", "--teacher-epochs", "1", "--promote-epochs", "2")

@@ -11,7 +11,7 @@ from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search_space import DimensionInfo, SpaceError, load_space
+from asc_search.search.space import DimensionInfo, SpaceError, load_space
 
 PM = build_plugin_manager(load_entry_points=False)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,14 +122,14 @@ def test_recipe_fields_are_training_dimensions(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, text), pm=PM)
     candidate = space.suggest(optuna.create_study().ask())
     assert set(candidate.training) == {"mixstyle_p", "kd_weight"}
-    from asc_search.recipe import TrainingRecipe
+    from asc_search.training.recipe import TrainingRecipe
 
     recipe = TrainingRecipe().with_(**candidate.training)
     assert recipe.kd_weight in (0.9, 0.98)
 
 
 def test_smallest_candidate_is_no_larger_than_random_ones() -> None:
-    from asc_search.search_space import smallest_candidate
+    from asc_search.search.space import smallest_candidate
 
     pm = build_plugin_manager()
     space = load_space("sscp_mobile", pm=pm)

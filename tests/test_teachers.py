@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asc_search.dataset import SCENES, load_dataset
+from asc_search.data.dataset import SCENES, load_dataset
 from asc_search.errors import PluginError
-from asc_search.experiment import load_split_data
+from asc_search.features.experiment import load_split_data
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.recipe import TrainingRecipe
-from asc_search.teachers import Teacher, TeacherContext, TeacherFit, ensemble_logits
+from asc_search.teachers.ensemble import Teacher, TeacherContext, TeacherFit, ensemble_logits
+from asc_search.training.recipe import TrainingRecipe
 
 RECIPE = TrainingRecipe(epochs=1, batch_size=64, warmup_steps=1)
 
@@ -162,8 +162,8 @@ class Memoriser:
 
 def test_out_of_fold_logits_come_from_fits_that_never_saw_the_clip(tiny_corpus: Path,
                                                                      tmp_path: Path) -> None:
-    from asc_search.dataset import recording_of
-    from asc_search.train import precision_for
+    from asc_search.data.dataset import recording_of
+    from asc_search.training.train import precision_for
 
     pm = build_plugin_manager(load_entry_points=False)
     memoriser = Memoriser()
@@ -180,7 +180,7 @@ def test_out_of_fold_logits_come_from_fits_that_never_saw_the_clip(tiny_corpus: 
                              recipe=RECIPE, precision=precise, progress=False, folds=4,
                              on_teacher=lambda name, fit: fitted.append(fit))
     # The lookup works: the four fold models together have seen every clip three times.
-    from asc_search.train import predict
+    from asc_search.training.train import predict
 
     together = predict(fitted[0].model, data.train.features, precision=precise)
     np.testing.assert_allclose(together[np.arange(len(data.train)), data.train.labels], 0.75)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asc_search.checkpoint import load_checkpoint
+from asc_search.training.checkpoint import load_checkpoint
 from conftest import one_line_error
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.augment import freq_mixstyle, mask_along, time_roll
-from asc_search.evaluate import bootstrap_interval, bootstrap_macro, evaluate, paired_difference
-from asc_search.experiment import load_split_data
+from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.recipe import TrainingRecipe
-from asc_search.train import fit, kd_loss, precision_for, predict, warmup_cosine
+from asc_search.training.augment import freq_mixstyle, mask_along, time_roll
+from asc_search.training.evaluate import (
+    bootstrap_interval,
+    bootstrap_macro,
+    evaluate,
+    paired_difference,
+)
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import fit, kd_loss, precision_for, predict, warmup_cosine
 
 PM = build_plugin_manager(load_entry_points=False)
 SMALL = ArchSpec(base_channels=16, n_blocks=(1, 1, 1), strides={"b2": (2, 2), "b3": (2, 1)})
@@ -72,7 +77,7 @@ def test_masks_zero_one_band_per_clip() -> None:
 
 
 def test_masks_are_silence_before_mixstyle_as_in_the_baseline() -> None:
-    from asc_search.augment import augment
+    from asc_search.training.augment import augment
 
     torch.manual_seed(0)
     x = torch.randn(8, 1, 256, 65)
@@ -101,7 +106,7 @@ def test_warmup_then_cosine() -> None:
 
 
 def test_warmup_never_exceeds_half_the_run() -> None:
-    from asc_search.train import effective_warmup
+    from asc_search.training.train import effective_warmup
 
     assert effective_warmup(2000, 4200) == 2000  # real 5 % split, 150 epochs: as published
     assert effective_warmup(2000, 300) == 150  # embedded 5 % split: capped
@@ -244,7 +249,7 @@ def test_bootstrap_draws_centre_on_the_observed_macro_accuracy() -> None:
                         ["a"] * len(labels), interval=False).macro_accuracy
     assert abs(draws.mean() - observed) < 0.01
     # Chunking the weights changes nothing but memory.
-    import asc_search.evaluate as module
+    import asc_search.training.evaluate as module
 
     whole = bootstrap_interval(labels, correct, groups=files)
     old, module._CHUNK_CELLS = module._CHUNK_CELLS, 500

@@ -18,9 +18,9 @@ from typing import Any
 
 import optuna
 
-from asc_search.dataset import DEVICES
-from asc_search.promote import finalists
-from asc_search.study import feasible, pareto_trials, settings_of
+from asc_search.data.dataset import DEVICES
+from asc_search.search.promote import finalists
+from asc_search.search.study import feasible, pareto_trials, settings_of
 
 
 def write_report(study: optuna.Study, *, folder: Path) -> Path:

@@ -19,9 +19,9 @@ from typing import Any
 
 import optuna
 
-from asc_search.budget import first_shared_report_epoch
 from asc_search.errors import AscSearchError
-from asc_search.heartbeat import (
+from asc_search.search.budget import first_shared_report_epoch
+from asc_search.search.heartbeat import (
     RequeueLostTrial,
     fail_stale_trials,
     grace_of,
@@ -29,8 +29,8 @@ from asc_search.heartbeat import (
     settle_dead_local_trials,
     taken_as_lost,
 )
-from asc_search.objective import SearchSettings, TrialResources, dropped_settings, run_trial
-from asc_search.storage import artifact_store, check_study_name, mask_url, open_storage
+from asc_search.search.objective import SearchSettings, TrialResources, dropped_settings, run_trial
+from asc_search.search.storage import artifact_store, check_study_name, mask_url, open_storage
 
 SETTINGS_ATTR = "asc_search_settings"
 # Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
@@ -70,7 +70,7 @@ SEED_TRIALS: dict[str, dict[str, Any]] = {
 }
 
 
-#: The same systems in a budget-filling space (``asc_search.plans``): a parent and keep
+#: The same systems in a budget-filling space (``asc_search.pruning.plans``): a parent and keep
 #: ratios that place them in the space; as seed trials they are trained uniform, as defined.
 PARENT_SEED_TRIALS: dict[str, dict[str, Any]] = {
     "dcase-baseline": {"parent": "dcase-baseline", "prune_stages": 1, **dict.fromkeys(
@@ -263,10 +263,10 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
 
     ``with_test`` adds the test list, for promotion; search workers never load it.
     """
-    from asc_search.experiment import load_split_data
-    from asc_search.search_space import space_from_dict
-    from asc_search.teachers import ensemble_logits
-    from asc_search.train import precision_for
+    from asc_search.features.experiment import load_split_data
+    from asc_search.search.space import space_from_dict
+    from asc_search.teachers.ensemble import ensemble_logits
+    from asc_search.training.train import precision_for
 
     space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
     data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
@@ -292,7 +292,7 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     Returns how many trials this worker finished. Every worker counts the study's trials, so
     N workers together stop at ``n_trials``, not N × ``n_trials``. A worker with nothing left to
     start waits while other workers' trials run: one of them may turn out lost (its worker
-    killed), and is then queued again and run here (``asc_search.heartbeat``).
+    killed), and is then queued again and run here (``asc_search.search.heartbeat``).
     """
     import torch
 

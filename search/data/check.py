@@ -15,8 +15,8 @@ from pathlib import Path
 
 from joblib import Parallel, delayed
 
-from asc_search.audio import read_clip
-from asc_search.dataset import (
+from asc_search.data.audio import read_clip
+from asc_search.data.dataset import (
     SPLITS,
     TAU22Dataset,
     load_dataset,

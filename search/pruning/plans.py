@@ -9,7 +9,7 @@ Why the second: uniform plans sampled 40 % of candidates that broke a
 budget and were never trained, while many feasible ones used 10–20 M of the 30 M MACs a DCASE
 entry may spend. A parent-based plan samples instead *which* wide network to start from (a
 ``parent``: one of a few architecture presets, so parents are trained once and shared,
-``asc_search.parents``) and *how* to narrow it: keep ratios for the stem, each stage's output and
+``asc_search.parents.store``) and *how* to narrow it: keep ratios for the stem, each stage's output and
 the blocks' expansions. Settling the plan scales those ratios by one factor, found by bisection,
 to the largest network that fits both the MACs and the bytes budget; every layer's width is
 ``round(parent width × keep ratio × scale)``, at least ``MIN_WIDTH`` and at most the parent's. So every
@@ -34,8 +34,8 @@ import pluggy
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.prune import stage_widths, step_targets
-from asc_search.search_space import Candidate, SearchSpace
+from asc_search.pruning.prune import stage_widths, step_targets
+from asc_search.search.space import Candidate, SearchSpace
 
 
 class PlanError(AscSearchError):
@@ -210,7 +210,7 @@ def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
 def pruning_path(candidate: Candidate) -> tuple[ArchSpec, tuple[dict[str, int], ...]]:
     """The network to train first and every pruning stage's per-layer target widths.
 
-    A settled parent-based plan (``asc_search.plans``) carries both; a uniform plan's
+    A settled parent-based plan (``asc_search.pruning.plans``) carries both; a uniform plan's
     targets are its family's widths at each base width of ``wide_and_chain``. No targets: the
     candidate is trained as it is.
     """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pluggy
 
-from asc_search.dataset import DatasetSource
+from asc_search.data.dataset import DatasetSource
 from asc_search.errors import DataError
 from asc_search.plugin_manager import collect_named
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asc_search.augment import augment
-from asc_search.dataset import SCENES, TAU22Dataset
+from asc_search.data.dataset import SCENES, TAU22Dataset
 from asc_search.errors import AscSearchError
-from asc_search.features import FeatureSet, FrontEndSettings
+from asc_search.features.logmel import FeatureSet, FrontEndSettings
 from asc_search.progress import progress_bar
-from asc_search.recipe import TrainingRecipe
+from asc_search.training.augment import augment
+from asc_search.training.recipe import TrainingRecipe
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from asc_search.recipe import TrainingRecipe
+from asc_search.training.recipe import TrainingRecipe
 
 
 def time_roll(x: torch.Tensor, max_frames: int, generator: torch.Generator) -> torch.Tensor:

@@ -24,15 +24,15 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from asc_search.architecture import build_model
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.complexity import count_complexity
-from asc_search.dataset import SCENES
+from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
-from asc_search.promote import finalists
-from asc_search.storage import artifact_store
-from asc_search.study import settings_of
-from asc_search.train import precision_for, predict
+from asc_search.search.promote import finalists
+from asc_search.search.storage import artifact_store
+from asc_search.search.study import settings_of
+from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.training.train import precision_for, predict
 
 _WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -40,7 +40,7 @@ _WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache: Path,
                  studies: Path | None, progress: bool = False) -> dict[str, Any]:
     """Write the export folder (see the module docstring); return a summary of what it holds."""
-    from asc_search.experiment import load_split_data
+    from asc_search.features.experiment import load_split_data
 
     settings = settings_of(study, to_train=False)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}

@@ -63,7 +63,7 @@ def step_budget(epochs: int, *, steps_per_epoch: int, pruning_steps: int) -> Ste
 
     Every pruned plan of a budget trains its wide network for the same steps, whatever its
     schedule, steps or stages, so plans that start from the same wide network share one trained
-    parent (``asc_search.parents``): the wide part ends a tenth of the budget before the final
+    parent (``asc_search.parents.store``): the wide part ends a tenth of the budget before the final
     fine-tune's latest start, ⌊total × 2/3⌋. The tenth is divided between the intermediate
     pruning steps; what a division leaves over (and all of it for a one-shot plan) goes to the
     final fine-tune, which then starts earlier.

@@ -2,14 +2,14 @@
 
 The seed's method is "train wide, prune, distil", and many plans start from the same wide network
 (S2 and S3 both prune the seed's 96-wide SSCP-Mobile). Training that network is most of a plan's
-compute: two thirds of its steps (``asc_search.budget`` gives every pruned plan of a budget the
+compute: two thirds of its steps (``asc_search.search.budget`` gives every pruned plan of a budget the
 same wide steps), each about nine times the cost of a step of the 32-wide result. So a parent is
 trained once and kept in the cache folder beside the teacher logits, under a key of everything
 that shapes its weights: the wide spec, the recipe and its length in steps, the seed, the
 training clips, the teacher logits it distils from and the precision. Every later trial, worker
 or promotion that prunes from the same parent loads it instead of training it again.
 
-A parent is a tensor-only checkpoint (``asc_search.checkpoint``), written to a temporary file and
+A parent is a tensor-only checkpoint (``asc_search.training.checkpoint``), written to a temporary file and
 renamed into place, so workers sharing a cache folder never read half a file. Training it holds a
 lock file beside it (``filelock``, an OS lock that dies with its process), so of several workers
 that want the same parent at once one trains it and the others wait and load it: before the lock,
@@ -36,10 +36,10 @@ from filelock import FileLock
 from torch import nn
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.errors import AscSearchError
-from asc_search.recipe import TrainingRecipe
-from asc_search.train import LabelledSet, Precision, fit
+from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import LabelledSet, Precision, fit
 
 log = logging.getLogger(__name__)
 

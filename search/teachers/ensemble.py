@@ -34,8 +34,8 @@ from torch import nn
 
 from asc_search.errors import AscSearchError, CacheError, PluginError
 from asc_search.plugin_manager import collect_named
-from asc_search.recipe import TrainingRecipe
-from asc_search.train import LabelledSet, Precision, precision_for
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import LabelledSet, Precision, precision_for
 
 log = logging.getLogger(__name__)
 #: 2: masks before Freq-MixStyle and CP-JKU's KD scale changed what a fitted teacher is.
@@ -120,7 +120,7 @@ def ensemble_logits(
     if folds < 1 or folds > len(train) // 2:
         raise AscSearchError(f"teacher folds {folds}: must be between 1 and half the clips")
     if folds > 1:
-        from asc_search.dataset import recording_of
+        from asc_search.data.dataset import recording_of
 
         held_out = len({recording_of(name) for name in train.files})
         if folds > held_out:
@@ -192,7 +192,7 @@ def fold_rows(files: Sequence[str], labels: np.ndarray, *, folds: int,
               seed: int) -> list[np.ndarray]:
     """``folds`` disjoint, ascending row sets covering ``files``: whole recordings per fold
     (its ten 1-s clips are near copies), dealt round-robin per scene so every fold has each."""
-    from asc_search.dataset import recording_of
+    from asc_search.data.dataset import recording_of
 
     groups: dict[str, list[int]] = {}
     for row, name in enumerate(files):
@@ -213,7 +213,7 @@ def fold_rows(files: Sequence[str], labels: np.ndarray, *, folds: int,
 
 def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -> TeacherFit:
     """Fit ``teacher`` on every fold's complement; each clip's logits from the fit without it."""
-    from asc_search.train import derive_seed, predict
+    from asc_search.training.train import derive_seed, predict
 
     train = context.train
     logits = np.zeros((len(train), 0), dtype=np.float32)

@@ -9,8 +9,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from asc_search.cli import Context, _csv, _stdout, pass_context
-from asc_search.cli_training import (
+from asc_search.cli.main import Context, _csv, _stdout, pass_context
+from asc_search.cli.training import (
     _data_options,
     _ensemble,
     _recipe,
@@ -52,12 +52,12 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
                   **values: Any) -> None:
     """Prune a trained checkpoint to the budget; print MACs, bytes and accuracy before and after."""
     from asc_search.architecture import build_model
-    from asc_search.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from asc_search.complexity import count_complexity, parse_budget
-    from asc_search.evaluate import evaluate
-    from asc_search.experiment import load_split_data
-    from asc_search.prune import PruningPlan, prune
-    from asc_search.train import fit, precision_for, predict
+    from asc_search.features.experiment import load_split_data
+    from asc_search.pruning.prune import PruningPlan, prune
+    from asc_search.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from asc_search.training.evaluate import evaluate
+    from asc_search.training.train import fit, precision_for, predict
 
     recipe = _recipe(values)
     loaded = load_checkpoint(checkpoint)

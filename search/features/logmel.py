@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 
-from asc_search.audio import read_clip
+from asc_search.data.audio import read_clip
 from asc_search.errors import CacheError
 
 log = logging.getLogger(__name__)

@@ -96,7 +96,7 @@ class Dimension:
 class Candidate:
     """One sampled point: the final architecture, its pruning plan and training choices.
 
-    In a space with a ``parent`` dimension (``asc_search.plans``), ``space.candidate``
+    In a space with a ``parent`` dimension (``asc_search.pruning.plans``), ``space.candidate``
     gives a plan still to be settled: its ``spec`` is the parent's and the plan holds relative
     keep ratios. Settling it (``plans.settle``) sets ``parent`` to the wide network, ``spec``
     to the final one and ``targets`` to each pruning stage's per-layer widths.

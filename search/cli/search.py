@@ -15,8 +15,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from asc_search.cli import Context, _stdout, pass_context
-from asc_search.cli_training import _data_options
+from asc_search.cli.main import Context, _stdout, pass_context
+from asc_search.cli.training import _data_options
 
 DEFAULT_STUDY = "asc-search"
 
@@ -44,7 +44,7 @@ def _quiet_optuna() -> None:
 
 def _open(name: str, storage: str | None, studies: Path | None) -> Any:
     from asc_search.paths import studies_dir
-    from asc_search.storage import load_study, resolve_storage
+    from asc_search.search.storage import load_study, resolve_storage
 
     _quiet_optuna()
     return load_study(name, resolve_storage(storage, studies=studies_dir(studies)))
@@ -118,13 +118,13 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
 
     from asc_search.complexity import parse_budget
     from asc_search.errors import AscSearchError
-    from asc_search.heartbeat import set_heartbeat
-    from asc_search.objective import SearchSettings
     from asc_search.paths import studies_dir
-    from asc_search.plans import MIN_WIDTH, smallest_settled
-    from asc_search.search_space import read_space, smallest_candidate, space_from_dict
-    from asc_search.storage import mask_url, resolve_storage
-    from asc_search.study import (
+    from asc_search.pruning.plans import MIN_WIDTH, smallest_settled
+    from asc_search.search.heartbeat import set_heartbeat
+    from asc_search.search.objective import SearchSettings
+    from asc_search.search.space import read_space, smallest_candidate, space_from_dict
+    from asc_search.search.storage import mask_url, resolve_storage
+    from asc_search.search.study import (
         WorkerJob,
         check_resumable,
         create_or_resume,
@@ -194,10 +194,10 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
 
 def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
                   device: str, promote_by: str) -> None:
-    from asc_search.promote import distill
-    from asc_search.report import write_report
-    from asc_search.storage import load_study
-    from asc_search.study import best_feasible, ranked_trials
+    from asc_search.report.page import write_report
+    from asc_search.search.promote import distill
+    from asc_search.search.storage import load_study
+    from asc_search.search.study import best_feasible, ranked_trials
 
     study = load_study(name, url)
     if top > 0 and not ranked_trials(study, searched_only=True):
@@ -231,8 +231,8 @@ def worker_command(obj: Context, study_name: str, storage: str | None, studies: 
                    seed: int | None, device: str) -> None:
     """Join an existing study (same settings, read from the study) and run trials on it."""
     from asc_search.paths import studies_dir
-    from asc_search.storage import mask_url, resolve_storage
-    from asc_search.study import WorkerJob, run_worker
+    from asc_search.search.storage import mask_url, resolve_storage
+    from asc_search.search.study import WorkerJob, run_worker
 
     _quiet_optuna()
     folder = studies_dir(studies)
@@ -264,7 +264,7 @@ def distill_command(obj: Context, study_name: str, top: int, seed_plan: bool, pr
                     storage: str | None, studies: Path | None, device: str) -> None:
     """Distil the top trials at full length; evaluate them on validation and test."""
     from asc_search.paths import studies_dir
-    from asc_search.promote import distill
+    from asc_search.search.promote import distill
 
     study = _open(study_name, storage, studies)
     distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
@@ -280,7 +280,7 @@ def report_command(obj: Context, study_name: str, storage: str | None,
                    studies: Path | None) -> None:
     """Write the study's HTML report (Pareto front, history, importances, finalists)."""
     from asc_search.paths import studies_dir
-    from asc_search.report import write_report
+    from asc_search.report.page import write_report
 
     del obj
     study = _open(study_name, storage, studies)
@@ -297,8 +297,8 @@ def report_command(obj: Context, study_name: str, storage: str | None,
 def export_command(obj: Context, study_name: str, number: int, out: Path,
                    storage: str | None, studies: Path | None) -> None:
     """Write a trial's 16-bit weights, spec, complexity card and DCASE output.csv."""
-    from asc_search.export import export_trial
     from asc_search.paths import studies_dir
+    from asc_search.report.export import export_trial
 
     study = _open(study_name, storage, studies)
     summary = export_trial(study, number=number, out=out, pm=obj.pm, cache=obj.cache,
@@ -315,7 +315,7 @@ def dashboard_command(storage: str | None, studies: Path | None, host: str, port
     """Serve optuna-dashboard on the studies (needs ``pip install optuna-dashboard``)."""
     from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
-    from asc_search.storage import artifact_store, mask_url, open_storage, resolve_storage
+    from asc_search.search.storage import artifact_store, mask_url, open_storage, resolve_storage
 
     try:
         import optuna_dashboard
@@ -341,7 +341,7 @@ def studies_list(storage: str | None, studies: Path | None) -> None:
     import optuna
 
     from asc_search.paths import studies_dir
-    from asc_search.storage import mask_url, open_storage, resolve_storage
+    from asc_search.search.storage import mask_url, open_storage, resolve_storage
 
     _quiet_optuna()
     url = resolve_storage(storage, studies=studies_dir(studies))
@@ -366,7 +366,7 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
     _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
     if failed:
-        from asc_search.heartbeat import lost_trials, retried_as
+        from asc_search.search.heartbeat import lost_trials, retried_as
 
         lost, retries = lost_trials(study), retried_as(trials)
         for trial in trials:
@@ -388,7 +388,7 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
 @_storage_options
 def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -> None:
     """The feasible Pareto-optimal trials (validation accuracy vs MACs), best first."""
-    from asc_search.study import pareto_trials
+    from asc_search.search.study import pareto_trials
 
     study = _open(study_name, storage, studies)
     _stdout().print(_trial_table(study, pareto_trials(study),
@@ -396,7 +396,7 @@ def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -
 
 
 def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
-    from asc_search.heartbeat import lost_trials
+    from asc_search.search.heartbeat import lost_trials
 
     lost = lost_trials(study)
     table = Table("trial", "seed", "spec", "plan", "MACs", "bytes", "val %", "state", "seconds",
@@ -439,7 +439,7 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
 
 
 def _print_finalists(study: Any) -> None:
-    from asc_search.promote import finalists
+    from asc_search.search.promote import finalists
 
     promoted = finalists(study)
     if not promoted:
@@ -464,7 +464,7 @@ def parents_group() -> None:
 @pass_context
 def parents_list(obj: Context) -> None:
     """Every cached parent: its network, training length, seed and cost."""
-    from asc_search.parents import cached_parents
+    from asc_search.parents.store import cached_parents
 
     found = cached_parents(obj.cache)
     if not found:
@@ -492,10 +492,10 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
     so that workers started after this find them built."""
     import optuna
 
-    from asc_search.objective import candidate_budget, parent_recipe, trial_candidate
-    from asc_search.parents import trained_parent
+    from asc_search.parents.store import trained_parent
     from asc_search.paths import studies_dir
-    from asc_search.study import load_resources, settings_of
+    from asc_search.search.objective import candidate_budget, parent_recipe, trial_candidate
+    from asc_search.search.study import load_resources, settings_of
 
     study = _open(study_name, storage, studies)
     settings = settings_of(study)

@@ -15,9 +15,9 @@ import click
 import numpy as np
 from rich.table import Table
 
-from asc_search.cli import Context, _stdout, pass_context, spec_from_options, spec_options
+from asc_search.cli.main import Context, _stdout, pass_context, spec_from_options, spec_options
 from asc_search.errors import AscSearchError
-from asc_search.recipe import TrainingRecipe
+from asc_search.training.recipe import TrainingRecipe
 
 DEFAULT_TEACHERS = ("wide_cp_mobile", "patchout_transformer")
 _HELP = {
@@ -89,9 +89,9 @@ def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> 
 def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any, *,
               folds: int = 1) -> Any:
-    from asc_search.evaluate import evaluate
-    from asc_search.teachers import ensemble_logits
-    from asc_search.train import predict
+    from asc_search.teachers.ensemble import ensemble_logits
+    from asc_search.training.evaluate import evaluate
+    from asc_search.training.train import predict
 
     teacher_recipe = teacher_recipe_for(recipe, epochs=teacher_epochs)
     rows: list[tuple[str, str, str]] = []
@@ -133,12 +133,12 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
                   compile_model: bool, no_test: bool, **values: Any) -> None:
     """Train one network on a split's cached features, optionally with KD, and evaluate it."""
     from asc_search.architecture import build_model
-    from asc_search.checkpoint import save_checkpoint
     from asc_search.complexity import count_complexity
-    from asc_search.evaluate import evaluate, evaluation_table
-    from asc_search.experiment import load_split_data
+    from asc_search.features.experiment import load_split_data
     from asc_search.paths import studies_dir
-    from asc_search.train import fit, precision_for, predict
+    from asc_search.training.checkpoint import save_checkpoint
+    from asc_search.training.evaluate import evaluate, evaluation_table
+    from asc_search.training.train import fit, precision_for, predict
 
     recipe = _recipe(values)
     spec = spec_from_options(obj, preset, spec_file, values)
@@ -199,9 +199,9 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                  teacher_names: tuple[str, ...], teacher_epochs: int | None, ensemble: str,
                  teacher_folds: int, **values: Any) -> None:
     """Fit the teachers on the split's training clips only and cache the ensemble logits."""
-    from asc_search.evaluate import evaluate
-    from asc_search.experiment import load_split_data
-    from asc_search.train import precision_for
+    from asc_search.features.experiment import load_split_data
+    from asc_search.training.evaluate import evaluate
+    from asc_search.training.train import precision_for
 
     recipe = _recipe(values)
     precision = precision_for(device)

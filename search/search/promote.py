@@ -39,20 +39,20 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.budget import TRAINING_PASSES
-from asc_search.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.evaluate import Evaluation, evaluate, paired_difference, recordings
-from asc_search.objective import (
+from asc_search.search.budget import TRAINING_PASSES
+from asc_search.search.objective import (
     TrialResources,
     evaluation_attrs,
     train_candidate,
     trial_candidate,
 )
-from asc_search.storage import scratch
-from asc_search.study import dominates, feasible, load_resources, ranked_trials, settings_of
-from asc_search.train import derive_seed, fit, predict
+from asc_search.search.storage import scratch
+from asc_search.search.study import dominates, feasible, load_resources, ranked_trials, settings_of
+from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.training.evaluate import Evaluation, evaluate, paired_difference, recordings
+from asc_search.training.train import derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
 

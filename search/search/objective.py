@@ -25,18 +25,18 @@ import pluggy
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.budget import StepBudget, report_epochs, step_budget, training_macs
-from asc_search.checkpoint import save_checkpoint
 from asc_search.complexity import ComplexityCard, count_complexity
-from asc_search.evaluate import Evaluation, evaluate
-from asc_search.heartbeat import worker_id
-from asc_search.parents import PARENT_SEED, trained_parent
-from asc_search.plans import candidate_of, pruning_path, settle
-from asc_search.prune import PruningPlan, prune
-from asc_search.recipe import TrainingRecipe
-from asc_search.search_space import Candidate, SearchSpace
-from asc_search.storage import scratch
-from asc_search.train import LabelledSet, Precision, derive_seed, fit, predict
+from asc_search.parents.store import PARENT_SEED, trained_parent
+from asc_search.pruning.plans import candidate_of, pruning_path, settle
+from asc_search.pruning.prune import PruningPlan, prune
+from asc_search.search.budget import StepBudget, report_epochs, step_budget, training_macs
+from asc_search.search.heartbeat import worker_id
+from asc_search.search.space import Candidate, SearchSpace
+from asc_search.search.storage import scratch
+from asc_search.training.checkpoint import save_checkpoint
+from asc_search.training.evaluate import Evaluation, evaluate
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import LabelledSet, Precision, derive_seed, fit, predict
 
 OBJECTIVES = ("pareto", "accuracy")
 
@@ -58,7 +58,7 @@ class SearchSettings:
     storage_dtype: str = "float16"
     objective: str = "pareto"
     #: Training budget of every candidate, in epochs at the study's batch size, for a search
-    #: trial and for a finalist. A pruning plan divides it (``asc_search.budget``).
+    #: trial and for a finalist. A pruning plan divides it (``asc_search.search.budget``).
     proxy_epochs: int = 8
     promote_epochs: int = 32
     teachers: tuple[str, ...] = ("wide_cp_mobile",)
@@ -187,7 +187,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     score the result on validation.
 
     Every candidate gets the same ``epochs`` of training samples, ``epochs × steps-per-epoch``
-    optimiser steps at its batch size (``asc_search.budget``): an unpruned one trains its
+    optimiser steps at its batch size (``asc_search.search.budget``): an unpruned one trains its
     network for all of them, a pruning plan divides them between the wide network, the
     fine-tunes between pruning steps and the final fine-tune. Search trials call this with the
     proxy budget; promotion calls it again with the longer one. ``on_report(model, epoch)`` runs
@@ -196,7 +196,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     so intermediate values always score a network of the submitted width. ``final_card`` is the
     candidate's count if the caller has one: an unpruned network is then not counted again (a
     pruned one carries the count its last step made). A pruned plan's wide network is its
-    parent (``asc_search.parents``): trained with the parent seed, not ``seed``, and loaded from
+    parent (``asc_search.parents.store``): trained with the parent seed, not ``seed``, and loaded from
     the ``parents`` cache folder when an earlier trial trained it; the pruning and fine-tunes
     after it draw ``seed``. A study keeps one ``parent_seed`` for all its trials; a benchmark
     that repeats a whole experiment per seed passes its seed, so the parents vary with it too.

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pluggy
 
-from asc_search.data_source import resolve_data
-from asc_search.dataset import SplitFiles, TAU22Dataset, load_dataset
-from asc_search.features import build_features
+from asc_search.data.dataset import SplitFiles, TAU22Dataset, load_dataset
+from asc_search.data.source import resolve_data
+from asc_search.features.logmel import build_features
 from asc_search.progress import progress_bar
-from asc_search.train import LabelledSet, labelled_set
+from asc_search.training.train import LabelledSet, labelled_set
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from asc_search import __version__
-from asc_search.dataset import DEVICES, load_dataset
+from asc_search.data.dataset import DEVICES, load_dataset
 from asc_search.errors import AscSearchError
 from asc_search.paths import cache_dir, keep_library_files_in
 from asc_search.plugin_manager import build_plugin_manager, describe_plugins
@@ -67,14 +67,14 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     cli.add_command(data_group)
     cli.add_command(features_group)
     cli.add_command(count_command)
-    from asc_search.cli_training import teachers_group, train_command
+    from asc_search.cli.training import teachers_group, train_command
 
     cli.add_command(train_command)
     cli.add_command(teachers_group)
-    from asc_search.cli_pruning import prune_command
+    from asc_search.cli.pruning import prune_command
 
     cli.add_command(prune_command)
-    from asc_search.cli_search import COMMANDS
+    from asc_search.cli.search import COMMANDS
 
     for command in COMMANDS:
         cli.add_command(command)
@@ -100,14 +100,14 @@ def plugins_list(obj: Context) -> None:
     for info in describe_plugins(obj.pm):
         table.add_row(info.name, info.origin, ", ".join(info.hooks))
     _stdout().print(table)
-    from asc_search.data_source import dataset_sources
+    from asc_search.data.source import dataset_sources
 
     sources = Table("data source", "description")
     for name, source in dataset_sources(obj.pm).items():
         sources.add_row(name, source.description)
     _stdout().print(sources)
     from asc_search.architecture import architectures
-    from asc_search.teachers import teachers
+    from asc_search.teachers.ensemble import teachers
 
     teacher_table = Table("teacher", "description")
     for name, teacher in teachers(obj.pm).items():
@@ -167,8 +167,8 @@ def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) 
 @pass_context
 def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: bool, jobs: int) -> None:
     """Count clips per list × device and name every problem (default: the embedded corpus)."""
-    from asc_search.data_source import resolve_data
-    from asc_search.dataset_check import check_dataset
+    from asc_search.data.check import check_dataset
+    from asc_search.data.source import resolve_data
 
     root = folder if folder is not None else resolve_data(None, pm=obj.pm, cache_dir=obj.cache)
     if not root.is_dir():
@@ -223,8 +223,8 @@ def features_group() -> None:
 @pass_context
 def features_build(obj: Context, data: str | None, split: str, jobs: int) -> None:
     """Compute (or find cached) log-mels for a split's train, validation and test lists."""
-    from asc_search.data_source import resolve_data
-    from asc_search.features import build_features
+    from asc_search.data.source import resolve_data
+    from asc_search.features.logmel import build_features
 
     root = resolve_data(data, pm=obj.pm, cache_dir=obj.cache)
     files = load_dataset(root).split(int(split))
@@ -325,7 +325,7 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
 
     from asc_search.architecture import build_model
     from asc_search.complexity import count_complexity, format_count, parse_budget
-    from asc_search.search_space import largest_fitting_width
+    from asc_search.search.space import largest_fitting_width
 
     if checkpoint is not None and (preset is not None or spec_file is not None):
         raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
@@ -334,7 +334,7 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
     shape = _csv(int)(input_shape)
     state = None
     if checkpoint is not None:
-        from asc_search.checkpoint import load_checkpoint
+        from asc_search.training.checkpoint import load_checkpoint
 
         if any(v is not None for v in fields.values()):
             raise AscSearchError("a checkpoint's architecture is fixed; drop the spec flags")
@@ -344,7 +344,7 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
         spec = spec_from_options(obj, preset, spec_file, fields)
     model = build_model(spec, pm=obj.pm)
     if state is not None:
-        from asc_search.checkpoint import CheckpointError
+        from asc_search.training.checkpoint import CheckpointError
 
         try:
             model.load_state_dict(state)

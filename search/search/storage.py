@@ -24,8 +24,8 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial
 
 from asc_search.errors import AscSearchError
-from asc_search.heartbeat import GRACE_HEARTBEATS
 from asc_search.paths import studies_dir
+from asc_search.search.heartbeat import GRACE_HEARTBEATS
 
 STORAGE_ENV = "ASC_SEARCH_STORAGE"
 DEFAULT_DB = "asc-search.db"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from asc_search.dataset import DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES, recording_of
+from asc_search.data.dataset import DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES, recording_of
 
 
 @dataclass(frozen=True)

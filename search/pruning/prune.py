@@ -27,8 +27,8 @@ from asc_search.architecture import ArchSpec
 from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError, PluginError
 from asc_search.plugin_manager import collect_named
-from asc_search.recipe import TrainingRecipe
-from asc_search.train import LabelledSet, Precision, derive_seed, fit, precision_for
+from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import LabelledSet, Precision, derive_seed, fit, precision_for
 
 
 class PruningError(AscSearchError):
@@ -91,7 +91,7 @@ class PruningPlan:
     finetune_epochs: int = 2
     final_finetune_epochs: int = 10
     #: Optimiser steps of KD after each intermediate step, instead of ``finetune_epochs`` (a
-    #: search gives every candidate the same step budget; see ``asc_search.budget``).
+    #: search gives every candidate the same step budget; see ``asc_search.search.budget``).
     finetune_steps: int | None = None
     taylor_batches: int = 4
 
@@ -316,7 +316,7 @@ def _over(card: ComplexityCard, plan: PruningPlan) -> bool:
 
 
 def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:
-    from asc_search.search_space import largest_fitting_width
+    from asc_search.search.space import largest_fitting_width
 
     width = largest_fitting_width(spec.with_(channel_overrides={}), pm=pm, max_macs=plan.max_macs,
                                   max_param_bytes=plan.max_param_bytes,

@@ -1,0 +1,1 @@
+"""The ``asc-search`` command line, one module per command group."""

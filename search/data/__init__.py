@@ -1,0 +1,1 @@
+"""Stage 1, dataset: TAU22-layout folders, their checks, clips and data sources."""

@@ -1,0 +1,1 @@
+"""Stage 3b, parents: wide networks trained once and shared by every pruning plan."""

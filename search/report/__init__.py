@@ -1,0 +1,1 @@
+"""Stage 10, report and export: the HTML report and the DCASE submission folder."""

@@ -1,0 +1,1 @@
+"""Stage 9, search: spaces, trials, studies and their storage, budgets, promotion."""

@@ -1,0 +1,1 @@
+"""Stage 3, teachers: fitted once per split and teacher set, ensemble logits cached."""
