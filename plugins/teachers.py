@@ -95,7 +95,8 @@ def fit_logits_file(context: TeacherContext) -> TeacherFit:
     return TeacherFit(logits=logits)
 
 
-def _file_fingerprint(option: str | None) -> str:
+def file_fingerprint(option: str | None) -> str:
+    """A file option's identity for a cache key: its resolved path, size and mtime."""
     if not option:
         return ""
     path = Path(option).expanduser()
@@ -111,5 +112,5 @@ def asc_teachers() -> list[Teacher]:
         Teacher("patchout_transformer", "small PaSST-style patchout transformer, from scratch",
                 fit_patchout_transformer, settings={"spec": TEACHER_SPEC.to_json()}),
         Teacher("logits_file", "precomputed logits keyed by file name: =PATH (.npz, .csv, .tsv)",
-                fit_logits_file, fingerprint=_file_fingerprint),
+                fit_logits_file, fingerprint=file_fingerprint),
     ]

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "asc_search.plugins.space_dimensions",
     "asc_search.plugins.patchout_transformer",
     "asc_search.plugins.teachers",
+    "asc_search.plugins.passt",
     "asc_search.plugins.pruning",
 )
 

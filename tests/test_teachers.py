@@ -70,6 +70,7 @@ def test_ensemble_is_cached_and_reused(tiny_corpus: Path, tmp_path: Path, spy_pm
     first = ensemble_logits(data.train, teacher_names=["spy", "spy"], pm=pm, cache_dir=tmp_path,
                             recipe=RECIPE)
     assert not first.cache_hit and len(spy.seen) == 2 and set(first.per_teacher) == {"spy#0", "spy#1"}
+    assert spy.seen[0].recipe.seed == RECIPE.seed != spy.seen[1].recipe.seed  # a seed each
     second = ensemble_logits(data.train, teacher_names=["spy", "spy"], pm=pm, cache_dir=tmp_path,
                              recipe=RECIPE)
     assert second.cache_hit and len(spy.seen) == 2

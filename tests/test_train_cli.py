@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ def test_train_with_kd_prints_the_evaluation_and_saves(cli, tiny_corpus: Path, t
                  "--warmup-steps", "2", "--kd-weight", "0.5")
     assert fitted.code == 0, fitted.err
     assert "wide_cp_mobile" in fitted.out and "ensemble logits fitted" in fitted.out
+    # Each teacher and the ensemble: agreement on the training clips, validation with its CI.
+    assert re.search(r"ensemble\W+\d+\.\d\W+\d+\.\d \(\d+\.\d–\d+\.\d\)", fitted.out), \
+        fitted.out
     out = tmp_path / "student.pt"
     result = cli("-q", "train", "--data", tiny_corpus, "--split", "25", "--kd",
                  "--teacher", "wide_cp_mobile=16", "--teacher-epochs", "1", *QUICK, "--out", out)

@@ -89,28 +89,41 @@ def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> 
 def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any, *,
               folds: int = 1) -> Any:
-    from asc_search.teachers.ensemble import ensemble_logits
+    """Fit (or load) the ensemble; return it and one row per fitted teacher: name, agreement
+    with the labels on the training clips, validation macro accuracy with its 95 % interval."""
+    from asc_search.teachers.ensemble import combine_logits, ensemble_logits
     from asc_search.training.evaluate import evaluate
-    from asc_search.training.train import predict
 
     teacher_recipe = teacher_recipe_for(recipe, epochs=teacher_epochs)
     rows: list[tuple[str, str, str]] = []
+    validation_logits: list[np.ndarray] = []
+
+    def scored(logits: np.ndarray) -> str:
+        result = evaluate(logits, data.validation.labels, data.validation.devices,
+                          files=data.validation.files)
+        low, high = result.macro_interval
+        return f"{100 * result.macro_accuracy:.1f} ({100 * low:.1f}–{100 * high:.1f})"
 
     def report(name: str, fitted: Any) -> None:
         train_acc = evaluate(fitted.logits, data.train.labels, data.train.devices,
                              interval=False).macro_accuracy
         valid = ""
         if fitted.model is not None:
-            logits = predict(fitted.model, data.validation.features, precision=precision)
-            scored = evaluate(logits, data.validation.labels, data.validation.devices,
-                              interval=False)
-            valid = f"{100 * scored.macro_accuracy:.2f}"
-        rows.append((name, f"{100 * train_acc:.2f}", valid))
+            logits = fitted.predict(data.validation.features, precision=precision)
+            validation_logits.append(logits)
+            valid = scored(logits)
+        rows.append((name, f"{100 * train_acc:.1f}", valid))
 
     result = ensemble_logits(data.train, teacher_names=teacher_names or DEFAULT_TEACHERS, pm=obj.pm,
                              cache_dir=obj.cache, recipe=teacher_recipe, precision=precision,
                              mode=ensemble, progress=not obj.quiet, on_teacher=report,
                              folds=folds)
+    train_acc = evaluate(result.logits, data.train.labels, data.train.devices,
+                         interval=False).macro_accuracy
+    # The ensemble's validation score needs every member's model (not the logits files').
+    together = (scored(combine_logits(validation_logits, ensemble))
+                if rows and len(validation_logits) == len(rows) else "")
+    rows.append(("ensemble", f"{100 * train_acc:.1f}", together))
     return result, rows
 
 
@@ -200,7 +213,6 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                  teacher_folds: int, **values: Any) -> None:
     """Fit the teachers on the split's training clips only and cache the ensemble logits."""
     from asc_search.features.experiment import load_split_data
-    from asc_search.training.evaluate import evaluate
     from asc_search.training.train import precision_for
 
     recipe = _recipe(values)
@@ -211,16 +223,15 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                              precision, folds=teacher_folds)
     agreement = ("out-of-fold macro acc % on the training clips" if teacher_folds > 1
                  else "train macro acc %")
-    table = Table("teacher", agreement, "validation macro acc %",
-                  title=f"teachers, split {split}")
+    table = Table("teacher", agreement, "validation macro acc % (95 % CI)",
+                  title=f"teachers, split {split}"
+                        + (" (cached: validation is scored when teachers are fitted)"
+                           if result.cache_hit else ""))
     for row in rows:
         table.add_row(*row)
-    train_acc = evaluate(result.logits, loaded.train.labels, loaded.train.devices,
-                         interval=False).macro_accuracy
-    table.add_row("ensemble", f"{100 * train_acc:.2f}", "")
     _stdout().print(table)
     _stdout().print(f"ensemble logits {'cache hit' if result.cache_hit else 'fitted'}: "
                     f"{result.directory} ({len(result.files):,} clips, "
                     f"{np.asarray(result.logits).shape[1]} classes)", highlight=False)
-    if not rows and not result.cache_hit:
+    if len(rows) < 2 and not result.cache_hit:
         raise AscSearchError("no teacher reported")

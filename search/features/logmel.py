@@ -7,6 +7,11 @@ file; later requests map that file and a batch of 256 clips is a memory gather.
 
 A cache folder is trusted only when its ``meta.json`` names the same key and files, the array file
 has exactly the expected size, and a sampled checksum matches. Anything else is logged and rebuilt.
+
+The DCASE front-end (``FrontEndSettings``) is what students train on. A teacher may need another
+(PaSST was pretrained on 128 mels at a 10 ms hop): any frozen dataclass with the ``FrontEnd``
+members below is cached the same way, and ``FeatureSet.computed_with`` gives the same clips'
+features under it, so a teacher still sees only the files it was given.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +44,29 @@ _ARRAY = "features.npy"
 _META = "meta.json"
 _CHECK_BLOCKS = 64
 _CHECK_BLOCK_BYTES = 4096
+
+
+class FrontEnd(Protocol):
+    """What the feature cache needs from a front-end's settings (a frozen, hashable dataclass)."""
+
+    sample_rate: int
+    hop_length: int
+    clip_seconds: float
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def silence(self) -> float:
+        """The feature value of a silent bin: what a mask writes."""
+        ...
+
+    def key(self) -> str: ...
+
+    def build(self) -> torch.nn.Module:
+        """The module mapping (samples, source_rate) to features (mels, frames)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,9 +96,42 @@ class FrontEndSettings:
         """Per-clip feature shape (mels, frames): 256 × 65 for the defaults."""
         return (self.n_mels, self.frames)
 
+    @property
+    def silence(self) -> float:
+        return math.log(self.log_offset)
+
     def key(self) -> str:
         payload = json.dumps({"v": FEATURE_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def build(self) -> LogMelFrontEnd:
+        return LogMelFrontEnd(self)
+
+
+class ClipResampler(torch.nn.Module):
+    """A clip at the front-end's rate and exactly its length: resampled, then padded or cut."""
+
+    def __init__(self, sample_rate: int, clip_seconds: float) -> None:
+        super().__init__()
+        self.sample_rate, self.samples = sample_rate, round(sample_rate * clip_seconds)
+        self._resamplers: dict[int, torch.nn.Module] = {}
+
+    def resampler(self, source_rate: int) -> torch.nn.Module:
+        import torchaudio  # imported here: loading it costs a second that most commands never need
+
+        if source_rate not in self._resamplers:
+            self._resamplers[source_rate] = (
+                torch.nn.Identity() if source_rate == self.sample_rate
+                else torchaudio.transforms.Resample(source_rate, self.sample_rate)
+            )
+        return self._resamplers[source_rate]
+
+    @torch.no_grad()
+    def forward(self, samples: torch.Tensor, source_rate: int) -> torch.Tensor:
+        audio = self.resampler(source_rate)(samples)
+        if audio.shape[-1] < self.samples:  # read_clip allows 1 % slack in length
+            audio = torch.nn.functional.pad(audio, (0, self.samples - audio.shape[-1]))
+        return audio[..., :self.samples]
 
 
 class LogMelFrontEnd(torch.nn.Module):
@@ -77,10 +139,10 @@ class LogMelFrontEnd(torch.nn.Module):
 
     def __init__(self, settings: FrontEndSettings) -> None:
         super().__init__()
-        import torchaudio  # imported here: loading it costs a second that most commands never need
+        import torchaudio
 
         self.settings = settings
-        self._resamplers: dict[int, torch.nn.Module] = {}
+        self.clip = ClipResampler(settings.sample_rate, settings.clip_seconds)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=settings.sample_rate,
             n_fft=settings.n_fft,
@@ -91,25 +153,19 @@ class LogMelFrontEnd(torch.nn.Module):
             f_max=settings.f_max,
         )
 
-    def resampler(self, source_rate: int) -> torch.nn.Module:
-        import torchaudio
-
-        if source_rate not in self._resamplers:
-            self._resamplers[source_rate] = (
-                torch.nn.Identity() if source_rate == self.settings.sample_rate
-                else torchaudio.transforms.Resample(source_rate, self.settings.sample_rate)
-            )
-        return self._resamplers[source_rate]
-
     @torch.no_grad()
     def forward(self, samples: torch.Tensor, source_rate: int) -> torch.Tensor:
         """Map a mono waveform (samples,) or batch (B, samples) to log-mels (…, mels, frames)."""
-        audio = self.resampler(source_rate)(samples)
-        wanted = round(self.settings.sample_rate * self.settings.clip_seconds)
-        if audio.shape[-1] < wanted:  # read_clip allows 1 % slack in length
-            audio = torch.nn.functional.pad(audio, (0, wanted - audio.shape[-1]))
-        audio = audio[..., :wanted]
-        return (self.mel(audio) + self.settings.log_offset).log()
+        return (self.mel(self.clip(samples, source_rate)) + self.settings.log_offset).log()
+
+
+@dataclass(frozen=True)
+class FeatureOrigin:
+    """Where a cached list came from: enough to compute the same clips under another front-end."""
+
+    root: Path
+    files: tuple[str, ...]  # the whole cached list; a subset's rows index into it
+    cache_dir: Path
 
 
 @dataclass(frozen=True)
@@ -123,6 +179,9 @@ class FeatureSet:
     #: For a subset: a digest of its file list. ``directory`` names the whole cached list, so
     #: anything keyed by the features (the teacher cache) must add this to tell subsets apart.
     selection: str | None = None
+    origin: FeatureOrigin | None = None
+    #: For a subset: its rows in ``origin.files``.
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -137,7 +196,19 @@ class FeatureSet:
         files = tuple(self.files[r] for r in rows)
         selection = hashlib.sha256("\n".join(files).encode()).hexdigest()[:20]
         return FeatureSet(files=files, array=_RowView(self.array, rows), directory=self.directory,
-                          cache_hit=self.cache_hit, selection=selection)
+                          cache_hit=self.cache_hit, selection=selection, origin=self.origin,
+                          rows=rows if self.rows is None else self.rows[rows])
+
+    def computed_with(self, settings: FrontEnd, *, progress: Callable[[int], None] | None = None,
+                      n_jobs: int = -1) -> FeatureSet:
+        """The same clips under another front-end, cached like these (for a subset, the whole
+        list is computed once and the same rows taken, so K folds compute it once)."""
+        if self.origin is None:
+            raise CacheError("these features do not record their audio folder")
+        whole = build_features(self.origin.files, root=self.origin.root,
+                               cache_dir=self.origin.cache_dir, settings=settings,
+                               n_jobs=n_jobs, progress=progress)
+        return whole if self.rows is None else whole.subset(self.rows)
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Gather rows as a float32 tensor (B, 1, mels, frames), the model's input layout."""
@@ -163,7 +234,7 @@ class _RowView:
         return self.base[self.rows[index]]
 
 
-def list_key(files: Sequence[str], root: Path, settings: FrontEndSettings) -> str:
+def list_key(files: Sequence[str], root: Path, settings: FrontEnd) -> str:
     """Key a file list by names, sizes and modification times, so edited audio is recomputed."""
     digest = hashlib.sha256(settings.key().encode())
     digest.update(str(root.resolve()).encode())
@@ -178,24 +249,29 @@ def build_features(
     *,
     root: Path,
     cache_dir: Path,
-    settings: FrontEndSettings | None = None,
+    settings: FrontEnd | None = None,
     n_jobs: int = -1,
     progress: Callable[[int], None] | None = None,
 ) -> FeatureSet:
-    """Return cached log-mels for ``files`` (paths relative to ``root``), computing them if needed."""
+    """Return cached features for ``files`` (paths relative to ``root``), computing them if needed.
+
+    ``settings`` is the DCASE log-mel front-end by default."""
     settings = settings or FrontEndSettings()
     files = tuple(files)
     key = list_key(files, root, settings)
     directory = cache_dir / "features" / key
+    origin = FeatureOrigin(root=root, files=files, cache_dir=cache_dir)
     if directory.exists():
         try:
-            return _open_verified(directory, key=key, files=files, settings=settings)
+            return _open_verified(directory, key=key, files=files, settings=settings,
+                                  origin=origin)
         except CacheError as exc:
             log.warning("feature cache %s is unusable (%s); rebuilding it", directory, exc)
             shutil.rmtree(directory, ignore_errors=True)
     _compute(files, root=root, directory=directory, key=key, settings=settings, n_jobs=n_jobs,
              progress=progress)
-    return _open_verified(directory, key=key, files=files, settings=settings, hit=False)
+    return _open_verified(directory, key=key, files=files, settings=settings, hit=False,
+                          origin=origin)
 
 
 def _open_verified(
@@ -203,8 +279,9 @@ def _open_verified(
     *,
     key: str,
     files: tuple[str, ...],
-    settings: FrontEndSettings,
+    settings: FrontEnd,
     hit: bool = True,
+    origin: FeatureOrigin | None = None,
 ) -> FeatureSet:
     meta_path, array_path = directory / _META, directory / _ARRAY
     try:
@@ -226,7 +303,7 @@ def _open_verified(
         raise CacheError(f"{array_path} is {array_path.stat().st_size} bytes, expected {meta.get('bytes')}")
     if _sampled_checksum(array_path) != meta.get("checksum"):
         raise CacheError(f"{array_path} content does not match its checksum")
-    return FeatureSet(files=files, array=array, directory=directory, cache_hit=hit)
+    return FeatureSet(files=files, array=array, directory=directory, cache_hit=hit, origin=origin)
 
 
 def _sampled_checksum(path: Path) -> str:
@@ -242,11 +319,11 @@ def _sampled_checksum(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _front_end(settings: FrontEndSettings) -> LogMelFrontEnd:
-    return LogMelFrontEnd(settings)
+def _front_end(settings: FrontEnd) -> torch.nn.Module:
+    return settings.build()
 
 
-def _compute_rows(paths: list[Path], start: int, array_path: Path, settings: FrontEndSettings) -> int:
+def _compute_rows(paths: list[Path], start: int, array_path: Path, settings: FrontEnd) -> int:
     """Compute rows ``start : start + len(paths)`` straight into the shared array file.
 
     Always single-threaded: joblib already runs one worker per core, and threaded FFTs round
@@ -273,7 +350,7 @@ def _compute(
     root: Path,
     directory: Path,
     key: str,
-    settings: FrontEndSettings,
+    settings: FrontEnd,
     n_jobs: int,
     progress: Callable[[int], None] | None,
 ) -> None:

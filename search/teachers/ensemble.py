@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from asc_search.errors import AscSearchError, CacheError, PluginError
+from asc_search.features.logmel import FeatureSet, FrontEnd
 from asc_search.plugin_manager import collect_named
 from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import LabelledSet, Precision, precision_for
@@ -61,6 +62,20 @@ class TeacherFit:
 
     logits: np.ndarray
     model: nn.Module | None = None
+    #: The front-end whose features ``model`` reads (``FeatureSet.computed_with``); None: the
+    #: student's log-mels.
+    front_end: FrontEnd | None = None
+
+    def predict(self, features: FeatureSet, *, precision: Precision) -> np.ndarray:
+        """The model's logits for ``features`` (student log-mels of any clips), computed under
+        the teacher's own front-end when it has one."""
+        from asc_search.training.train import predict
+
+        if self.model is None:
+            raise PluginError("this teacher has no model, only its logits")
+        if self.front_end is not None:
+            features = features.computed_with(self.front_end)
+        return predict(self.model, features, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -146,8 +161,9 @@ def ensemble_logits(
             label = f"{name}#{index}" if sum(n == name for n, _ in parsed) > 1 else name
             workdir = partial / label
             workdir.mkdir()
-            context = TeacherContext(train=train, recipe=recipe, precision=precision,
-                                     workdir=workdir, option=option, progress=progress)
+            context = TeacherContext(train=train, recipe=_member_recipe(recipe, parsed, index),
+                                     precision=precision, workdir=workdir, option=option,
+                                     progress=progress)
             fitted = (known[name].fit(context) if folds == 1 else
                       _fit_out_of_fold(known[name], context, folds=folds))
             logits = np.asarray(fitted.logits, dtype=np.float32)
@@ -160,7 +176,7 @@ def ensemble_logits(
             np.save(partial / f"{label}.npy", logits)
             if on_teacher is not None:
                 on_teacher(label, fitted)
-        ensemble = _combine(list(per_teacher.values()), mode)
+        ensemble = combine_logits(list(per_teacher.values()), mode)
         np.save(partial / "ensemble.npy", ensemble)
         meta = {"key": key, "files": list(train.files), "teachers": list(per_teacher),
                 "mode": mode, "recipe": recipe.to_dict(), "folds": folds}
@@ -213,11 +229,12 @@ def fold_rows(files: Sequence[str], labels: np.ndarray, *, folds: int,
 
 def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -> TeacherFit:
     """Fit ``teacher`` on every fold's complement; each clip's logits from the fit without it."""
-    from asc_search.training.train import derive_seed, predict
+    from asc_search.training.train import derive_seed
 
     train = context.train
     logits = np.zeros((len(train), 0), dtype=np.float32)
     models: list[nn.Module] = []
+    front_end: FrontEnd | None = None
     for fold, held in enumerate(fold_rows(train.files, train.labels, folds=folds,
                                           seed=context.recipe.seed)):
         kept = np.setdiff1d(np.arange(len(train)), held)
@@ -229,16 +246,29 @@ def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -
             option=context.option, progress=context.progress))
         if fitted.model is None:  # logits given, not learned: nothing is memorised
             return teacher.fit(context)
-        held_logits = predict(fitted.model, train.features.subset(held),
-                              precision=context.precision)
+        held_logits = fitted.predict(train.features.subset(held), precision=context.precision)
         if logits.shape[1] == 0:
             logits = np.zeros((len(train), held_logits.shape[1]), dtype=np.float32)
         logits[held] = held_logits
         models.append(fitted.model.to("cpu"))
-    return TeacherFit(logits=logits, model=FoldAverage(models).eval())
+        front_end = fitted.front_end
+    return TeacherFit(logits=logits, model=FoldAverage(models).eval(), front_end=front_end)
 
 
-def _combine(logits: list[np.ndarray], mode: str) -> np.ndarray:
+def _member_recipe(recipe: TrainingRecipe, parsed: list[tuple[str, str | None]],
+                   index: int) -> TrainingRecipe:
+    """A teacher named again trains with a seed of its own (the seed's ensemble was several
+    PaSSTs fine-tuned with different seeds); the first of a name keeps the recipe's seed."""
+    from asc_search.training.train import derive_seed
+
+    name = parsed[index][0]
+    again = sum(n == name for n, _ in parsed[:index])
+    return recipe if again == 0 else recipe.with_(seed=derive_seed(recipe.seed, again))
+
+
+def combine_logits(logits: list[np.ndarray], mode: str) -> np.ndarray:
+    """The ensemble of row-aligned teacher logits: their mean, or the logits of their mean
+    probability (``mode`` ``mean_probs``)."""
     stacked = np.stack(logits)
     if mode == "mean_logits":
         return stacked.mean(axis=0).astype(np.float32)
@@ -262,6 +292,8 @@ def _key(train: LabelledSet, parsed: list[tuple[str, str | None]], known: Mappin
         "recipe": recipe.to_dict(),
         "mode": mode,
         **({"folds": folds} if folds > 1 else {}),  # one fit: the key it always had
+        # A repeated teacher draws its own seed (``_member_recipe``): new keys for repeats only.
+        **({"repeats_reseeded": True} if len({n for n, _ in parsed}) < len(parsed) else {}),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -66,16 +66,16 @@ def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.G
 
 
 def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float,
-            generator: torch.Generator, log_offset: float = 1e-5) -> torch.Tensor:
+            generator: torch.Generator, silence: float = math.log(1e-5)) -> torch.Tensor:
     """The recipe's augmentations in the DCASE baseline's order: roll, masks, Freq-MixStyle.
 
     The baseline masks the mel *power* before ``log(x + offset)`` and before Freq-MixStyle, so a
     masked bin is silence (``log(offset)``, about −11.5) that MixStyle then re-scales with the
     clip's statistics. Cached features are already logged: masking them to ``log(offset)`` is
-    the same thing, and it must come before MixStyle to match.
+    the same thing, and it must come before MixStyle to match. ``silence`` is that value in the
+    features' own scale (``FrontEnd.silence``: PaSST's features are normalised).
     """
     x = time_roll(x, round(recipe.roll_seconds * frames_per_second), generator)
-    silence = math.log(log_offset)
     x = mask_along(x, max_width=recipe.freq_mask_bins, axis=2, generator=generator, value=silence)
     x = mask_along(x, max_width=recipe.time_mask_frames, axis=3, generator=generator, value=silence)
     return freq_mixstyle(x, p=recipe.mixstyle_p, alpha=recipe.mixstyle_alpha, generator=generator)

@@ -21,7 +21,7 @@ from torch import nn
 
 from asc_search.data.dataset import SCENES, TAU22Dataset
 from asc_search.errors import AscSearchError
-from asc_search.features.logmel import FeatureSet, FrontEndSettings
+from asc_search.features.logmel import FeatureSet, FrontEnd, FrontEndSettings
 from asc_search.progress import progress_bar
 from asc_search.training.augment import augment
 from asc_search.training.recipe import TrainingRecipe
@@ -164,7 +164,7 @@ def fit(
     *,
     teacher_logits: np.ndarray | None = None,
     precision: Precision | None = None,
-    settings: FrontEndSettings | None = None,
+    settings: FrontEnd | None = None,
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
     steps: int | None = None,
@@ -232,7 +232,7 @@ def fit(
                         on_step(taken)
                     continue
                 x = augment(train.features.batch(rows), recipe, generator=generator,
-                            frames_per_second=frames_per_second, log_offset=settings.log_offset)
+                            frames_per_second=frames_per_second, silence=settings.silence)
                 x = x.to(precision.device, non_blocking=True)
                 if precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
