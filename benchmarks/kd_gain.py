@@ -1,0 +1,197 @@
+"""Does distillation pay? Students with and without KD from each teacher set, over seeds (issue 13).
+
+One command: ``python benchmarks/kd_gain.py [--split 5] [--seeds 0 1 2] [--students baseline S1]
+[--teacher-sets none calibration ...]``. On the embedded corpus, per split, seed, student and
+teacher set, the student is trained by the product's own path (``train_candidate``, as promotion
+trains a finalist) for the calibration's epochs at that split (150 at 5 %, 50 at 25 %), with KD
+from the set's cached ensemble, or without KD for ``none``; everything else is the same recipe.
+
+Students: ``baseline`` (the DCASE 2024 baseline, unpruned) and ``S1`` (the best seed plan of
+``search_vs_seed.py``: 64 → 32 pruned; its parent distils from the same teachers, and every
+parent is trained with the run's seed). Teacher sets (``TEACHER_SETS``; each names its teachers,
+how long they train, and its fitting options), the levers issue 13 asks to measure:
+
+- ``calibration``: ``wide_cp_mobile`` + ``patchout_transformer`` at the student's epochs, as
+  ``calibrate_corpus.py`` fits them (the cache it filled serves this set);
+- ``out_of_fold``: the same pair, out-of-fold logits from 4 fits each (no memorised clips);
+- ``seeds``: ``wide_cp_mobile`` three times (a seed each) + ``patchout_transformer``: an
+  ensemble of architectures and seeds, as the seed's four PaSSTs were.
+
+Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
+(s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
+agreement with the training labels (a set that memorises them scores 100 %). Runs are appended
+to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun; ``--report`` prints
+mean ± sd over seeds and each set's gain over ``none``, paired by seed. Teacher fitting is
+measured once per set and split (a later run reads the cache). CPU time is process time with
+``--threads 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from calibrate_corpus import EPOCHS, recipe_for
+from results import append_result, read_results
+from seed_plans import candidates
+
+from asc_search.features.experiment import load_split_data
+from asc_search.paths import cache_dir
+from asc_search.plugin_manager import build_plugin_manager
+from asc_search.search.objective import evaluation_attrs, train_candidate
+from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.training.evaluate import evaluate, mean_sd_interval
+from asc_search.training.train import precision_for, predict
+
+REVISION = 1
+STUDENTS = ("baseline", "S1")
+
+
+@dataclass(frozen=True)
+class TeacherSet:
+    teachers: tuple[str, ...]
+    folds: int = 1
+
+
+TEACHER_SETS = {
+    "none": None,
+    "calibration": TeacherSet(("wide_cp_mobile", "patchout_transformer")),
+    "out_of_fold": TeacherSet(("wide_cp_mobile", "patchout_transformer"), folds=4),
+    "seeds": TeacherSet(("wide_cp_mobile", "wide_cp_mobile", "wide_cp_mobile",
+                         "patchout_transformer")),
+}
+
+
+def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
+                    done_sets: set[tuple[str, int]]) -> Any:
+    """The set's ensemble logits (None for ``none``), recording its fit once per split."""
+    chosen = TEACHER_SETS[name]
+    if chosen is None:
+        return None
+    recipe = recipe_for(split, len(data.train), 0, 256)
+    started = time.process_time()
+    ensemble = ensemble_logits(data.train, teacher_names=list(chosen.teachers), pm=pm,
+                               cache_dir=cache_dir(), recipe=recipe, progress=False,
+                               folds=chosen.folds)
+    if (name, split) not in done_sets:
+        agreement = evaluate(ensemble.logits, data.train.labels, data.train.devices,
+                             interval=False)
+        append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
+                            "split": split, "teachers": list(ensemble.per_teacher),
+                            "folds": chosen.folds, "epochs": recipe.epochs,
+                            "cache_hit": ensemble.cache_hit,
+                            "cpu_seconds": round(time.process_time() - started, 1),
+                            "train_agreement": round(agreement.macro_accuracy, 4)})
+        done_sets.add((name, split))
+    return ensemble.logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="embedded")
+    parser.add_argument("--split", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument("--teacher-sets", nargs="*", default=["none", "calibration"],
+                        choices=list(TEACHER_SETS))
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="student and teacher epochs [default: the calibration's per split]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("kd_gain.jsonl"))
+    parser.add_argument("--report", action="store_true", help="print the tables of --out and stop")
+    args = parser.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
+    torch.set_num_threads(args.threads)
+    if args.epochs:
+        EPOCHS[args.split] = args.epochs  # a shorter check of the whole path (not a result)
+    epochs = EPOCHS[args.split]
+    pm = build_plugin_manager()
+    entries = [e for e in read_results(args.out) if e.get("revision") == REVISION]
+    done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"])
+            for e in entries if e["kind"] == "student"}
+    done_sets = {(e["teacher_set"], e["split"]) for e in entries if e["kind"] == "teachers"}
+    data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
+    settings, plans = candidates(pm)
+    precision = precision_for("cpu")
+    parents = cache_dir() / "kd_gain" / f"split{args.split}"
+    for name in args.teacher_sets:
+        logits = None
+        for seed in args.seeds:
+            for student in args.students:
+                if (name, student, seed, args.split, epochs) in done:
+                    continue
+                if logits is None and TEACHER_SETS[name] is not None:
+                    logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
+                                             out=args.out, done_sets=done_sets)
+                started = time.process_time()
+                outcome = train_candidate(plans[student], settings=settings, pm=pm,
+                                          train=data.train, validation=data.validation,
+                                          teacher_logits=logits, precision=precision,
+                                          epochs=epochs, seed=seed, parents=parents,
+                                          parent_seed=seed)
+                test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                                data.test.labels, data.test.devices, files=data.test.files)
+                append_result(args.out, {
+                    "revision": REVISION, "kind": "student", "teacher_set": name,
+                    "student": student, "seed": seed, "split": args.split, "epochs": epochs,
+                    "threads": torch.get_num_threads(), "date": date.today().isoformat(),
+                    "macs": outcome.macs, "param_bytes": outcome.param_bytes,
+                    "cpu_seconds": round(time.process_time() - started, 1),
+                    "validation": evaluation_attrs(outcome.validation),
+                    "test": evaluation_attrs(test)})
+
+
+def report(path: Path) -> str:
+    """Per split, student and teacher set: test (all, unseen) mean ± sd over seeds; the gain
+    over ``none`` paired by seed; and the teacher sets' fitting cost and training agreement."""
+    entries = [e for e in read_results(path) if e.get("revision") == REVISION]
+    runs = {(e["split"], e["student"], e["teacher_set"], e["seed"]): e
+            for e in entries if e["kind"] == "student"}
+
+    def summary(values: list[float]) -> str:
+        g = mean_sd_interval(values)
+        spread = (f" ± {100 * g['sd']:.1f} ({100 * g['low']:.1f} to {100 * g['high']:.1f})"
+                  if g["n"] > 1 else "")
+        return f"{100 * g['mean']:.1f}{spread}"
+
+    lines = ["| split | student | teachers | seeds | test % | test unseen % | test − none, "
+             "paired (points) | unseen − none | CPU-min per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for split, student, name in sorted({k[:3] for k in runs}):
+        seeds = sorted(k[3] for k in runs if k[:3] == (split, student, name))
+        mine = [runs[(split, student, name, s)] for s in seeds]
+        row = [summary([e["test"]["macro"] for e in mine]),
+               summary([e["test"]["unseen"] for e in mine])]
+        paired = [s for s in seeds if (split, student, "none", s) in runs]
+        if name != "none" and paired:
+            for field in ("macro", "unseen"):
+                row.append(summary([runs[(split, student, name, s)]["test"][field]
+                                    - runs[(split, student, "none", s)]["test"][field]
+                                    for s in paired]))
+        else:
+            row += ["", ""]
+        cpu = sum(e["cpu_seconds"] for e in mine) / len(mine) / 60
+        lines.append(f"| {split} % | {student} | {name} | {len(seeds)} | {' | '.join(row)} "
+                     f"| {cpu:.1f} |")
+    fits = [e for e in entries if e["kind"] == "teachers"]
+    if fits:
+        lines += ["", "| split | teachers | members | folds | epochs | fit CPU-min | "
+                  "ensemble agreement on training clips % |", "| --- | --- | --- | --- | --- "
+                  "| --- | --- |"]
+        for e in fits:
+            cost = "cached" if e["cache_hit"] else f"{e['cpu_seconds'] / 60:.1f}"
+            lines.append(f"| {e['split']} % | {e['teacher_set']} | {', '.join(e['teachers'])} "
+                         f"| {e['folds']} | {e['epochs']} | {cost} | "
+                         f"{100 * e['train_agreement']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
