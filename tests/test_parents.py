@@ -14,6 +14,7 @@ from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import wide_and_chain
 from asc_search.search.objective import SearchSettings, train_candidate
 from asc_search.search.space import read_space, space_from_dict
+from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import fit as real_fit
 from asc_search.training.train import precision_for
 
@@ -117,6 +118,48 @@ def test_workers_wanting_one_parent_at_once_train_it_once(data, tmp_path: Path,
     assert fits == ["first"]
     assert outcomes["first"].parent_trained and not outcomes["second"].parent_trained
     assert len(parents.cached_parents(tmp_path)) == 1
+
+
+def test_a_parent_cut_short_resumes_from_its_last_epoch(data, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """A parent whose worker dies mid-fit continues from its last epoch the next time it is
+    asked for, and ends with the weights an uninterrupted fit gives."""
+    import torch
+
+    from asc_search.architecture import ArchSpec
+
+    spec, precision = ArchSpec(base_channels=8), precision_for("cpu")
+    recipe = TrainingRecipe(epochs=1, batch_size=64, warmup_steps=2, seed=5)
+    logits = np.random.default_rng(1).normal(size=(len(data.train), 10)).astype(np.float32)
+    steps = 4 * -(-len(data.train) // 64)  # four epochs
+
+    def parent(cache: Path):
+        return parents.trained_parent(spec, pm=PM, recipe=recipe, steps=steps, train=data.train,
+                                      teacher_logits=logits, precision=precision, cache=cache)
+
+    whole, _ = parent(tmp_path / "whole")
+    epochs_run: list[int] = []
+
+    class Killed(Exception):
+        pass
+
+    def dying_fit(model, train, recipe, **kwargs):
+        def on_epoch(epoch: int, loss: float) -> None:
+            epochs_run.append(epoch)
+            if epoch == 2 and len(epochs_run) == 2:
+                raise Killed  # the worker dies after its second epoch
+        return real_fit(model, train, recipe, on_epoch=on_epoch, **kwargs)
+
+    monkeypatch.setattr(parents, "fit", dying_fit)
+    with pytest.raises(Killed):
+        parent(tmp_path / "cut")
+    (resume,) = (tmp_path / "cut" / parents.PARENTS_FOLDER).glob("*.pt.resume")
+    assert not parents.cached_parents(tmp_path / "cut")  # no half-trained parent is served
+    resumed, hit = parent(tmp_path / "cut")
+    assert not hit and epochs_run == [1, 2, 3, 4], "the second start did not skip epochs 1-2"
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert not resume.exists() and len(parents.cached_parents(tmp_path / "cut")) == 1
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

@@ -15,6 +15,9 @@ lock file beside it (``filelock``, an OS lock that dies with its process), so of
 that want the same parent at once one trains it and the others wait and load it: before the lock,
 two workers starting S2 and S3 together trained the 96-wide parent twice. A parent file
 that does not load (truncated, tampered, not ours) is reported and trained again, never unpickled.
+While it trains, its whole fit state is kept after every epoch in ``<key>.pt.resume``: a parent
+cut short (a killed worker, a session that ended) continues from its last epoch the next time it
+is asked for, and ends with the weights an uninterrupted fit gives.
 Parents are trained with the study's parent seed rather than the trial's, or no two trials would
 share one; the pruning steps and fine-tunes after it draw the trial's own seed.
 """
@@ -115,14 +118,18 @@ def _train(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: TrainingRecipe, 
     """Train the parent and, given ``path``, keep it there."""
     model = build_model(spec, pm=pm, seed=recipe.seed)
     started = time.perf_counter()
+    # A parent is the longest fit of a study: one cut short (a killed worker, the end of a
+    # session) continues from its last epoch when it is asked for again.
+    resume = None if path is None else path.with_name(f"{path.name}.resume")
     fit(model, train, recipe, steps=steps, teacher_logits=teacher_logits, precision=precision,
-        progress=progress, label=f"parent {spec.base_channels}-wide")
+        progress=progress, label=f"parent {spec.base_channels}-wide", resume=resume)
     model.to("cpu").to(memory_format=torch.contiguous_format)
     if path is not None:
         save_checkpoint(path, spec=spec, state_dict=model.state_dict(), metadata={
             "stage": "parent", "version": PARENT_VERSION, "steps": steps, "seed": recipe.seed,
             "seconds": round(time.perf_counter() - started, 1), "train_clips": len(train),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        resume.unlink(missing_ok=True)
     return model
 
 

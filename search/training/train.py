@@ -9,10 +9,16 @@ CUDA it uses the native bf16 (or fp16 with a gradient scaler) autocast path.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import pickle
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +31,8 @@ from asc_search.features.logmel import FeatureSet, FrontEnd, FrontEndSettings
 from asc_search.progress import progress_bar
 from asc_search.training.augment import augment
 from asc_search.training.recipe import TrainingRecipe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ def fit(
     progress: bool = True,
     label: str = "train",
     compile_model: bool = False,
+    resume: Path | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``train`` with ``recipe``; distil when ``teacher_logits`` given.
 
@@ -181,7 +190,11 @@ def fit(
     last epoch may be partial; warm-up and cosine span the steps): how a search gives every
     candidate the same budget however a pruning plan divides it. ``compile_model`` runs the step through
     ``torch.compile``: about 1.2× faster per step on this CPU but a minute of compilation per
-    architecture, so it pays off only for long runs.
+    architecture, so it pays off only for long runs. ``resume`` names a file where the run's whole
+    state (weights, optimiser, schedule, random generators, epoch) is written after every epoch:
+    a run killed mid-way and started again with the same arguments continues from its last epoch
+    and ends with the weights the uninterrupted run would have (``FitState``). The caller removes
+    the file once it has kept the result.
     """
     import time
 
@@ -214,11 +227,23 @@ def fit(
     teachers_all = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32)) \
         if teacher_logits is not None else None
     history = TrainHistory()
+    state = FitState(resume, identity={"recipe": recipe.to_dict(), "steps": total,
+                                       "clips": len(train), "label": label,
+                                       "kd": teacher_logits is not None}) if resume else None
+    first = 1
+    taken = 0
+    if state is not None:
+        restored = state.restore(model=model, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler, generator=generator, order_rng=order_rng,
+                                 history=history)
+        if restored is not None:
+            first, taken = restored[0] + 1, restored[1]
     step_model = torch.compile(model) if compile_model else model
     model.train()
     with progress_bar(label, total=total, enabled=progress) as advance:
-        taken = 0
-        for epoch in range(1, epochs + 1):
+        if taken:
+            advance(taken)
+        for epoch in range(first, epochs + 1):
             started, running, seen = time.perf_counter(), 0.0, 0
             order = order_rng.permutation(len(train))
             for start in range(0, len(order), recipe.batch_size):
@@ -263,10 +288,73 @@ def fit(
             history.seconds.append(time.perf_counter() - started)
             history.samples += seen
             advance.describe(f"{label} epoch {epoch}/{epochs} loss {mean_loss:.3f}")
+            if state is not None and epoch < epochs:
+                state.save(epoch=epoch, taken=taken, model=model, optimizer=optimizer,
+                           scheduler=scheduler, scaler=scaler, generator=generator,
+                           order_rng=order_rng, history=history)
             if on_epoch is not None:
                 on_epoch(epoch, mean_loss)
     model.eval()
     return history
+
+
+class FitState:
+    """A ``fit``'s state after an epoch, in one tensor-only file (written whole, then renamed).
+
+    It holds what the next epoch depends on: weights, optimiser moments, the schedule's step,
+    the gradient scaler, the augmentation generator, torch's global generator and the batch-order
+    generator, so continuing from it is the same run. ``identity`` (recipe, steps, clips, KD)
+    must match, or the file is another run's and is ignored.
+    """
+
+    def __init__(self, path: Path, *, identity: dict[str, Any]) -> None:
+        self.path = path
+        self.identity = json.dumps(identity, sort_keys=True, default=str)
+
+    def save(self, *, epoch: int, taken: int, model: nn.Module, optimizer: Any, scheduler: Any,
+             scaler: Any, generator: torch.Generator, order_rng: np.random.Generator,
+             history: TrainHistory) -> None:
+        payload = {
+            "identity": self.identity, "epoch": epoch, "taken": taken,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "order_rng": json.dumps(order_rng.bit_generator.state),
+            "losses": list(history.losses), "seconds": list(history.seconds),
+            "samples": history.samples,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(payload, temporary)
+        os.replace(temporary, self.path)
+
+    def restore(self, *, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                generator: torch.Generator, order_rng: np.random.Generator,
+                history: TrainHistory) -> tuple[int, int] | None:
+        """Load the saved state into these objects; (epoch, steps taken), or None to start."""
+        if not self.path.is_file():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            if payload["identity"] != self.identity:
+                raise ValueError("it belongs to another run")
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            scaler.load_state_dict(payload["scaler"])
+            generator.set_state(payload["generator"])
+            torch.set_rng_state(payload["torch_rng"])
+            order_rng.bit_generator.state = json.loads(payload["order_rng"])
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError,
+                pickle.UnpicklingError) as exc:
+            log.warning("resume file %s is unusable (%s); training from the start",
+                        self.path, exc)
+            return None
+        history.losses[:] = payload["losses"]
+        history.seconds[:] = payload["seconds"]
+        history.samples = int(payload["samples"])
+        log.info("resuming %s after epoch %d", self.path.name, payload["epoch"])
+        return int(payload["epoch"]), int(payload["taken"])
 
 
 @torch.no_grad()
