@@ -15,7 +15,9 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
   ``calibrate_corpus.py`` fits them (the cache it filled serves this set);
 - ``out_of_fold``: the same pair, out-of-fold logits from 4 fits each (no memorised clips);
 - ``seeds``: ``wide_cp_mobile`` three times (a seed each) + ``patchout_transformer``: an
-  ensemble of architectures and seeds, as the seed's four PaSSTs were.
+  ensemble of architectures and seeds, as the seed's four PaSSTs were;
+- ``mixup``: the calibration pair trained with mixup (α 0.3), so they blend clips instead of
+  memorising them.
 
 Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
 (s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
@@ -56,6 +58,7 @@ STUDENTS = ("baseline", "S1")
 class TeacherSet:
     teachers: tuple[str, ...]
     folds: int = 1
+    recipe: tuple[tuple[str, Any], ...] = ()  # overrides of the teachers' recipe
 
 
 TEACHER_SETS = {
@@ -64,6 +67,8 @@ TEACHER_SETS = {
     "out_of_fold": TeacherSet(("wide_cp_mobile", "patchout_transformer"), folds=4),
     "seeds": TeacherSet(("wide_cp_mobile", "wide_cp_mobile", "wide_cp_mobile",
                          "patchout_transformer")),
+    "mixup": TeacherSet(("wide_cp_mobile", "patchout_transformer"),
+                        recipe=(("mixup_alpha", 0.3),)),
 }
 
 
@@ -73,7 +78,7 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     chosen = TEACHER_SETS[name]
     if chosen is None:
         return None
-    recipe = recipe_for(split, len(data.train), 0, 256)
+    recipe = recipe_for(split, len(data.train), 0, 256).with_(**dict(chosen.recipe))
     started = time.process_time()
     ensemble = ensemble_logits(data.train, teacher_names=list(chosen.teachers), pm=pm,
                                cache_dir=cache_dir(), recipe=recipe, progress=False,
@@ -84,6 +89,7 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
         append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
                             "split": split, "teachers": list(ensemble.per_teacher),
                             "folds": chosen.folds, "epochs": recipe.epochs,
+                            "recipe": dict(chosen.recipe),
                             "cache_hit": ensemble.cache_hit,
                             "cpu_seconds": round(time.process_time() - started, 1),
                             "train_agreement": round(agreement.macro_accuracy, 4)})

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from asc_search.architecture import ArchSpec, build_model
+from asc_search.errors import AscSearchError
 from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.training.augment import freq_mixstyle, mask_along, time_roll
@@ -272,3 +273,54 @@ def test_a_paired_difference_is_shown_where_two_intervals_overlap() -> None:
     assert paired["difference"] > 0 and paired["low"] > 0  # ...the paired one excludes 0
     same = paired_difference(labels, correct, correct, groups=files)
     assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_mixup_changes_training_but_not_the_keys_of_recipes_without_it(split_data) -> None:
+    # Cached teachers and parents are keyed by ``to_dict``: a recipe without mixup keeps its key.
+    assert "mixup_alpha" not in TrainingRecipe().to_dict()
+    assert TrainingRecipe(mixup_alpha=0.3).to_dict()["mixup_alpha"] == 0.3
+    with pytest.raises(AscSearchError, match="mixup_alpha"):
+        TrainingRecipe(mixup_alpha=-1).validate()
+    recipe = TrainingRecipe(epochs=3, batch_size=32, warmup_steps=2, learning_rate=0.01)
+    plain, mixed = build_model(SMALL, pm=PM, seed=0), build_model(SMALL, pm=PM, seed=0)
+    fit(plain, split_data.train, recipe, progress=False)
+    history = fit(mixed, split_data.train, recipe.with_(mixup_alpha=0.4), progress=False)
+    assert all(np.isfinite(history.losses))
+    name = next(iter(plain.state_dict()))
+    assert not torch.equal(plain.state_dict()[name], mixed.state_dict()[name])
+
+
+def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> None:
+    """Killed after epoch 2 and started again with ``resume``, a fit (mixup, masks, MixStyle
+    and KD all drawing random numbers) ends with the uninterrupted run's weights."""
+    recipe = TrainingRecipe(epochs=4, batch_size=32, warmup_steps=2, learning_rate=0.01,
+                            mixup_alpha=0.3, mixstyle_p=0.5)
+    teacher = np.random.default_rng(0).normal(size=(len(split_data.train), 10)).astype(np.float32)
+    whole = build_model(SMALL, pm=PM, seed=0)
+    expected = fit(whole, split_data.train, recipe, teacher_logits=teacher, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(epoch: int, loss: float) -> None:
+        if epoch == 2:
+            raise Killed
+
+    resume = tmp_path / "run.resume"
+    with pytest.raises(Killed):
+        fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, teacher_logits=teacher,
+            progress=False, resume=resume, on_epoch=die_after_two)
+    assert resume.is_file()
+    again = build_model(SMALL, pm=PM, seed=0)
+    history = fit(again, split_data.train, recipe, teacher_logits=teacher, progress=False,
+                  resume=resume)
+    assert history.losses == pytest.approx(expected.losses)
+    for (name, a), b in zip(whole.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # Another run's resume file is ignored, not continued: that run is as if started afresh.
+    shorter = recipe.with_(epochs=3)
+    fresh, other = build_model(SMALL, pm=PM, seed=0), build_model(SMALL, pm=PM, seed=0)
+    fit(fresh, split_data.train, shorter, teacher_logits=teacher, progress=False)
+    fit(other, split_data.train, shorter, teacher_logits=teacher, progress=False, resume=resume)
+    for (name, a), b in zip(fresh.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

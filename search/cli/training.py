@@ -31,6 +31,7 @@ _HELP = {
     "mixstyle_alpha": "Freq-MixStyle Beta(α, α).",
     "freq_mask_bins": "Frequency mask width in mel bins (0 = off).",
     "time_mask_frames": "Time mask width in frames (0 = off).",
+    "mixup_alpha": "Mixup Beta(α, α) blend of clips and their targets (0 = off).",
     "kd_temperature": "Distillation temperature T.",
     "kd_weight": "Weight of the distillation term (the label term gets 1 − w).",
     "seed": "Seed for initialisation, batch order and augmentation.",

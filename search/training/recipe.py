@@ -27,6 +27,7 @@ class TrainingRecipe:
     mixstyle_alpha: float = 0.3  # Beta(α, α) mixing weight
     freq_mask_bins: int = 48  # one frequency mask of up to 48 mel bins per clip
     time_mask_frames: int = 0  # one time mask of up to N frames per clip (off in the baseline)
+    mixup_alpha: float = 0.0  # mixup: clips and targets blended by Beta(α, α) (off in the baseline)
     # Knowledge distillation from cached ensemble logits (CP-JKU)
     kd_temperature: float = 2.0
     kd_weight: float = 0.98  # loss = (1 − w) · CE + w · T² · KL(teacher ‖ student / T)
@@ -48,8 +49,21 @@ class TrainingRecipe:
             raise AscSearchError("learning rate must be positive, weight decay and warm-up ≥ 0")
         if not 0 <= self.mixstyle_p <= 1 or self.mixstyle_alpha <= 0:
             raise AscSearchError("mixstyle_p must be in [0, 1] and mixstyle_alpha positive")
+        if self.mixup_alpha < 0:
+            raise AscSearchError("mixup_alpha must be ≥ 0 (0 turns mixup off)")
         if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
             raise AscSearchError("kd_weight must be in [0, 1] and kd_temperature positive")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict: what caches key teachers and parents by. A field added after
+        such keys existed enters only when it is set, so a recipe that leaves it off keeps the
+        key (and the cached teachers and parents) it always had."""
+        data = asdict(self)
+        for name, off in _KEYED_ONLY_WHEN_SET.items():
+            if data[name] == off:
+                del data[name]
+        return data
+
+
+#: Fields newer than the first cache keys, with the value that leaves them out of ``to_dict``.
+_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"mixup_alpha": 0.0}

@@ -33,6 +33,7 @@ from asc_search.training.augment import augment
 from asc_search.training.recipe import TrainingRecipe
 
 log = logging.getLogger(__name__)
+MIXUP_STREAM = 7  # derive_seed path of the mixup draws: apart from the batch order's
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def fit(
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     order_rng = np.random.default_rng(recipe.seed)
+    mix_rng = np.random.default_rng(derive_seed(recipe.seed, MIXUP_STREAM))
     model.to(precision.device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -234,8 +236,8 @@ def fit(
     taken = 0
     if state is not None:
         restored = state.restore(model=model, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler, generator=generator, order_rng=order_rng,
-                                 history=history)
+                                 scaler=scaler, generator=generator,
+                                 rngs={"order": order_rng, "mix": mix_rng}, history=history)
         if restored is not None:
             first, taken = restored[0] + 1, restored[1]
     step_model = torch.compile(model) if compile_model else model
@@ -258,18 +260,23 @@ def fit(
                     continue
                 x = augment(train.features.batch(rows), recipe, generator=generator,
                             frames_per_second=frames_per_second, silence=settings.silence)
+                # Mixup: the batch blended with a shuffled copy of itself; the loss blends the
+                # two clips' targets (labels and teacher logits) with the same weight.
+                blend, partner = 1.0, None
+                if recipe.mixup_alpha > 0:
+                    blend = float(mix_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
+                    partner = mix_rng.permutation(len(rows))
+                    x = blend * x + (1.0 - blend) * x[torch.from_numpy(partner)]
                 x = x.to(precision.device, non_blocking=True)
                 if precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = labels_all[rows].to(precision.device)
                 with precision.autocast():
                     logits = step_model(x)
                 logits = logits.float()
-                if teachers_all is None:
-                    loss = F.cross_entropy(logits, y)
-                else:
-                    loss = kd_loss(logits, y, teachers_all[rows].to(precision.device),
-                                   temperature=recipe.kd_temperature, weight=recipe.kd_weight)
+                loss = _loss(logits, rows, labels_all, teachers_all, recipe, precision.device)
+                if partner is not None:
+                    loss = blend * loss + (1.0 - blend) * _loss(
+                        logits, rows[partner], labels_all, teachers_all, recipe, precision.device)
                 if not torch.isfinite(loss):
                     raise AscSearchError(f"{label}: loss became {loss.item()} at epoch {epoch}; "
                                          "lower the learning rate")
@@ -291,20 +298,31 @@ def fit(
             if state is not None and epoch < epochs:
                 state.save(epoch=epoch, taken=taken, model=model, optimizer=optimizer,
                            scheduler=scheduler, scaler=scaler, generator=generator,
-                           order_rng=order_rng, history=history)
+                           rngs={"order": order_rng, "mix": mix_rng}, history=history)
             if on_epoch is not None:
                 on_epoch(epoch, mean_loss)
     model.eval()
     return history
 
 
+def _loss(logits: torch.Tensor, rows: np.ndarray, labels: torch.Tensor,
+          teachers: torch.Tensor | None, recipe: TrainingRecipe,
+          device: torch.device) -> torch.Tensor:
+    """Cross-entropy against the rows' labels, or the KD loss when there are teacher logits."""
+    y = labels[rows].to(device)
+    if teachers is None:
+        return F.cross_entropy(logits, y)
+    return kd_loss(logits, y, teachers[rows].to(device), temperature=recipe.kd_temperature,
+                   weight=recipe.kd_weight)
+
+
 class FitState:
     """A ``fit``'s state after an epoch, in one tensor-only file (written whole, then renamed).
 
     It holds what the next epoch depends on: weights, optimiser moments, the schedule's step,
-    the gradient scaler, the augmentation generator, torch's global generator and the batch-order
-    generator, so continuing from it is the same run. ``identity`` (recipe, steps, clips, KD)
-    must match, or the file is another run's and is ignored.
+    the gradient scaler, the augmentation generator, torch's global generator and the numpy
+    generators (batch order, mixup), so continuing from it is the same run. ``identity``
+    (recipe, steps, clips, KD) must match, or the file is another run's and is ignored.
     """
 
     def __init__(self, path: Path, *, identity: dict[str, Any]) -> None:
@@ -312,14 +330,14 @@ class FitState:
         self.identity = json.dumps(identity, sort_keys=True, default=str)
 
     def save(self, *, epoch: int, taken: int, model: nn.Module, optimizer: Any, scheduler: Any,
-             scaler: Any, generator: torch.Generator, order_rng: np.random.Generator,
+             scaler: Any, generator: torch.Generator, rngs: dict[str, np.random.Generator],
              history: TrainHistory) -> None:
         payload = {
             "identity": self.identity, "epoch": epoch, "taken": taken,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "order_rng": json.dumps(order_rng.bit_generator.state),
+            "rngs": json.dumps({name: rng.bit_generator.state for name, rng in rngs.items()}),
             "losses": list(history.losses), "seconds": list(history.seconds),
             "samples": history.samples,
         }
@@ -329,7 +347,7 @@ class FitState:
         os.replace(temporary, self.path)
 
     def restore(self, *, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                generator: torch.Generator, order_rng: np.random.Generator,
+                generator: torch.Generator, rngs: dict[str, np.random.Generator],
                 history: TrainHistory) -> tuple[int, int] | None:
         """Load the saved state into these objects; (epoch, steps taken), or None to start."""
         if not self.path.is_file():
@@ -344,7 +362,8 @@ class FitState:
             scaler.load_state_dict(payload["scaler"])
             generator.set_state(payload["generator"])
             torch.set_rng_state(payload["torch_rng"])
-            order_rng.bit_generator.state = json.loads(payload["order_rng"])
+            for name, saved in json.loads(payload["rngs"]).items():
+                rngs[name].bit_generator.state = saved
         except (OSError, RuntimeError, ValueError, KeyError, TypeError,
                 pickle.UnpicklingError) as exc:
             log.warning("resume file %s is unusable (%s); training from the start",
