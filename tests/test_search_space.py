@@ -100,19 +100,19 @@ def test_yaml_spaces_work(tmp_path: Path) -> None:
 
 
 def test_a_plugin_adds_a_dimension(tmp_path: Path) -> None:
-    class MixupDimension:
+    class CutmixDimension:
         @hookimpl
         def asc_space_dimensions(self):
-            return [DimensionInfo("mixup_alpha", "training", "mixup Beta(α, α)")]
+            return [DimensionInfo("cutmix_p", "training", "cutmix probability")]
 
     pm = build_plugin_manager(load_entry_points=False)
-    pm.register(MixupDimension())
-    text = MINIMAL + "[dimensions.mixup_alpha]\ntype = \"float\"\nlow = 0.2\nhigh = 0.6\n"
+    pm.register(CutmixDimension())
+    text = MINIMAL + "[dimensions.cutmix_p]\ntype = \"float\"\nlow = 0.2\nhigh = 0.6\n"
     space = load_space(_write(tmp_path, text), pm=pm)
     study = optuna.create_study()
     candidate = space.suggest(study.ask())
-    assert 0.2 <= candidate.training["mixup_alpha"] <= 0.6
-    with pytest.raises(SpaceError, match="unknown dimension 'mixup_alpha'"):
+    assert 0.2 <= candidate.training["cutmix_p"] <= 0.6
+    with pytest.raises(SpaceError, match="unknown dimension 'cutmix_p'"):
         load_space(_write(tmp_path, text), pm=PM)
 
 
