@@ -17,7 +17,12 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
 - ``seeds``: ``wide_cp_mobile`` three times (a seed each) + ``patchout_transformer``: an
   ensemble of architectures and seeds, as the seed's four PaSSTs were;
 - ``mixup``: the calibration pair trained with mixup (α 0.3), so they blend clips instead of
-  memorising them.
+  memorising them;
+- ``product_batch``: the calibration pair at the product's batch for the split (n // 25, 16 at
+  the corpus's 5 %) instead of the published 256, which gives 400 clips two steps per epoch
+  (``search_vs_seed.py`` found students undertrained at 256; the calibration's teachers are too).
+
+Students train at the product's batch for the split, as ``asc-search run`` trains them.
 
 Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
 (s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -45,7 +50,7 @@ from seed_plans import candidates
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import evaluation_attrs, train_candidate
+from asc_search.search.objective import auto_batch_size, evaluation_attrs, train_candidate
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.train import precision_for, predict
@@ -59,6 +64,8 @@ class TeacherSet:
     teachers: tuple[str, ...]
     folds: int = 1
     recipe: tuple[tuple[str, Any], ...] = ()  # overrides of the teachers' recipe
+    #: Teachers at the product's batch for the split (n // 25) instead of the published 256.
+    product_batch: bool = False
 
 
 TEACHER_SETS = {
@@ -69,6 +76,7 @@ TEACHER_SETS = {
                          "patchout_transformer")),
     "mixup": TeacherSet(("wide_cp_mobile", "patchout_transformer"),
                         recipe=(("mixup_alpha", 0.3),)),
+    "product_batch": TeacherSet(("wide_cp_mobile", "patchout_transformer"), product_batch=True),
 }
 
 
@@ -78,7 +86,8 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     chosen = TEACHER_SETS[name]
     if chosen is None:
         return None
-    recipe = recipe_for(split, len(data.train), 0, 256).with_(**dict(chosen.recipe))
+    batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
+    recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
     started = time.process_time()
     ensemble = ensemble_logits(data.train, teacher_names=list(chosen.teachers), pm=pm,
                                cache_dir=cache_dir(), recipe=recipe, progress=False,
@@ -89,7 +98,7 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
         append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
                             "split": split, "teachers": list(ensemble.per_teacher),
                             "folds": chosen.folds, "epochs": recipe.epochs,
-                            "recipe": dict(chosen.recipe),
+                            "recipe": dict(chosen.recipe), "batch_size": recipe.batch_size,
                             "cache_hit": ensemble.cache_hit,
                             "cpu_seconds": round(time.process_time() - started, 1),
                             "train_agreement": round(agreement.macro_accuracy, 4)})
@@ -125,6 +134,7 @@ def main() -> None:
     done_sets = {(e["teacher_set"], e["split"]) for e in entries if e["kind"] == "teachers"}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
     settings, plans = candidates(pm)
+    settings = replace(settings, recipe={})  # students at the product's batch for the split
     precision = precision_for("cpu")
     parents = cache_dir() / "kd_gain" / f"split{args.split}"
     for name in args.teacher_sets:
