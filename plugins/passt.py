@@ -243,7 +243,7 @@ def fit_passt(context: TeacherContext) -> TeacherFit:
     precision = context.precision
     if precision.device.type == "cpu" and torch.cuda.is_available():
         precision = precision_for("cuda")
-    fit(model, passt_train, recipe, precision=precision, settings=front_end,
+    fit(model, passt_train, recipe, precision=precision, settings=front_end, resume=context.resume,
         progress=context.progress, label="teacher passt")
     logits = predict(model, features, precision=precision, batch_size=64)
     model.to("cpu")

@@ -26,7 +26,7 @@ WIDE_BASE = 64  # no budget: about 4× the baseline's MACs, still trainable on a
 
 
 def _train_and_predict(context: TeacherContext, spec: ArchSpec, model, label: str) -> TeacherFit:
-    fit(model, context.train, context.recipe, precision=context.precision,
+    fit(model, context.train, context.recipe, precision=context.precision, resume=context.resume,
         progress=context.progress, label=f"teacher {label}")
     logits = predict(model, context.train.features, precision=context.precision)
     save_checkpoint(context.workdir / "model.pt", spec=spec, state_dict=model.state_dict(),

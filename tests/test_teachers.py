@@ -230,3 +230,35 @@ def test_subsets_of_one_cached_list_have_their_own_teacher_entries(tiny_corpus: 
     again = ensemble_logits(data.train.subset(rows[::2]), teacher_names=["memoriser"], pm=pm,
                             cache_dir=tmp_path, recipe=RECIPE, progress=False)
     assert again.cache_hit and again.directory == fitted[1].directory
+
+
+def test_a_teacher_fit_cut_short_resumes_from_its_last_epoch(tiny_corpus: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import asc_search.plugins.teachers as builtin
+
+    pm = build_plugin_manager(load_entry_points=False)
+    data = load_split_data(str(tiny_corpus), 25, pm=pm, cache_dir=tmp_path, progress=False)
+    recipe = TrainingRecipe(epochs=3, batch_size=16, warmup_steps=1)
+    whole = ensemble_logits(data.train, teacher_names=["wide_cp_mobile=8"], pm=pm,
+                            cache_dir=tmp_path / "whole", recipe=recipe, progress=False)
+    real_fit, epochs_run = builtin.fit, []
+
+    class Killed(Exception):
+        pass
+
+    def dying_fit(model, train, recipe, **kwargs):
+        def on_epoch(epoch: int, loss: float) -> None:
+            epochs_run.append(epoch)
+            if epochs_run == [1, 2]:
+                raise Killed  # the process dies after the teacher's second epoch
+        return real_fit(model, train, recipe, on_epoch=on_epoch, **kwargs)
+
+    monkeypatch.setattr(builtin, "fit", dying_fit)
+    with pytest.raises(Killed):
+        ensemble_logits(data.train, teacher_names=["wide_cp_mobile=8"], pm=pm,
+                        cache_dir=tmp_path / "cut", recipe=recipe, progress=False)
+    resumed = ensemble_logits(data.train, teacher_names=["wide_cp_mobile=8"], pm=pm,
+                              cache_dir=tmp_path / "cut", recipe=recipe, progress=False)
+    assert epochs_run == [1, 2, 3], "the second start did not continue after epoch 2"
+    np.testing.assert_array_equal(resumed.logits, whole.logits)
+    assert not [p for p in (tmp_path / "cut" / "teachers").iterdir() if p.name.startswith(".")]

@@ -54,6 +54,9 @@ class TeacherContext:
     workdir: Path  # a private folder inside the cache, for the teacher's own checkpoint
     option: str | None = None  # what followed "=" in --teacher NAME=OPTION
     progress: bool = True
+    #: A file for ``fit(resume=)`` that outlives an interrupted fit (``workdir`` does not): a
+    #: teacher fit cut short continues from its last epoch when the ensemble is asked for again.
+    resume: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def ensemble_logits(
     precision = precision or precision_for("cpu")
     key = _key(train, parsed, known, recipe, mode, folds)
     directory = cache_dir / "teachers" / key
+    resumes = cache_dir / "teachers" / f".{key}.resume"  # kept until the ensemble is saved
     if directory.exists():
         try:
             return _load(directory, train)
@@ -163,7 +167,8 @@ def ensemble_logits(
             workdir.mkdir()
             context = TeacherContext(train=train, recipe=_member_recipe(recipe, parsed, index),
                                      precision=precision, workdir=workdir, option=option,
-                                     progress=progress)
+                                     progress=progress,
+                                     resume=resumes / label / "fit.resume")
             fitted = (known[name].fit(context) if folds == 1 else
                       _fit_out_of_fold(known[name], context, folds=folds))
             logits = np.asarray(fitted.logits, dtype=np.float32)
@@ -186,6 +191,7 @@ def ensemble_logits(
         except OSError:
             if not directory.exists():
                 raise
+        shutil.rmtree(resumes, ignore_errors=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     result = _load(directory, train)
@@ -243,7 +249,9 @@ def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -
         fitted = teacher.fit(TeacherContext(
             train=train.subset(kept), precision=context.precision, workdir=workdir,
             recipe=context.recipe.with_(seed=derive_seed(context.recipe.seed, fold)),
-            option=context.option, progress=context.progress))
+            option=context.option, progress=context.progress,
+            resume=None if context.resume is None
+            else context.resume.with_name(f"fold{fold}.resume")))
         if fitted.model is None:  # logits given, not learned: nothing is memorised
             return teacher.fit(context)
         held_logits = fitted.predict(train.features.subset(held), precision=context.precision)
