@@ -92,6 +92,10 @@ class PasstFrontEndSettings:
     def silence(self) -> float:
         return (math.log(1e-5) + 4.5) / 5.0  # log(0 + 1e-5) under PaSST's normalisation
 
+    @property
+    def log_scale(self) -> float:
+        return 1.0 / 5.0  # PaSST's (log(mel + 1e-5) + 4.5) / 5
+
     def key(self) -> str:
         payload = json.dumps({"front_end": "passt", "v": 1, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

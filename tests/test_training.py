@@ -290,6 +290,20 @@ def test_mixup_changes_training_but_not_the_keys_of_recipes_without_it(split_dat
     assert not torch.equal(plain.state_dict()[name], mixed.state_dict()[name])
 
 
+def test_training_with_device_responses_changes_the_fit_and_stays_deterministic(split_data) -> None:
+    # Device impulse-response augmentation (device_responses.py) on device-a clips of the split.
+    train = split_data.train.subset(np.arange(128))
+    recipe = TrainingRecipe(epochs=1, batch_size=32, warmup_steps=2, learning_rate=0.01)
+    coloured = recipe.with_(device_response_p=0.6)
+    plain, first, second = (build_model(SMALL, pm=PM, seed=0) for _ in range(3))
+    fit(plain, train, recipe, progress=False)
+    fit(first, train, coloured, progress=False)
+    fit(second, train, coloured, progress=False)
+    name = next(iter(plain.state_dict()))
+    assert not torch.equal(plain.state_dict()[name], first.state_dict()[name])
+    assert torch.equal(first.state_dict()[name], second.state_dict()[name])
+
+
 def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> None:
     """Killed after epoch 2 and started again with ``resume``, a fit (mixup, masks, MixStyle
     and KD all drawing random numbers) ends with the uninterrupted run's weights."""

@@ -32,6 +32,10 @@ _HELP = {
     "freq_mask_bins": "Frequency mask width in mel bins (0 = off).",
     "time_mask_frames": "Time mask width in frames (0 = off).",
     "mixup_alpha": "Mixup Beta(α, α) blend of clips and their targets (0 = off).",
+    "device_response_p": "Device impulse-response augmentation: probability that a device-a clip "
+                         "gets another device's colouring (0 = off).",
+    "device_responses": "Folder of device impulse-response WAVs (MicIRP, say) [default: a "
+                        "built-in bank of synthetic device responses].",
     "kd_temperature": "Distillation temperature T.",
     "kd_weight": "Weight of the distillation term (the label term gets 1 − w).",
     "seed": "Seed for initialisation, batch order and augmentation.",

@@ -62,6 +62,11 @@ class FrontEnd(Protocol):
         """The feature value of a silent bin: what a mask writes."""
         ...
 
+    @property
+    def log_scale(self) -> float:
+        """Feature units per natural-log unit of mel power (1 for a plain log; PaSST's ⅕)."""
+        ...
+
     def key(self) -> str: ...
 
     def build(self) -> torch.nn.Module:
@@ -99,6 +104,10 @@ class FrontEndSettings:
     @property
     def silence(self) -> float:
         return math.log(self.log_offset)
+
+    @property
+    def log_scale(self) -> float:
+        return 1.0
 
     def key(self) -> str:
         payload = json.dumps({"v": FEATURE_FORMAT_VERSION, **asdict(self)}, sort_keys=True)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 
+from asc_search.training.device_responses import DeviceResponses
 from asc_search.training.recipe import TrainingRecipe
 
 
@@ -66,8 +67,11 @@ def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.G
 
 
 def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float,
-            generator: torch.Generator, silence: float = math.log(1e-5)) -> torch.Tensor:
-    """The recipe's augmentations in the DCASE baseline's order: roll, masks, Freq-MixStyle.
+            generator: torch.Generator, silence: float = math.log(1e-5), log_scale: float = 1.0,
+            responses: DeviceResponses | None = None,
+            eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """The recipe's augmentations in the DCASE baseline's order: roll, masks, Freq-MixStyle,
+    after the device responses (``eligible`` clips only), which stand for the recording itself.
 
     The baseline masks the mel *power* before ``log(x + offset)`` and before Freq-MixStyle, so a
     masked bin is silence (``log(offset)``, about −11.5) that MixStyle then re-scales with the
@@ -75,6 +79,11 @@ def augment(x: torch.Tensor, recipe: TrainingRecipe, *, frames_per_second: float
     the same thing, and it must come before MixStyle to match. ``silence`` is that value in the
     features' own scale (``FrontEnd.silence``: PaSST's features are normalised).
     """
+    if recipe.device_response_p > 0 and responses is not None:
+        x = responses.apply(x, p=recipe.device_response_p, generator=generator, silence=silence,
+                            log_scale=log_scale,
+                            eligible=eligible if eligible is not None
+                            else torch.ones(x.shape[0], dtype=torch.bool))
     x = time_roll(x, round(recipe.roll_seconds * frames_per_second), generator)
     x = mask_along(x, max_width=recipe.freq_mask_bins, axis=2, generator=generator, value=silence)
     x = mask_along(x, max_width=recipe.time_mask_frames, axis=3, generator=generator, value=silence)

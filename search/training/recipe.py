@@ -28,6 +28,10 @@ class TrainingRecipe:
     freq_mask_bins: int = 48  # one frequency mask of up to 48 mel bins per clip
     time_mask_frames: int = 0  # one time mask of up to N frames per clip (off in the baseline)
     mixup_alpha: float = 0.0  # mixup: clips and targets blended by Beta(α, α) (off in the baseline)
+    # Device impulse-response augmentation (Morocutti et al.): a device-a clip gets another
+    # device's colouring with this probability (off in the baseline; device_responses.py)
+    device_response_p: float = 0.0
+    device_responses: str = ""  # folder of impulse-response WAVs; "" = the built-in synthetic bank
     # Knowledge distillation from cached ensemble logits (CP-JKU)
     kd_temperature: float = 2.0
     kd_weight: float = 0.98  # loss = (1 − w) · CE + w · T² · KL(teacher ‖ student / T)
@@ -51,14 +55,27 @@ class TrainingRecipe:
             raise AscSearchError("mixstyle_p must be in [0, 1] and mixstyle_alpha positive")
         if self.mixup_alpha < 0:
             raise AscSearchError("mixup_alpha must be ≥ 0 (0 turns mixup off)")
+        if not 0 <= self.device_response_p <= 1:
+            raise AscSearchError("device_response_p must be in [0, 1] (0 turns it off)")
+        if self.device_response_p > 0 and self.device_responses:
+            from asc_search.training.device_responses import response_files
+
+            response_files(self.device_responses)  # a missing or empty folder fails here, in one line
         if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
             raise AscSearchError("kd_weight must be in [0, 1] and kd_temperature positive")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict: what caches key teachers and parents by. A field added after
         such keys existed enters only when it is set, so a recipe that leaves it off keeps the
-        key (and the cached teachers and parents) it always had."""
+        key (and the cached teachers and parents) it always had. The impulse-response folder
+        enters by its content, not its path: edited files make new keys, a moved folder does not."""
         data = asdict(self)
+        if self.device_response_p > 0:
+            from asc_search.training.device_responses import source_digest
+
+            data["device_responses"] = source_digest(self.device_responses)
+        else:
+            del data["device_responses"]
         for name, off in _KEYED_ONLY_WHEN_SET.items():
             if data[name] == off:
                 del data[name]
@@ -66,4 +83,4 @@ class TrainingRecipe:
 
 
 #: Fields newer than the first cache keys, with the value that leaves them out of ``to_dict``.
-_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"mixup_alpha": 0.0}
+_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"mixup_alpha": 0.0, "device_response_p": 0.0}

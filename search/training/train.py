@@ -30,6 +30,7 @@ from asc_search.errors import AscSearchError
 from asc_search.features.logmel import FeatureSet, FrontEnd, FrontEndSettings
 from asc_search.progress import progress_bar
 from asc_search.training.augment import augment
+from asc_search.training.device_responses import device_responses, eligible_rows
 from asc_search.training.recipe import TrainingRecipe
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,10 @@ def fit(
     labels_all = torch.from_numpy(train.labels)
     teachers_all = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32)) \
         if teacher_logits is not None else None
+    responses, eligible = None, None
+    if recipe.device_response_p > 0:
+        responses = device_responses(recipe.device_responses, settings)
+        eligible = eligible_rows(train.devices)
     history = TrainHistory()
     state = FitState(resume, identity={"recipe": recipe.to_dict(), "steps": total,
                                        "clips": len(train), "label": label,
@@ -259,7 +264,9 @@ def fit(
                         on_step(taken)
                     continue
                 x = augment(train.features.batch(rows), recipe, generator=generator,
-                            frames_per_second=frames_per_second, silence=settings.silence)
+                            frames_per_second=frames_per_second, silence=settings.silence,
+                            log_scale=settings.log_scale, responses=responses,
+                            eligible=None if eligible is None else eligible[torch.from_numpy(rows)])
                 # Mixup: the batch blended with a shuffled copy of itself; the loss blends the
                 # two clips' targets (labels and teacher logits) with the same weight.
                 blend, partner = 1.0, None
