@@ -21,8 +21,11 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
 - ``product_batch``: the calibration pair at the product's batch for the split (n // 25, 16 at
   the corpus's 5 %) instead of the published 256, which gives 400 clips two steps per epoch
   (``search_vs_seed.py`` found students undertrained at 256; the calibration's teachers are too).
+- ``device_responses``: ``product_batch`` with device impulse-response augmentation (p 0.6).
 
-Students train at the product's batch for the split, as ``asc-search run`` trains them.
+Students train at the product's batch for the split, as ``asc-search run`` trains them, with
+``--student-augments`` naming student-side levers (``STUDENT_AUGMENTS``): ``none``, or
+``device_responses`` (device impulse-response augmentation, p 0.6, for the student and its parent).
 
 Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
 (s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
@@ -39,6 +42,7 @@ import argparse
 import time
 from dataclasses import dataclass, replace
 from datetime import date
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,12 @@ from asc_search.training.train import precision_for, predict
 
 REVISION = 1
 STUDENTS = ("baseline", "S1")
+#: Student-side levers: recipe overrides for the student (and its parent), keyed by name.
+STUDENT_AUGMENTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # Device impulse-response augmentation at CP-JKU's probability, the built-in synthetic bank.
+    "device_responses": {"device_response_p": 0.6},
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ TEACHER_SETS = {
     "mixup": TeacherSet(("wide_cp_mobile", "patchout_transformer"),
                         recipe=(("mixup_alpha", 0.3),)),
     "product_batch": TeacherSet(("wide_cp_mobile", "patchout_transformer"), product_batch=True),
+    "device_responses": TeacherSet(("wide_cp_mobile", "patchout_transformer"), product_batch=True,
+                                   recipe=(("device_response_p", 0.6),)),
 }
 
 
@@ -114,6 +126,8 @@ def main() -> None:
     parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument("--teacher-sets", nargs="*", default=["none", "calibration"],
                         choices=list(TEACHER_SETS))
+    parser.add_argument("--student-augments", nargs="*", default=["none"],
+                        choices=list(STUDENT_AUGMENTS))
     parser.add_argument("--epochs", type=int, default=None,
                         help="student and teacher epochs [default: the calibration's per split]")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -129,47 +143,50 @@ def main() -> None:
     epochs = EPOCHS[args.split]
     pm = build_plugin_manager()
     entries = [e for e in read_results(args.out) if e.get("revision") == REVISION]
-    done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"])
-            for e in entries if e["kind"] == "student"}
+    done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"],
+             e.get("student_augment", "none")) for e in entries if e["kind"] == "student"}
     done_sets = {(e["teacher_set"], e["split"]) for e in entries if e["kind"] == "teachers"}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
     settings, plans = candidates(pm)
-    settings = replace(settings, recipe={})  # students at the product's batch for the split
+    base_settings = settings
     precision = precision_for("cpu")
     parents = cache_dir() / "kd_gain" / f"split{args.split}"
     for name in args.teacher_sets:
         logits = None
-        for seed in args.seeds:
-            for student in args.students:
-                if (name, student, seed, args.split, epochs) in done:
-                    continue
-                if logits is None and TEACHER_SETS[name] is not None:
-                    logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
-                                             out=args.out, done_sets=done_sets)
-                started = time.process_time()
-                outcome = train_candidate(plans[student], settings=settings, pm=pm,
-                                          train=data.train, validation=data.validation,
-                                          teacher_logits=logits, precision=precision,
-                                          epochs=epochs, seed=seed, parents=parents,
-                                          parent_seed=seed)
-                test = evaluate(predict(outcome.model, data.test.features, precision=precision),
-                                data.test.labels, data.test.devices, files=data.test.files)
-                append_result(args.out, {
-                    "revision": REVISION, "kind": "student", "teacher_set": name,
-                    "student": student, "seed": seed, "split": args.split, "epochs": epochs,
-                    "threads": torch.get_num_threads(), "date": date.today().isoformat(),
-                    "macs": outcome.macs, "param_bytes": outcome.param_bytes,
-                    "cpu_seconds": round(time.process_time() - started, 1),
-                    "validation": evaluation_attrs(outcome.validation),
-                    "test": evaluation_attrs(test)})
+        for seed, augment, student in product(args.seeds, args.student_augments, args.students):
+            if (name, student, seed, args.split, epochs, augment) in done:
+                continue
+            # Students at the product's batch for the split, with the lever's overrides.
+            settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment]))
+            if logits is None and TEACHER_SETS[name] is not None:
+                logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
+                                         out=args.out, done_sets=done_sets)
+            started = time.process_time()
+            outcome = train_candidate(plans[student], settings=settings, pm=pm,
+                                      train=data.train, validation=data.validation,
+                                      teacher_logits=logits, precision=precision,
+                                      epochs=epochs, seed=seed, parents=parents,
+                                      parent_seed=seed)
+            test = evaluate(predict(outcome.model, data.test.features, precision=precision),
+                            data.test.labels, data.test.devices, files=data.test.files)
+            append_result(args.out, {
+                "revision": REVISION, "kind": "student", "teacher_set": name,
+                "student": student, "seed": seed, "split": args.split, "epochs": epochs,
+                "student_augment": augment,
+                "threads": torch.get_num_threads(), "date": date.today().isoformat(),
+                "macs": outcome.macs, "param_bytes": outcome.param_bytes,
+                "cpu_seconds": round(time.process_time() - started, 1),
+                "validation": evaluation_attrs(outcome.validation),
+                "test": evaluation_attrs(test)})
 
 
 def report(path: Path) -> str:
-    """Per split, student and teacher set: test (all, unseen) mean ± sd over seeds; the gain
-    over ``none`` paired by seed; and the teacher sets' fitting cost and training agreement."""
+    """Per split, student, teacher set and student lever: test (all, unseen) mean ± sd over
+    seeds; the gain over no teachers and over no lever, each paired by seed; and the teacher
+    sets' fitting cost and training agreement."""
     entries = [e for e in read_results(path) if e.get("revision") == REVISION]
-    runs = {(e["split"], e["student"], e["teacher_set"], e["seed"]): e
-            for e in entries if e["kind"] == "student"}
+    runs = {(e["split"], e["student"], e["teacher_set"], e.get("student_augment", "none"),
+             e["seed"]): e for e in entries if e["kind"] == "student"}
 
     def summary(values: list[float]) -> str:
         g = mean_sd_interval(values)
@@ -177,25 +194,29 @@ def report(path: Path) -> str:
                   if g["n"] > 1 else "")
         return f"{100 * g['mean']:.1f}{spread}"
 
-    lines = ["| split | student | teachers | seeds | test % | test unseen % | test − none, "
-             "paired (points) | unseen − none | CPU-min per run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for split, student, name in sorted({k[:3] for k in runs}):
-        seeds = sorted(k[3] for k in runs if k[:3] == (split, student, name))
-        mine = [runs[(split, student, name, s)] for s in seeds]
-        row = [summary([e["test"]["macro"] for e in mine]),
-               summary([e["test"]["unseen"] for e in mine])]
-        paired = [s for s in seeds if (split, student, "none", s) in runs]
-        if name != "none" and paired:
-            for field in ("macro", "unseen"):
-                row.append(summary([runs[(split, student, name, s)]["test"][field]
-                                    - runs[(split, student, "none", s)]["test"][field]
-                                    for s in paired]))
-        else:
-            row += ["", ""]
+    def gain(key: tuple[Any, ...], reference: tuple[Any, ...], seeds: list[int]) -> str:
+        paired = [s for s in seeds if (*reference, s) in runs]
+        if key == reference or not paired:
+            return " | "
+        return " | ".join(summary([runs[(*key, s)]["test"][field]
+                                   - runs[(*reference, s)]["test"][field] for s in paired])
+                          for field in ("macro", "unseen"))
+
+    lines = ["| split | student | teachers | student lever | seeds | test % | test unseen % | "
+             "− no teachers, paired (points) | unseen − no teachers | − no lever, paired | "
+             "unseen − no lever | CPU-min per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted({k[:4] for k in runs}):
+        split, student, name, augment = key
+        seeds = sorted(k[4] for k in runs if k[:4] == key)
+        mine = [runs[(*key, s)] for s in seeds]
+        cells = [summary([e["test"]["macro"] for e in mine]),
+                 summary([e["test"]["unseen"] for e in mine]),
+                 gain(key, (split, student, "none", augment), seeds),
+                 gain(key, (split, student, name, "none"), seeds)]
         cpu = sum(e["cpu_seconds"] for e in mine) / len(mine) / 60
-        lines.append(f"| {split} % | {student} | {name} | {len(seeds)} | {' | '.join(row)} "
-                     f"| {cpu:.1f} |")
+        lines.append(f"| {split} % | {student} | {name} | {augment} | {len(seeds)} | "
+                     f"{' | '.join(cells)} | {cpu:.1f} |")
     fits = [e for e in entries if e["kind"] == "teachers"]
     if fits:
         lines += ["", "| split | teachers | members | folds | epochs | fit CPU-min | "
