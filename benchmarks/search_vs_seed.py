@@ -56,7 +56,7 @@ from asc_search.search.objective import (
     run_trial,
     train_candidate,
 )
-from asc_search.search.promote import REDUCTION, climb_rungs, rung_epochs
+from asc_search.search.promote import REDUCTION, RungStore, climb_rungs, rung_epochs
 from asc_search.search.space import read_space, space_from_dict
 from asc_search.search.storage import artifact_store
 from asc_search.search.study import make_pruner, make_sampler, ranked_trials
@@ -163,11 +163,14 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             print(f"seed {seed}: trial {len(study.trials) - 1} took {took / 60:.1f} CPU-min; "
                   f"{spent / 60:.1f} of {(budget - reserve) / 60:.1f} spent", flush=True)
         started = time.process_time()
+        # Finished rungs are kept in the folder: a promotion cut off by a session's end resumes
+        # at its first unfinished rung, and its CPU time counts the rungs it restored.
+        kept = RungStore(folder / "promotion")
         climbed = climb_rungs(ranked_trials(study), top=1, resources=resources, rungs=rungs,
                               announce=partial(_say, f"seed {seed}:"),
-                              seed=seed)
+                              seed=seed, store=kept)
         winner = climbed[0]
-        promotion_cpu = time.process_time() - started
+        promotion_cpu = time.process_time() - started + kept.restored_cpu_seconds
         test = evaluate(predict(winner.model, data.test.features, precision=precision),
                         data.test.labels, data.test.devices, files=data.test.files)
         card = count_complexity(winner.model, storage_dtype=settings.storage_dtype)

@@ -415,8 +415,9 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
 
     import asc_search.search.promote as promote
     from asc_search.data.dataset import load_dataset
-    from asc_search.paths import cache_dir
+    from asc_search.paths import cache_dir, studies_dir
     from asc_search.search.storage import artifact_store
+    from asc_search.search.study import load_resources, settings_of
     from asc_search.training.checkpoint import load_checkpoint
 
     settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
@@ -474,6 +475,38 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
     assert set(results) == {survivor["trial"], reference.number}
     assert results[reference.number]["label"] == reference.user_attrs["seed_trial"]
     assert "test_vs_reference" in survivor
+    assert not (studies_dir() / "promotion" / "rungs").exists()  # removed with the finals saved
+
+    # Cut off inside rung 2, promotion started again re-enters at rung 2 with rung 1's networks
+    # (kept in the store) and ends where the uninterrupted promotion above ended.
+    resources = load_resources(settings_of(study), pm=pm, cache=cache_dir(), studies=None,
+                               device="cpu", progress=False, with_test=False)
+    store = promote.RungStore(tmp_path / "store")
+
+    def cut_in_rung_2(model, train, recipe, *, steps, label, **kwargs):
+        if label.startswith("rung 2"):
+            raise KeyboardInterrupt
+        return real_fit(model, train, recipe, steps=steps, label=label, **kwargs)
+
+    monkeypatch.setattr(promote, "fit", cut_in_rung_2)
+    with pytest.raises(KeyboardInterrupt):
+        promote.climb_rungs(entrants, top=1, resources=resources, rungs=[2, 4],
+                            reference=reference, store=store)
+    assert len(list(store.folder.glob("*rung1*.pt"))) == 3
+    starts.clear()
+    monkeypatch.setattr(promote, "fit", spying_fit)
+    resumed = promote.climb_rungs(entrants, top=1, resources=resources, rungs=[2, 4],
+                                  reference=reference, store=store)
+    assert sorted(label for label, _, _ in starts) == sorted(label for label, _ in rung2)
+    assert store.restored_cpu_seconds > 0
+    finalist = tmp_path / "finalist.pt"
+    download_artifact(artifact_store=artifact_store(None),
+                      artifact_id=survivor["checkpoint_artifact"], file_path=str(finalist))
+    expected = load_checkpoint(finalist).state_dict
+    assert resumed[0].trial.number == survivor["trial"]
+    assert resumed[0].rungs == survivor["rungs"]
+    got = resumed[0].model.state_dict()
+    assert all(torch.equal(got[k].cpu().float(), expected[k].float()) for k in expected)
 
 
 def test_a_pareto_rung_keeps_the_non_dominated_first() -> None:

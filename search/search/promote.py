@@ -20,6 +20,13 @@ for studies whose trial checkpoints are elsewhere (a worker's artifacts on anoth
 Optuna refuses to change a finished trial, so a finalist's results are a study user attribute
 ``finalist:<trial number>`` and its checkpoint and complexity card are study artifacts named after
 the trial.
+
+Promotion is long (tens of CPU-minutes at the default settings, hours in a benchmark), so it
+resumes: every contender's network after every finished rung is kept in the studies folder
+(``RungStore``), and a fine-tune cut off inside a rung continues from its last epoch
+(``fit(resume=)``). Promotion started again for the same trials and rungs re-enters at the first
+unfinished rung with the networks the cut-off run had; the store is removed once the finalists are
+saved.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
+from asc_search.paths import studies_dir
 from asc_search.search.budget import TRAINING_PASSES
 from asc_search.search.objective import (
     TrialResources,
@@ -101,6 +109,56 @@ def rung_epochs(proxy_epochs: int, promote_epochs: int, *,
     return rungs
 
 
+class RungStore:
+    """Each contender's network after each finished rung, in one folder of the studies folder.
+
+    A rung's entry is named by what makes it that rung: the trial's own search checkpoint (its
+    artifact id, unique to the trial), the rung, its budget and the promotion seed. Entries are
+    tensor-only checkpoints written atomically; the validation score is computed again on load (it
+    takes seconds) rather than trusted from a file. ``restored_cpu_seconds`` is the process time
+    the restored rungs cost when they ran, so a resumed promotion still reports its whole cost.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.restored_cpu_seconds = 0.0
+
+    def name(self, contender: Promoted, *, rung: int, epochs: int, seed: int) -> str:
+        artifact = contender.trial.user_attrs.get("checkpoint_artifact", "none")
+        return f"trial-{contender.trial.number}-{artifact}-rung{rung}-e{epochs}-s{seed}"
+
+    def resume_file(self, contender: Promoted, *, rung: int, epochs: int, seed: int) -> Path:
+        return self.folder / f"{self.name(contender, rung=rung, epochs=epochs, seed=seed)}.resume"
+
+    def save(self, contender: Promoted, *, rung: int, epochs: int, seed: int,
+             cpu_seconds: float) -> None:
+        save_checkpoint(self.folder / f"{self.name(contender, rung=rung, epochs=epochs, seed=seed)}.pt",
+                        spec=contender.spec, state_dict=contender.model.state_dict(),
+                        metadata={"seconds": contender.seconds, "cpu_seconds": cpu_seconds,
+                                  "training_macs": contender.training_macs,
+                                  "budget": contender.budget, "rungs": contender.rungs})
+
+    def restore(self, contender: Promoted, *, rung: int, epochs: int, seed: int) -> bool:
+        """Put the rung's kept network and accounting into ``contender``; False if not kept."""
+        path = self.folder / f"{self.name(contender, rung=rung, epochs=epochs, seed=seed)}.pt"
+        if not path.is_file():
+            return False
+        loaded = load_checkpoint(path, label=f"trial {contender.trial.number}'s rung {rung}")
+        contender.model.load_state_dict(loaded.state_dict)
+        meta = loaded.metadata
+        contender.seconds, contender.training_macs = float(meta["seconds"]), int(meta["training_macs"])
+        contender.budget, contender.rungs = dict(meta["budget"]), list(meta["rungs"])
+        contender.epochs = epochs
+        self.restored_cpu_seconds += float(meta["cpu_seconds"])
+        return True
+
+    def clear(self) -> None:
+        for path in self.folder.glob("trial-*"):
+            path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
 @dataclass
 class Promoted:
     """A candidate on its way to the finals: its network as trained so far and what it cost."""
@@ -122,7 +180,7 @@ def climb_rungs(entrants: Sequence[optuna.trial.FrozenTrial], *, top: int,
                 resources: TrialResources, rungs: Sequence[int],
                 reference: optuna.trial.FrozenTrial | None = None,
                 announce: Callable[[str], None] = lambda line: None,
-                seed: int = 0) -> list[Promoted]:
+                seed: int = 0, store: RungStore | None = None) -> list[Promoted]:
     """Successive halving over fine-tune length (see the module docstring), from each trial's
     own search checkpoint; returns the top rung's ``top`` survivors, then ``reference``.
 
@@ -133,6 +191,7 @@ def climb_rungs(entrants: Sequence[optuna.trial.FrozenTrial], *, top: int,
     searched ones go on, and the last rung's best ``top`` are the finalists. With the default
     8-epoch proxy and 32-epoch promotion: two trials fine-tune 8 epochs more, the better one 16
     more: 32 epochs of promotion in all, against 32 per finalist (parent included) to retrain.
+    With a ``store``, finished rungs are kept and a repeated call restores them (see ``RungStore``).
     """
     settings = resources.settings
     pareto = settings.objective == "pareto"
@@ -141,7 +200,16 @@ def climb_rungs(entrants: Sequence[optuna.trial.FrozenTrial], *, top: int,
     kept = [_from_checkpoint(reference, resources)] if reference is not None else []
     for rung, epochs in enumerate(rungs, start=1):
         for contender in climbing + kept:
-            _continue(contender, epochs=epochs, rung=rung, resources=resources, seed=seed)
+            if store is not None and store.restore(contender, rung=rung, epochs=epochs, seed=seed):
+                contender.validation = _validation(contender, resources)
+                continue
+            started = time.process_time()
+            _continue(contender, epochs=epochs, rung=rung, resources=resources, seed=seed,
+                      resume=None if store is None else
+                      store.resume_file(contender, rung=rung, epochs=epochs, seed=seed))
+            if store is not None:
+                store.save(contender, rung=rung, epochs=epochs, seed=seed,
+                           cpu_seconds=time.process_time() - started)
         goes_on = top * REDUCTION ** max(len(rungs) - rung - 1, 0)
         climbing = _ranked(climbing, pareto=pareto)
         names = ", ".join(f"{c.trial.number} {100 * c.validation.macro_accuracy:.1f} %"
@@ -201,9 +269,19 @@ def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources)
                     budget={"search": attrs.get("budget", {})})
 
 
+def _validation(contender: Promoted, resources: TrialResources) -> Evaluation:
+    validation = evaluate(
+        predict(contender.model, resources.validation.features, precision=resources.precision),
+        resources.validation.labels, resources.validation.devices,
+        files=resources.validation.files)
+    contender.model.to("cpu")
+    return validation
+
+
 def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialResources,
-              seed: int) -> None:
-    """Fine-tune a contender in place with KD up to a budget of ``epochs``; score it."""
+              seed: int, resume: Path | None = None) -> None:
+    """Fine-tune a contender in place with KD up to a budget of ``epochs``; score it.
+    ``resume`` keeps the fine-tune's state after every epoch (removed once the rung is done)."""
     settings, trial = resources.settings, contender.trial
     started = time.perf_counter()
     # The recipe overrides the trial trained with, as it stored them: settling the plan again
@@ -213,18 +291,16 @@ def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialRe
     fit(contender.model, resources.train,
         recipe.with_(epochs=epochs, warmup_steps=0, seed=derive_seed(seed, trial.number, rung)),
         steps=steps, teacher_logits=resources.teacher_logits, precision=resources.precision,
-        progress=resources.progress, label=f"rung {rung}: trial {trial.number}")
-    contender.validation = evaluate(
-        predict(contender.model, resources.validation.features, precision=resources.precision),
-        resources.validation.labels, resources.validation.devices,
-        files=resources.validation.files)
-    contender.model.to("cpu")
+        progress=resources.progress, label=f"rung {rung}: trial {trial.number}", resume=resume)
+    contender.validation = _validation(contender, resources)
     contender.seconds += time.perf_counter() - started
     contender.training_macs += steps * recipe.batch_size * TRAINING_PASSES * contender.macs
     contender.budget[f"rung {rung}"] = {"epochs": epochs, "steps": steps}
     contender.epochs = epochs
     contender.rungs.append({"rung": rung, "epochs": epochs,
                             "validation": round(contender.validation.macro_accuracy, 4)})
+    if resume is not None:
+        resume.unlink(missing_ok=True)
 
 
 def _retrained(trial: optuna.trial.FrozenTrial, label: str, *, resources: TrialResources,
@@ -262,13 +338,14 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                             progress=progress, with_test=True)
     searched = [t for t in chosen if "seed_trial" not in t.user_attrs]
     seeds = [t for t in chosen if "seed_trial" in t.user_attrs]
+    kept_rungs = RungStore(studies_dir(studies) / "promotion" / study.study_name) if rungs else None
     if rungs:
         announce(f"promoting by successive halving from the trials' checkpoints: "
                  f"{len(searched)} searched trial(s) and {len(seeds)} seed plan(s) through "
                  f"rungs of {', '.join(map(str, rungs))} epochs")
         promoted = climb_rungs(searched or seeds, top=top, resources=loaded, rungs=rungs,
                                reference=seeds[0] if searched and seeds else None,
-                               announce=announce)
+                               announce=announce, store=kept_rungs)
     else:
         promoted = []
         for trial in chosen:
@@ -325,6 +402,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     reference = next((n for n, r in results.items() if r["label"] != "searched"),
                      None) if with_seed_plan else None
     _compare_with_reference(study, results, test_correct, data.test, reference, announce)
+    if kept_rungs is not None:  # the finalists are saved: the rungs that led to them are not needed
+        kept_rungs.clear()
     return results
 
 
