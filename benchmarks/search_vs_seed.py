@@ -105,7 +105,9 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
                 "params": outcome.params, "param_bytes": outcome.param_bytes,
                 "parent_trained": outcome.parent_trained,
                 "training_macs": outcome.training_macs, "seconds": round(outcome.seconds, 1),
-                "cpu_seconds": round(time.process_time() - started, 1),
+                # A parent resumed from an earlier session is charged its earlier epochs too.
+                "cpu_seconds": round(time.process_time() - started
+                                     + outcome.restored_cpu_seconds, 1),
                 "spec": outcome.spec.to_dict(), "validation": evaluation_attrs(outcome.validation),
                 "test": evaluation_attrs(test)})
 
@@ -134,6 +136,9 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
                   "with")
             continue
         budget = sum(plans[p]["cpu_seconds"] for p in ("S1", "S2", "S3"))
+        # A seed plan whose parent resumed before fits kept their CPU time was under-counted:
+        # the search then gets less than S1-S3 really cost (a handicap, never an advantage).
+        budget_partial = any(plans[p].get("cpu_seconds_partial") for p in ("S1", "S2", "S3"))
         reserve = promotion_reserve(plans["baseline"], proxy, rungs)
         folder = cache_dir() / "search_vs_seed" / f"search-split{args.split}-seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,14 +148,19 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
                                    studies=folder, cache=folder)
         study = optuna.create_study(study_name="search", storage=f"sqlite:///{folder}/study.db",
                                     direction="maximize", load_if_exists=True)
+        spent = study.user_attrs.get("search_cpu_seconds", 0.0)
+        longest = study.user_attrs.get("longest_trial_cpu_seconds", 0.0)
         for lost in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            # A trial cut off by the end of a session: its CPU time was never measured, so it
+            # is charged as much as the longest trial so far (the search must not gain by it).
             study._storage.set_trial_state_values(lost._trial_id,
                                                   state=optuna.trial.TrialState.FAIL)
+            spent += longest
+            study.set_user_attr("search_cpu_seconds", spent)
+            study.set_user_attr("lost_trials", study.user_attrs.get("lost_trials", 0) + 1)
         # Resumed: the same seed's sampler, offset by the trials already run.
         study.sampler = make_sampler("tpe", seed=seed * 1000 + len(study.trials))
         study.pruner = make_pruner("median", epochs=proxy)
-        spent = study.user_attrs.get("search_cpu_seconds", 0.0)
-        longest = study.user_attrs.get("longest_trial_cpu_seconds", 0.0)
         # A trial starts only if one as long as the longest so far still leaves the reserve.
         while spent + longest < budget - reserve:
             before = time.process_time()
@@ -180,7 +190,9 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             "split": args.split, "epochs": epochs, "proxy_epochs": proxy, "rungs": rungs,
             "threads": torch.get_num_threads(), "date": date.today().isoformat(),
             "budget_cpu_seconds": round(budget, 1), "reserve_cpu_seconds": round(reserve, 1),
+            "budget_under_counted": budget_partial,
             "search_cpu_seconds": round(spent, 1),
+            "lost_trials": study.user_attrs.get("lost_trials", 0),
             "promotion_cpu_seconds": round(promotion_cpu, 1),
             "cpu_seconds": round(spent + promotion_cpu, 1),
             "trials": len(study.trials), "statuses": {s: statuses.count(s) for s in set(statuses)},
@@ -232,8 +244,10 @@ def report(path: Path) -> str:
                               f"({pct(e['test']['macro_interval'][0])}–"
                               f"{pct(e['test']['macro_interval'][1])})" for e in runs)
             minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
+            # Rows whose parent resumed before resumed fits counted their earlier epochs.
+            at_least = "≥ " if any(e.get("cpu_seconds_partial") for e in runs) else ""
             lines.append(f"| {split} % | {part} | {plan} | {len(runs)} | {shown} | {seeds} | "
-                         f"{runs[-1]['macs']:,} | {minutes:.1f} |")
+                         f"{runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
         lines.append(_versus_best_seed_plan(entries, split))
     return "\n".join(lines)
 

@@ -137,7 +137,8 @@ def test_a_parent_cut_short_resumes_from_its_last_epoch(data, tmp_path: Path,
         return parents.trained_parent(spec, pm=PM, recipe=recipe, steps=steps, train=data.train,
                                       teacher_logits=logits, precision=precision, cache=cache)
 
-    whole, _ = parent(tmp_path / "whole")
+    whole, _, nothing_restored = parent(tmp_path / "whole")
+    assert nothing_restored == 0.0
     epochs_run: list[int] = []
 
     class Killed(Exception):
@@ -155,8 +156,12 @@ def test_a_parent_cut_short_resumes_from_its_last_epoch(data, tmp_path: Path,
         parent(tmp_path / "cut")
     (resume,) = (tmp_path / "cut" / parents.PARENTS_FOLDER).glob("*.pt.resume")
     assert not parents.cached_parents(tmp_path / "cut")  # no half-trained parent is served
-    resumed, hit = parent(tmp_path / "cut")
+    resumed, hit, restored_cpu = parent(tmp_path / "cut")
     assert not hit and epochs_run == [1, 2, 3, 4], "the second start did not skip epochs 1-2"
+    # The two epochs the dead worker paid for are still charged to the parent.
+    assert restored_cpu > 0
+    (kept,) = parents.cached_parents(tmp_path / "cut")
+    assert kept.seconds >= restored_cpu
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     assert not resume.exists() and len(parents.cached_parents(tmp_path / "cut")) == 1

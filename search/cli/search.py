@@ -522,7 +522,7 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
         return
     for wide, recipe, steps, number in wanted.values():
         started = time.perf_counter()
-        _, hit = trained_parent(wide, pm=obj.pm, recipe=recipe, steps=steps, train=loaded.train,
+        _, hit, _ = trained_parent(wide, pm=obj.pm, recipe=recipe, steps=steps, train=loaded.train,
                                 teacher_logits=loaded.teacher_logits, precision=loaded.precision,
                                 cache=obj.cache, progress=not obj.quiet)
         state = "cached already" if hit else f"trained in {time.perf_counter() - started:.0f} s"

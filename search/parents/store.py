@@ -30,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pluggy
@@ -42,7 +42,7 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.errors import AscSearchError
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.recipe import TrainingRecipe
-from asc_search.training.train import LabelledSet, Precision, fit
+from asc_search.training.train import LabelledSet, Precision, TrainHistory, fit
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ PARENTS_FOLDER = "parents"
 PARENT_SEED = 0
 #: Bump when the way a parent is trained changes, so old files are not mistaken for new ones.
 PARENT_VERSION = 1
+
+
+class ParentFit(NamedTuple):
+    """What ``trained_parent`` gives: the network, whether the cache had it, and the CPU seconds
+    an earlier process spent on it before this one resumed the fit (0 unless it resumed)."""
+
+    model: nn.Module
+    cache_hit: bool
+    restored_cpu_seconds: float
 
 
 @dataclass(frozen=True)
@@ -86,51 +95,57 @@ def parent_key(spec: ArchSpec, *, recipe: TrainingRecipe, steps: int, train: Lab
 def trained_parent(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: TrainingRecipe,
                    steps: int, train: LabelledSet, teacher_logits: np.ndarray | None,
                    precision: Precision, cache: Path | None, progress: bool = False,
-                   ) -> tuple[nn.Module, bool]:
+                   ) -> ParentFit:
     """The wide network ``spec`` trained for ``steps`` optimiser steps of ``recipe`` with KD.
 
-    Returns (model, cache hit). Without ``cache`` it is trained and not kept. The initial weights
-    and batch order come from ``recipe.seed``.
+    Returns the model, whether it came from the cache, and the CPU seconds of the epochs an
+    earlier process trained before this one resumed them (0 unless a cut-off fit resumed).
+    Without ``cache`` it is trained and not kept. The initial weights and batch order come from
+    ``recipe.seed``.
     """
     if cache is None:
-        return _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
-                      teacher_logits=teacher_logits, precision=precision, path=None,
-                      progress=progress), False
+        model, _ = _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
+                          teacher_logits=teacher_logits, precision=precision, path=None,
+                          progress=progress)
+        return ParentFit(model, False, 0.0)
     key = parent_key(spec, recipe=recipe, steps=steps, train=train,
                      teacher_logits=teacher_logits, precision=precision)
     path = cache / PARENTS_FOLDER / f"{key}.pt"
     model = _load(path, spec, pm=pm)
     if model is not None:
-        return model, True
+        return ParentFit(model, True, 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         model = _load(path, spec, pm=pm)  # trained by another worker while this one waited
         if model is not None:
-            return model, True
-        return _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
-                      teacher_logits=teacher_logits, precision=precision, path=path,
-                      progress=progress), False
+            return ParentFit(model, True, 0.0)
+        model, history = _train(spec, pm=pm, recipe=recipe, steps=steps, train=train,
+                                teacher_logits=teacher_logits, precision=precision, path=path,
+                                progress=progress)
+        return ParentFit(model, False, history.restored_cpu_seconds)
 
 
 def _train(spec: ArchSpec, *, pm: pluggy.PluginManager, recipe: TrainingRecipe, steps: int,
            train: LabelledSet, teacher_logits: np.ndarray | None, precision: Precision,
-           path: Path | None, progress: bool) -> nn.Module:
+           path: Path | None, progress: bool) -> tuple[nn.Module, TrainHistory]:
     """Train the parent and, given ``path``, keep it there."""
     model = build_model(spec, pm=pm, seed=recipe.seed)
-    started = time.perf_counter()
     # A parent is the longest fit of a study: one cut short (a killed worker, the end of a
     # session) continues from its last epoch when it is asked for again.
     resume = None if path is None else path.with_name(f"{path.name}.resume")
-    fit(model, train, recipe, steps=steps, teacher_logits=teacher_logits, precision=precision,
-        progress=progress, label=f"parent {spec.base_channels}-wide", resume=resume)
+    history = fit(model, train, recipe, steps=steps, teacher_logits=teacher_logits,
+                  precision=precision, progress=progress,
+                  label=f"parent {spec.base_channels}-wide", resume=resume)
     model.to("cpu").to(memory_format=torch.contiguous_format)
     if path is not None:
         save_checkpoint(path, spec=spec, state_dict=model.state_dict(), metadata={
             "stage": "parent", "version": PARENT_VERSION, "steps": steps, "seed": recipe.seed,
-            "seconds": round(time.perf_counter() - started, 1), "train_clips": len(train),
+            # The whole fit's, resumed epochs included.
+            "seconds": round(sum(history.seconds), 1),
+            "cpu_seconds": round(sum(history.cpu_seconds), 1), "train_clips": len(train),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         resume.unlink(missing_ok=True)
-    return model
+    return model, history
 
 
 def _load(path: Path, spec: ArchSpec, *, pm: pluggy.PluginManager) -> nn.Module | None:

@@ -147,6 +147,9 @@ class Outcome:
     budget: StepBudget
     training_macs: int  # spent by this call: a parent loaded from the cache costs nothing here
     parent_trained: bool = False  # a pruned plan whose parent this call trained (no cache hit)
+    #: CPU seconds an earlier process spent on this candidate's parent before this call resumed
+    #: it: what charging the call by its own process time would miss.
+    restored_cpu_seconds: float = 0.0
 
 
 def trial_candidate(space: SearchSpace, params: Mapping[str, Any], *, settings: SearchSettings,
@@ -218,9 +221,9 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
 
         return on_step
 
-    parent_trained = False
+    parent_trained, restored_cpu = False, 0.0
     if targets:
-        model, cache_hit = trained_parent(
+        model, cache_hit, restored_cpu = trained_parent(
             wide, pm=pm, recipe=parent_recipe(recipe, parent_seed=parent_seed),
             steps=budget.wide, train=train, teacher_logits=teacher_logits, precision=precision,
             cache=parents, progress=progress)
@@ -270,7 +273,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                    validation=evaluate(logits, validation.labels, validation.devices,
                                        files=validation.files),
                    seconds=time.perf_counter() - started, budget=budget, training_macs=spent,
-                   parent_trained=parent_trained)
+                   parent_trained=parent_trained, restored_cpu_seconds=restored_cpu)
 
 
 def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:

@@ -149,11 +149,22 @@ def kd_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, 
 
 @dataclass
 class TrainHistory:
-    """Per-epoch mean training loss and wall time of one ``fit``."""
+    """Per-epoch mean training loss, wall time and process (CPU) time of one ``fit``.
+
+    A resumed fit's history starts with the epochs of the run it continues: ``restored_epochs``
+    of them, whose cost this process did not pay. A benchmark that charges a run by its own
+    process time adds ``restored_cpu_seconds`` to charge the whole run.
+    """
 
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     samples: int = 0
+    restored_epochs: int = 0
+
+    @property
+    def restored_cpu_seconds(self) -> float:
+        return float(sum(self.cpu_seconds[:self.restored_epochs]))
 
 
 EpochCallback = Callable[[int, float], None]
@@ -251,7 +262,7 @@ def fit(
         if taken:
             advance(taken)
         for epoch in range(first, epochs + 1):
-            started, running, seen = time.perf_counter(), 0.0, 0
+            started, cpu_started, running, seen = time.perf_counter(), time.process_time(), 0.0, 0
             order = order_rng.permutation(len(train))
             for start in range(0, len(order), recipe.batch_size):
                 if taken == total:
@@ -300,6 +311,7 @@ def fit(
             mean_loss = running / max(seen, 1)
             history.losses.append(mean_loss)
             history.seconds.append(time.perf_counter() - started)
+            history.cpu_seconds.append(time.process_time() - cpu_started)
             history.samples += seen
             advance.describe(f"{label} epoch {epoch}/{epochs} loss {mean_loss:.3f}")
             if state is not None and epoch < epochs:
@@ -346,7 +358,7 @@ class FitState:
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "rngs": json.dumps({name: rng.bit_generator.state for name, rng in rngs.items()}),
             "losses": list(history.losses), "seconds": list(history.seconds),
-            "samples": history.samples,
+            "cpu_seconds": list(history.cpu_seconds), "samples": history.samples,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -378,7 +390,10 @@ class FitState:
             return None
         history.losses[:] = payload["losses"]
         history.seconds[:] = payload["seconds"]
+        # Files written before CPU time was kept: a single-thread run's wall time stands in.
+        history.cpu_seconds[:] = payload.get("cpu_seconds", payload["seconds"])
         history.samples = int(payload["samples"])
+        history.restored_epochs = len(history.losses)
         log.info("resuming %s after epoch %d", self.path.name, payload["epoch"])
         return int(payload["epoch"]), int(payload["taken"])
 
