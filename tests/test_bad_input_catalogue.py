@@ -75,6 +75,12 @@ def _nan(corpus: Path, tmp: Path) -> list[str]:
     return []
 
 
+def _broken_response(corpus: Path, tmp: Path) -> list[str]:
+    (tmp / "irs").mkdir()
+    (tmp / "irs" / "mic.wav").write_text("not audio\n")
+    return ["--device-response-p", "0.5", "--device-responses", str(tmp / "irs")]
+
+
 Case = tuple[Callable[[Path, Path], list[str]], tuple[str, ...], bool]
 #: id -> (break the corpus copy / make files and return extra run arguments, what the one line
 #: must say, whether the failure comes from the audio, so no features may be cached either)
@@ -116,6 +122,10 @@ CASES: dict[str, Case] = {
         ("cannot open study storage postgresql://asc:***@127.0.0.1:1/studies",), True),
     "unusable sqlite path": (lambda c, t: ["--storage", f"sqlite:///{t / 'a-file' / 'x.db'}"],
                              ("cannot open study storage",), True),
+    "missing impulse-response folder": (
+        lambda c, t: ["--device-response-p", "0.5", "--device-responses", str(t / "micirp")],
+        ("micirp", "device impulse-response folder not found"), True),
+    "impulse response not a wav": (_broken_response, ("mic.wav", "not a readable WAV file"), True),
 }
 
 

@@ -104,6 +104,13 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Seconds between a running trial's heartbeats, kept in the study for every "
                    "worker; a trial silent for three is taken as lost with its worker and "
                    "queued again [default: the study's, else 60].")
+@click.option("--device-response-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Device impulse-response augmentation for teachers, parents, trials and "
+                   "finalists: the probability that a device-a clip gets another device's "
+                   "colouring (0 = off; a space may search it instead).")
+@click.option("--device-responses", "device_responses", default="", metavar="DIR",
+              help="Folder of device impulse-response WAVs (MicIRP, say) [default: a built-in "
+                   "bank of synthetic device responses].")
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
@@ -112,7 +119,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
                 promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
-                heartbeat: int | None) -> None:
+                heartbeat: int | None, device_response_p: float, device_responses: str) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -150,8 +157,15 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         promote_epochs=promote_epochs,
         teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
         teacher_folds=teacher_folds,
-        recipe={} if batch_size is None else {"batch_size": batch_size},
+        recipe={**({} if batch_size is None else {"batch_size": batch_size}),
+                **({"device_response_p": device_response_p, "device_responses": device_responses}
+                   if device_response_p > 0 else {})},
     )
+    if device_response_p > 0:  # a missing folder or a broken file fails here, in one line
+        from asc_search.training.device_responses import check_responses
+
+        settings.base_recipe(1)
+        check_responses(device_responses)
     names = {d.name for d in parsed.dimensions}
     if objective == "pareto" and "parent" in names and "macs_fraction" not in names:
         _say(f"note: space {parsed.name!r} fills the MACs budget with every candidate; for a "

@@ -72,14 +72,29 @@ class DeviceResponses:
 
 
 def source_digest(source: str) -> str:
-    """What a bank's cache keys name: the synthetic bank's version, or the files' content hash."""
+    """What a bank's cache keys name: the synthetic bank's version, or the files' content hash
+    (read again only when a file's size or modification time changes)."""
     if source == SYNTHETIC:
         return f"synthetic-v{BANK_VERSION}-{SYNTHETIC_RESPONSES}"
     paths = response_files(source)
+    return _content_digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@lru_cache(maxsize=32)
+def _content_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256(f"v{BANK_VERSION}".encode())
-    for path in paths:
+    for name, _, _ in files:
+        path = Path(name)
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"files-{digest.hexdigest()[:16]}-{len(paths)}"
+    return f"files-{digest.hexdigest()[:16]}-{len(files)}"
+
+
+def check_responses(source: str) -> None:
+    """Read every impulse response of ``source`` once, so a broken file is named before any
+    work starts (one line, ``DataError``) rather than in the middle of a teacher's fit."""
+    if source != SYNTHETIC:
+        for path in response_files(source):
+            read_clip(path, expected_seconds=None)
 
 
 def response_files(source: str) -> list[Path]:
