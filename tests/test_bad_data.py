@@ -193,3 +193,48 @@ def test_hold_out_without_a_validation_list_keeps_locations_apart(corpus: Path) 
     assert not ({clips[n].location for n in files.validation}
                 & {clips[n].location for n in files.train})
     assert {clips[n].scene for n in files.train} == {clips[n].scene for n in files.validation}
+
+
+def test_lists_saved_by_a_spreadsheet_are_read(cli, corpus: Path) -> None:
+    # Excel and LibreOffice save UTF-8 "CSV" with a byte-order mark and CRLF line ends; the mark
+    # used to glue itself to the first column ("missing column filename" though it is there).
+    before = load_dataset(corpus)
+    for name in ("meta.csv", "split5.csv", "test.csv"):
+        path = corpus / name
+        text = path.read_text()
+        path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    after = load_dataset(corpus)
+    assert after.clips == before.clips
+    assert after.split_lists[5] == before.split_lists[5] and after.test == before.test
+    result = cli("data", "check", corpus, "--quick")
+    assert result.code == 0, result.out + result.err
+
+
+def test_a_clip_listed_twice_is_used_once_and_named_by_the_check(cli, corpus: Path) -> None:
+    before = load_dataset(corpus).split_lists[5]
+    lines = (corpus / "split5.csv").read_text().splitlines()
+    (corpus / "split5.csv").write_text("\n".join([*lines, lines[1], lines[2], lines[1]]) + "\n")
+    dataset = load_dataset(corpus)
+    assert dataset.split_lists[5] == before  # each clip once, in its first place
+    assert len(set(dataset.split(5).train)) == len(dataset.split(5).train)
+    result = cli("data", "check", corpus, "--quick")
+    clip = lines[1].split("\t")[0]
+    assert f"split5.csv: 2 clip(s) listed more than once, e.g. {clip}" in result.out
+    one_line_error(result, "1 problem(s) found")
+
+
+def test_the_check_names_a_scene_label_outside_the_known_set(cli, corpus: Path) -> None:
+    meta = corpus / "meta.csv"
+    rows = meta.read_text().splitlines()
+    name, label, *rest = rows[1].split("\t")
+    scene = label[::-1]  # "tropria": a typo no scene list has
+    meta.write_text("\n".join([rows[0], "\t".join([name, scene, *rest]), *rows[2:]]) + "\n")
+    # Split lists carry labels too; keep them agreeing with meta.csv so only the label is wrong.
+    for listed in corpus.glob("*.csv"):
+        if listed.name != "meta.csv":
+            listed.write_text("\n".join(
+                f"{name}\t{scene}" if line.split("\t")[0] == name else line
+                for line in listed.read_text().splitlines()) + "\n")
+    result = cli("data", "check", corpus, "--quick")
+    assert f"meta.csv: scene label {scene!r} (1 clip(s), e.g. {name}) is not one of" in result.out
+    one_line_error(result, "1 problem(s) found")

@@ -17,6 +17,7 @@ from joblib import Parallel, delayed
 
 from asc_search.data.audio import read_clip
 from asc_search.data.dataset import (
+    SCENES,
     SPLITS,
     TAU22Dataset,
     load_dataset,
@@ -70,6 +71,16 @@ def _check_lists(dataset: TAU22Dataset, report: CheckReport) -> None:
     lists["test.csv"] = dataset.test
     for name, files in lists.items():
         report.counts[name] = dataset.device_counts(files)
+    for name, names in sorted(dataset.repeated.items()):
+        report.problems.append(
+            f"{name}: {len(names)} clip(s) listed more than once, e.g. {names[0]}"
+            " (each is used once)")
+    unknown = Counter(clip.scene for clip in dataset.clips.values() if clip.scene not in SCENES)
+    for scene, count in sorted(unknown.items()):
+        example = next(c.filename for c in dataset.clips.values() if c.scene == scene)
+        report.problems.append(
+            f"meta.csv: scene label {scene!r} ({count:,} clip(s), e.g. {example}) is not one of "
+            f"the {len(SCENES)} DCASE scenes ({', '.join(SCENES)})")
     for percent in SPLITS[:-1]:
         if percent not in dataset.split_lists:
             report.problems.append(f"{dataset.lists_dir / split_list_name(percent)}: not found")

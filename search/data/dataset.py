@@ -109,10 +109,14 @@ def parse_filename(filename: str) -> tuple[str, str, str, str]:
 
 
 def read_table(path: Path, *, required: Sequence[str]) -> list[dict[str, str]]:
-    """Read a tab-separated list with a header, refusing it when a required column is missing."""
+    """Read a tab-separated list with a header, refusing it when a required column is missing.
+
+    A list saved by a spreadsheet starts with a UTF-8 byte-order mark and ends its lines with
+    CRLF: ``utf-8-sig`` drops the mark (which would otherwise glue itself to the first column's
+    name) and the csv reader takes either line end."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         columns = reader.fieldnames or []
         missing = [name for name in required if name not in columns]
@@ -146,6 +150,9 @@ class TAU22Dataset:
     split_lists: dict[int, tuple[str, ...]] = field(default_factory=dict)
     test: tuple[str, ...] = ()
     validation: tuple[str, ...] | None = None
+    #: Rows a list repeats (list file name -> the repeated clip names, once each): loading keeps
+    #: each clip once; ``data check`` names them.
+    repeated: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def audio_path(self, filename: str) -> Path:
         return self.root / filename
@@ -340,16 +347,20 @@ def load_dataset(root: Path | str, *, lists_dir: Path | str | None = None) -> TA
     for percent in SPLITS:
         path = found / split_list_name(percent)
         if path.is_file():
-            dataset.split_lists[percent] = _listed(path, clips)
+            dataset.split_lists[percent] = _listed(path, clips, dataset.repeated)
     if (found / TEST_LIST).is_file():
-        dataset.test = _listed(found / TEST_LIST, clips)
+        dataset.test = _listed(found / TEST_LIST, clips, dataset.repeated)
     if (found / VALIDATION_LIST).is_file():
-        dataset.validation = _listed(found / VALIDATION_LIST, clips)
+        dataset.validation = _listed(found / VALIDATION_LIST, clips, dataset.repeated)
     return dataset
 
 
-def _listed(path: Path, clips: dict[str, Clip]) -> tuple[str, ...]:
-    names = []
+def _listed(path: Path, clips: dict[str, Clip],
+            repeated: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The list's clip names in order, each once (a repeated row would weigh a clip double in
+    training and count it twice in a score); repeats are noted in ``repeated``."""
+    names: dict[str, None] = {}
+    again: dict[str, None] = {}
     for row in read_table(path, required=LIST_COLUMNS):
         name = row["filename"]
         clip = clips.get(name)
@@ -360,5 +371,9 @@ def _listed(path: Path, clips: dict[str, Clip]) -> tuple[str, ...]:
                 f"{path}: {name} is labelled {row['scene_label']!r} here but {clip.scene!r}"
                 " in meta.csv"
             )
-        names.append(name)
+        if name in names:
+            again[name] = None
+        names[name] = None
+    if again:
+        repeated[path.name] = tuple(again)
     return tuple(names)
