@@ -120,6 +120,17 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
+def providers(pm: pluggy.PluginManager, hook: str) -> dict[str, str]:
+    """Which registered plugin gives each named item of a list-returning hook, with the
+    plugin's origin: ``{item name: "plugin (origin)"}``, for ``plugins list``."""
+    origins = {info.name: info.origin for info in describe_plugins(pm)}
+    found: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        for item in impl.function() or ():
+            found[item.name] = f"{impl.plugin_name}: {origins.get(impl.plugin_name, '?')}"
+    return found
+
+
 def collect_named(results: Iterable[Iterable[Any]], *, what: str) -> dict[str, Any]:
     """Flatten a list-returning hook's results into ``{name: item}``, refusing duplicate names.
 

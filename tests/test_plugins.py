@@ -139,3 +139,49 @@ def test_plugin_with_an_unknown_hook_is_one_line(cli, tmp_path: Path,
                        "future_plugin", "asc_hook_from_the_future")
     finally:
         sys.modules.pop("future_plugin", None)
+
+
+PRUNING_PLUGIN = '''
+from asc_search.hookspecs import hookimpl
+from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
+
+
+@hookimpl
+def asc_importance_metrics():
+    return [ImportanceMetric("mine_metric", "a metric of this test", make=lambda: None)]
+
+
+@hookimpl
+def asc_pruning_schedules():
+    return [PruningSchedule("mine_schedule", "a schedule of this test",
+                            ratios=lambda final, steps: [0.0, final])]
+'''
+
+
+def test_plugins_list_shows_metrics_and_schedules_with_the_plugin_that_gives_them(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``prune --help`` knows the importance metrics and schedules; ``plugins list`` must too.
+    (tmp_path / "mine_pruning.py").write_text(PRUNING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    listing = cli("--plugin", "mine_pruning", "plugins", "list").out
+    rows = {line.split("│")[1].strip(): line for line in listing.splitlines() if line.count("│") >= 3}
+    for name in ("l1", "taylor", "fpgm", "agp", "one_shot"):
+        assert "asc_search.plugins.pruning: builtin" in rows[name], name
+    for name in ("mine_metric", "mine_schedule"):
+        assert "mine_pruning: --plugin" in rows[name], name
+    assert "importance metric" in listing and "pruning schedule" in listing
+    assert "asc_search.plugins.teachers: builtin" in rows["wide_cp_mobile"]
+    assert "asc_search.plugins.embedded_corpus: builtin" in rows["embedded"]
+
+
+def test_the_plugin_guide_describes_what_is_built_in_now() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    assert "later release" not in text  # they are built in: the guide said otherwise
+    pm = build_plugin_manager(load_entry_points=False)
+    from asc_search.architecture import architectures
+
+    for name in architectures(pm):
+        if name != "patchout_transformer":  # a teacher's network, named with the teachers
+            assert f"`{name}`" in text, name
+    assert "PaSST" in text

@@ -100,22 +100,27 @@ def plugins_list(obj: Context) -> None:
     for info in describe_plugins(obj.pm):
         table.add_row(info.name, info.origin, ", ".join(info.hooks))
     _stdout().print(table)
-    from asc_search.data.source import dataset_sources
-
-    sources = Table("data source", "description")
-    for name, source in dataset_sources(obj.pm).items():
-        sources.add_row(name, source.description)
-    _stdout().print(sources)
     from asc_search.architecture import architectures
+    from asc_search.data.source import dataset_sources
+    from asc_search.plugin_manager import providers
+    from asc_search.pruning.prune import importance_metrics, pruning_schedules
     from asc_search.teachers.ensemble import teachers
 
-    teacher_table = Table("teacher", "description")
-    for name, teacher in teachers(obj.pm).items():
-        teacher_table.add_row(name, teacher.description)
-    _stdout().print(teacher_table)
-    archs = Table("architecture", "description", "presets")
+    # Every named thing a command line or space file can pick, with the plugin that gives it.
+    named = (("data source", "asc_dataset_sources", dataset_sources),
+             ("teacher", "asc_teachers", teachers),
+             ("importance metric", "asc_importance_metrics", importance_metrics),
+             ("pruning schedule", "asc_pruning_schedules", pruning_schedules))
+    for what, hook, collect in named:
+        origin = providers(obj.pm, hook)
+        listing = Table(what, "description", "from")
+        for name, item in collect(obj.pm).items():
+            listing.add_row(name, item.description, origin.get(name, "?"))
+        _stdout().print(listing)
+    origin = providers(obj.pm, "asc_architectures")
+    archs = Table("architecture", "description", "presets", "from")
     for name, arch in architectures(obj.pm).items():
-        archs.add_row(name, arch.description, ", ".join(arch.presets))
+        archs.add_row(name, arch.description, ", ".join(arch.presets), origin.get(name, "?"))
     _stdout().print(archs)
 
 
