@@ -218,6 +218,12 @@ def test_evaluate_macro_device_and_class_figures() -> None:
     assert result.per_device["s4"] == pytest.approx(0.5)
     assert result.seen == pytest.approx(0.5) and result.unseen == pytest.approx(0.5)
     assert result.confusion[0, 1] == 1 and result.confusion.sum() == 6
+    # Each device's figure carries its own interval (what the report's per-device bars show).
+    assert set(result.per_device_interval) == set(result.per_device)
+    low, high = result.per_device_interval["s4"]
+    assert low <= result.per_device["s4"] <= high and high - low > 0
+    assert result.per_device_interval["b"] == (0.0, 0.0)  # one clip, wrong in every draw
+    assert evaluate(logits, labels, devices, interval=False).per_device_interval == {}
 
 
 def _correlated_clips(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:

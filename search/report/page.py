@@ -83,7 +83,7 @@ def _summary(study: optuna.Study) -> str:
 
 def _png(figure: Any, folder: Path, name: str) -> str:
     figure.tight_layout()
-    figure.savefig(folder / name, dpi=110)
+    figure.savefig(folder / name, dpi=110, bbox_inches="tight")  # keeps the outside legend
     import matplotlib.pyplot as plt
 
     plt.close(figure)
@@ -100,8 +100,10 @@ def _pareto_plot(study: optuna.Study, folder: Path) -> str:
     if not trained:
         return "<p>No feasible trained trial yet.</p>"
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    axis.scatter([t.user_attrs["macs"] / 1e6 for t in trained],
-                 [100 * t.values[0] for t in trained], c="tab:blue", s=18, label="trained trials")
+    axis.errorbar([t.user_attrs["macs"] / 1e6 for t in trained],
+                  [100 * t.values[0] for t in trained], yerr=_validation_error(trained),
+                  fmt="o", ms=4, c="tab:blue", ecolor="lightsteelblue", elinewidth=1,
+                  label="trained trials (validation, 95 % interval)")
     front = sorted(pareto_trials(study), key=lambda t: t.user_attrs["macs"])
     axis.step([t.user_attrs["macs"] / 1e6 for t in front], [100 * t.values[0] for t in front],
               where="post", c="tab:red", label="Pareto front")
@@ -109,18 +111,43 @@ def _pareto_plot(study: optuna.Study, folder: Path) -> str:
     if infeasible:
         axis.scatter([t.user_attrs["macs"] / 1e6 for t in infeasible], [low] * len(infeasible),
                      marker="|", c="grey", s=80, label="over budget (not trained)")
+    middle = settings.max_macs / 2e6
     for trial in trained:
         if "seed_trial" in trial.user_attrs:
+            # Labels point inwards, so one near the budget line stays inside the axes.
+            right = trial.user_attrs["macs"] / 1e6 > middle
             axis.annotate(trial.user_attrs["seed_trial"],
                           (trial.user_attrs["macs"] / 1e6, 100 * trial.values[0]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+                          textcoords="offset points", xytext=(-4 if right else 4, 4),
+                          ha="right" if right else "left", fontsize=8)
             axis.scatter([trial.user_attrs["macs"] / 1e6], [100 * trial.values[0]], marker="*",
                          c="tab:orange", s=80)
     axis.axvline(settings.max_macs / 1e6, c="k", ls="--", lw=1, label="MACs budget")
     axis.set_xlabel("MACs (millions, DCASE count)")
     axis.set_ylabel("validation macro accuracy (%)")
-    axis.legend(fontsize=8, loc="best")
+    _legend_outside(axis)
     return _png(figure, folder, "pareto.png")
+
+
+def _legend_outside(axis: Any) -> None:
+    """The legend beside the axes, never over a point label or a bar (``loc="best"`` only
+    avoids the data points, not the annotations)."""
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _validation_error(trials: list[optuna.trial.FrozenTrial]) -> Any:
+    """Distances (percentage points) from each trial's validation accuracy down and up to its
+    stored 95 % interval: every plotted accuracy shows its uncertainty (0 where none is kept)."""
+    import numpy as np
+
+    below, above = [], []
+    for trial in trials:
+        interval = trial.user_attrs.get("validation", {}).get("macro_interval")
+        value = trial.values[0]
+        low, high = interval if interval else (value, value)
+        below.append(100 * max(value - low, 0.0))
+        above.append(100 * max(high - value, 0.0))
+    return np.array([below, above])
 
 
 def _history(study: optuna.Study, folder: Path) -> str:
@@ -131,8 +158,9 @@ def _history(study: optuna.Study, folder: Path) -> str:
     if not trained:
         return "<p>No feasible trained trial yet.</p>"
     figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.scatter([t.number for t in trained], [100 * t.values[0] for t in trained], s=14,
-                 label="feasible trial")
+    axis.errorbar([t.number for t in trained], [100 * t.values[0] for t in trained],
+                  yerr=_validation_error(trained), fmt="o", ms=3.5, ecolor="lightsteelblue",
+                  elinewidth=1, label="feasible trial (95 % interval)")
     best, xs, ys = 0.0, [], []
     for trial in sorted(trained, key=lambda t: t.number):
         best = max(best, trial.values[0])
@@ -141,7 +169,7 @@ def _history(study: optuna.Study, folder: Path) -> str:
     axis.step(xs, ys, where="post", c="tab:red", label="best so far")
     axis.set_xlabel("trial")
     axis.set_ylabel("validation macro accuracy (%)")
-    axis.legend(fontsize=8)
+    _legend_outside(axis)
     return _png(figure, folder, "history.png")
 
 
@@ -187,12 +215,20 @@ def _finalists_plot(study: optuna.Study, folder: Path) -> str:
     width = 0.8 / len(promoted)
     for index, (number, record) in enumerate(sorted(promoted.items())):
         per_device = record["test"]["per_device"]
-        axis.bar(np.arange(len(DEVICES)) + index * width,
-                 [100 * per_device.get(d, float("nan")) for d in DEVICES], width,
-                 label=f"trial {number} ({record['label']})")
+        intervals = record["test"].get("per_device_interval", {})
+        values = [100 * per_device.get(d, float("nan")) for d in DEVICES]
+        # Each bar's 95 % bootstrap interval over the device's recordings (none for a record
+        # written before they were kept).
+        error = [[max(v - 100 * intervals[d][0], 0) if d in intervals else 0 for d, v in
+                  zip(DEVICES, values, strict=True)],
+                 [max(100 * intervals[d][1] - v, 0) if d in intervals else 0 for d, v in
+                  zip(DEVICES, values, strict=True)]]
+        axis.bar(np.arange(len(DEVICES)) + index * width, values, width, yerr=error,
+                 capsize=2, error_kw={"elinewidth": 0.8},
+                 label=f"trial {number} ({record['label']}, 95 % interval)")
     axis.set_xticks(np.arange(len(DEVICES)) + 0.4 - width / 2, DEVICES)
     axis.set_ylabel("test accuracy (%)")
-    axis.legend(fontsize=8)
+    _legend_outside(axis)
     return _png(figure, folder, "finalists.png")
 
 

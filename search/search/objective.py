@@ -400,7 +400,9 @@ def evaluation_attrs(result: Evaluation) -> dict[str, Any]:
     return {"macro": round(result.macro_accuracy, 4),
             "macro_interval": [round(v, 4) for v in result.macro_interval], "seen": result.seen,
             "unseen": result.unseen,
-            "per_device": {k: round(v, 4) for k, v in result.per_device.items()}}
+            "per_device": {k: round(v, 4) for k, v in result.per_device.items()},
+            "per_device_interval": {k: [round(v, 4) for v in interval]
+                                    for k, interval in result.per_device_interval.items()}}
 
 
 def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: Outcome) -> None:

@@ -15,7 +15,7 @@ difference, which is far tighter than comparing two intervals.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,12 +37,15 @@ class Evaluation:
     #: 95 % bootstrap interval over recordings (over clips when the files were not given);
     #: NaN when not asked for (intermediate scores during training).
     macro_interval: tuple[float, float] = (float("nan"), float("nan"))
+    #: The same interval for each device's clips alone (empty when not asked for).
+    per_device_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "macro_accuracy": self.macro_accuracy, "accuracy": self.accuracy,
                 "per_class": self.per_class, "per_device": self.per_device,
                 "seen": self.seen, "unseen": self.unseen, "confusion": self.confusion.tolist(),
-                "macro_interval": list(self.macro_interval)}
+                "macro_interval": list(self.macro_interval),
+                "per_device_interval": {k: list(v) for k, v in self.per_device_interval.items()}}
 
 
 def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
@@ -68,6 +71,14 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
     seen = [per_device[d] for d in SEEN_DEVICES if d in per_device]
     unseen = [per_device[d] for d in UNSEEN_DEVICES if d in per_device]
     groups = None if files is None else recordings(files)
+    correct = predicted == labels
+    per_device_interval = {}
+    if interval:
+        for device in per_device:
+            mask = devices_arr == device
+            per_device_interval[device] = bootstrap_interval(
+                labels[mask], correct[mask],
+                groups=None if groups is None else [g for g, m in zip(groups, mask, strict=True) if m])
     return Evaluation(
         n=len(labels),
         macro_accuracy=float(np.mean(list(per_class.values()))) if per_class else float("nan"),
@@ -77,8 +88,9 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
         seen=float(np.mean(seen)) if seen else None,
         unseen=float(np.mean(unseen)) if unseen else None,
         confusion=confusion,
-        macro_interval=bootstrap_interval(labels, predicted == labels, groups=groups)
+        macro_interval=bootstrap_interval(labels, correct, groups=groups)
         if interval else (float("nan"), float("nan")),
+        per_device_interval=per_device_interval,
     )
 
 
