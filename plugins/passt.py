@@ -236,7 +236,7 @@ def passt_teacher_network(option: str | None, *, n_classes: int, seed: int) -> n
 
 def fit_passt(context: TeacherContext) -> TeacherFit:
     front_end = PasstFrontEndSettings()
-    n_classes = 10
+    n_classes = len(context.train.classes)
     model = passt_teacher_network(context.option, n_classes=n_classes, seed=context.recipe.seed)
     train = context.train
     features = train.features.computed_with(front_end)

@@ -39,7 +39,7 @@ def fit_wide_cp_mobile(context: TeacherContext) -> TeacherFit:
         base = int(context.option) if context.option else WIDE_BASE
     except ValueError as exc:
         raise PluginError(f"wide_cp_mobile={context.option}: the option is a base width") from exc
-    spec = ArchSpec(base_channels=base)
+    spec = ArchSpec(base_channels=base, n_classes=len(context.train.classes))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(context.recipe.seed)
         model = build_cp_mobile(spec)
@@ -47,10 +47,11 @@ def fit_wide_cp_mobile(context: TeacherContext) -> TeacherFit:
 
 
 def fit_patchout_transformer(context: TeacherContext) -> TeacherFit:
+    spec = TEACHER_SPEC.with_(n_classes=len(context.train.classes))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(context.recipe.seed)
-        model = PatchoutTransformer(TEACHER_SPEC)
-    return _train_and_predict(context, TEACHER_SPEC, model, "patchout_transformer")
+        model = PatchoutTransformer(spec)
+    return _train_and_predict(context, spec, model, "patchout_transformer")
 
 
 def read_logits_file(path: Path) -> dict[str, np.ndarray]:
@@ -90,8 +91,10 @@ def fit_logits_file(context: TeacherContext) -> TeacherFit:
     if missing:
         raise PluginError(f"{path}: no logits for {len(missing)} training clip(s), e.g. {missing[0]}")
     logits = np.stack([table[name] for name in context.train.files])
-    if logits.ndim != 2 or logits.shape[1] != 10:
-        raise PluginError(f"{path}: expected 10 logits per clip, got shape {logits.shape}")
+    classes = len(context.train.classes)
+    if logits.ndim != 2 or logits.shape[1] != classes:
+        raise PluginError(f"{path}: expected {classes} logits per clip (one per class of the "
+                          f"data), got shape {logits.shape}")
     return TeacherFit(logits=logits)
 
 

@@ -83,7 +83,8 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     def accuracy() -> float:
         logits = predict(model, split_data.validation.features, precision=precision)
         val = split_data.validation
-        return evaluate(logits, val.labels, val.devices, interval=False).macro_accuracy
+        return evaluate(logits, val.labels, val.devices, interval=False,
+                        classes=val.classes).macro_accuracy
 
     before_card, before_acc = count_complexity(model), accuracy()
     started = time.perf_counter()

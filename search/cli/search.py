@@ -124,6 +124,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     import optuna
 
     from asc_search.complexity import parse_budget
+    from asc_search.data.source import corpus_classes
     from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
     from asc_search.pruning.plans import MIN_WIDTH, smallest_settled
@@ -148,6 +149,12 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                              "--promote ≥ 0")
     folder = studies_dir(studies)
     raw, source = read_space(space)
+    # The classes come from the data (meta.csv); every network's head follows them, and the
+    # space stored with the study says so. The ten DCASE scenes leave the space as it is.
+    classes = corpus_classes(data, pm=obj.pm, cache=obj.cache)
+    if len(classes) != raw.get("fixed", {}).get("n_classes", 10):
+        raw = {**raw, "fixed": {**raw.get("fixed", {}), "n_classes": len(classes)}}
+        _say(f"classes from the data: {', '.join(classes)} ({len(classes)})")
     parsed = space_from_dict(raw, source=source, pm=obj.pm)
     settings = SearchSettings(
         space=raw, space_source=source, data=data, split=int(split),

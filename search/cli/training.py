@@ -105,13 +105,13 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
 
     def scored(logits: np.ndarray) -> str:
         result = evaluate(logits, data.validation.labels, data.validation.devices,
-                          files=data.validation.files)
+                          files=data.validation.files, classes=data.validation.classes)
         low, high = result.macro_interval
         return f"{100 * result.macro_accuracy:.1f} ({100 * low:.1f}–{100 * high:.1f})"
 
     def report(name: str, fitted: Any) -> None:
         train_acc = evaluate(fitted.logits, data.train.labels, data.train.devices,
-                             interval=False).macro_accuracy
+                             interval=False, classes=data.train.classes).macro_accuracy
         valid = ""
         if fitted.model is not None:
             logits = fitted.predict(data.validation.features, precision=precision)
@@ -124,7 +124,7 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
                              mode=ensemble, progress=not obj.quiet, on_teacher=report,
                              folds=folds)
     train_acc = evaluate(result.logits, data.train.labels, data.train.devices,
-                         interval=False).macro_accuracy
+                         interval=False, classes=data.train.classes).macro_accuracy
     # The ensemble's validation score needs every member's model (not the logits files').
     together = (scored(combine_logits(validation_logits, ensemble))
                 if rows and len(validation_logits) == len(rows) else "")
@@ -160,11 +160,14 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
 
     recipe = _recipe(values)
     spec = spec_from_options(obj, preset, spec_file, values)
-    model = build_model(spec, pm=obj.pm, seed=recipe.seed)
-    card = count_complexity(model)
     precision = precision_for(device)
     data = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                            progress=not obj.quiet, with_test=not no_test)
+    classes = data.train.classes
+    if spec.n_classes != len(classes):  # the head follows the data's classes
+        spec = spec.with_(n_classes=len(classes))
+    model = build_model(spec, pm=obj.pm, seed=recipe.seed)
+    card = count_complexity(model)
     out_console = _stdout()
     out_console.print(f"{spec.arch}: {card.macs:,} MACs, {card.params:,} parameters "
                       f"({card.param_bytes:,} bytes at 16-bit); split {split}: "
@@ -187,7 +190,7 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
         if labelled is not None:
             logits = predict(model, labelled.features, precision=precision)
             results[name] = evaluate(logits, labelled.labels, labelled.devices,
-                                     files=labelled.files)
+                                     files=labelled.files, classes=labelled.classes)
     out_console.print(evaluation_table(results, title=f"{spec.arch}, split {split}"
                                                        f"{', KD' if kd else ''}, seed {recipe.seed}"))
     out_console.print(f"trained {recipe.epochs} epochs in {seconds:.0f} s "
@@ -197,6 +200,7 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
                    f"{spec.arch}-split{split}-seed{recipe.seed}{'-kd' if kd else ''}.pt")
     save_checkpoint(path, spec=spec, state_dict=model.state_dict(), metadata={
         "split": int(split), "kd": kd, "recipe": recipe.to_dict(), "macs": card.macs,
+        "classes": list(classes),
         "params": card.params, "seconds": seconds,
         **{f"{name}_macro_accuracy": e.macro_accuracy for name, e in results.items()},
     })

@@ -75,12 +75,20 @@ def _check_lists(dataset: TAU22Dataset, report: CheckReport) -> None:
         report.problems.append(
             f"{name}: {len(names)} clip(s) listed more than once, e.g. {names[0]}"
             " (each is used once)")
-    unknown = Counter(clip.scene for clip in dataset.clips.values() if clip.scene not in SCENES)
-    for scene, count in sorted(unknown.items()):
-        example = next(c.filename for c in dataset.clips.values() if c.scene == scene)
-        report.problems.append(
-            f"meta.csv: scene label {scene!r} ({count:,} clip(s), e.g. {example}) is not one of "
-            f"the {len(SCENES)} DCASE scenes ({', '.join(SCENES)})")
+    # A corpus may have its own scenes (they become its classes), but one that uses the DCASE
+    # scenes and a few labels besides has most likely a typo, which would train as a class.
+    labels = Counter(clip.scene for clip in dataset.clips.values())
+    unknown = {scene: n for scene, n in labels.items() if scene not in SCENES}
+    if unknown and len(unknown) < len(labels):
+        for scene, count in sorted(unknown.items()):
+            example = next(c.filename for c in dataset.clips.values() if c.scene == scene)
+            report.problems.append(
+                f"meta.csv: scene label {scene!r} ({count:,} clip(s), e.g. {example}) is not one "
+                f"of the {len(SCENES)} DCASE scenes the other labels are ({', '.join(SCENES)}); "
+                "a corpus of other scenes uses none of them")
+    elif unknown:
+        report.notes.append(f"classes from meta.csv: {', '.join(dataset.classes)} "
+                            f"({len(dataset.classes)}, not the DCASE scenes)")
     for percent in SPLITS[:-1]:
         if percent not in dataset.split_lists:
             report.problems.append(f"{dataset.lists_dir / split_list_name(percent)}: not found")

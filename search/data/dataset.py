@@ -41,6 +41,14 @@ HOLD_OUT_RESTARTS = 8
 TEST_LIST = "test.csv"
 
 
+def scene_classes(labels: Iterable[str]) -> tuple[str, ...]:
+    """The class list of a corpus, in output order: the ten DCASE scenes in their order when
+    every label is one of them (so DCASE models, caches and exports keep their layout), else
+    the corpus's own labels sorted."""
+    found = set(labels)
+    return SCENES if found <= set(SCENES) else tuple(sorted(found))
+
+
 def split_list_name(percent: int) -> str:
     """File name of a split list as the DCASE baseline names it (``split5.csv``)."""
     return f"split{percent}.csv"
@@ -156,6 +164,11 @@ class TAU22Dataset:
 
     def audio_path(self, filename: str) -> Path:
         return self.root / filename
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The scene labels of meta.csv in output order (``scene_classes``)."""
+        return scene_classes(clip.scene for clip in self.clips.values())
 
     @property
     def training_fold(self) -> tuple[str, ...]:

@@ -33,3 +33,11 @@ def resolve_data(data: str | None, *, pm: pluggy.PluginManager, cache_dir: Path)
         return sources[name].prepare(cache_dir)
     known = ", ".join(sources) or "none"
     raise DataError(f"{name}: data folder not found, and no data source has that name (known: {known})")
+
+
+def corpus_classes(data: str | None, *, pm: pluggy.PluginManager, cache: Path) -> tuple[str, ...]:
+    """The scene classes of ``data`` in output order (``TAU22Dataset.classes``): what a
+    study's networks must predict, known before any network is counted or trained."""
+    from asc_search.data.dataset import load_dataset
+
+    return load_dataset(resolve_data(data, pm=pm, cache_dir=cache)).classes

@@ -39,6 +39,7 @@ from filelock import FileLock
 from torch import nn
 
 from asc_search.architecture import ArchSpec, build_model
+from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.recipe import TrainingRecipe
@@ -86,6 +87,8 @@ def parent_key(spec: ArchSpec, *, recipe: TrainingRecipe, steps: int, train: Lab
         "steps": steps, "files": list(train.files),
         "autocast": str(precision.autocast_dtype), "channels_last": precision.channels_last,
         "device": precision.device.type,
+        # A corpus of other scenes (the DCASE ten keep the key they always had).
+        **({"classes": list(train.classes)} if train.classes != SCENES else {}),
     }, sort_keys=True).encode())
     if teacher_logits is not None:
         digest.update(np.ascontiguousarray(teacher_logits, dtype=np.float32).tobytes())

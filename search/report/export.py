@@ -25,7 +25,6 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
-from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
 from asc_search.search.promote import finalists
@@ -76,9 +75,6 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         model.load_state_dict(loaded.state_dict)
         half = {k: v.to(weights_dtype) if v.is_floating_point() else v
                 for k, v in model.state_dict().items()}
-        save_checkpoint(partial / "model.pt", spec=loaded.spec, state_dict=half,
-                        metadata={**loaded.metadata, "study": study.study_name,
-                                  "weights_dtype": settings.storage_dtype})
         (partial / "spec.json").write_text(json.dumps(loaded.spec.to_dict(), indent=2) + "\n")
         # The network as submitted: the stored weights, restored to float for counting and scoring.
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
@@ -87,13 +83,22 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         (partial / "complexity.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
                                progress=progress, with_test=True)
+        classes = data.test.classes
+        if loaded.spec.n_classes != len(classes):
+            raise AscSearchError(f"trial {number} has {loaded.spec.n_classes} outputs but the data "
+                                 f"has {len(classes)} classes ({', '.join(classes)})")
+        # The output order travels with the weights: column k of the logits is classes[k].
+        save_checkpoint(partial / "model.pt", spec=loaded.spec, state_dict=half,
+                        metadata={**loaded.metadata, "study": study.study_name,
+                                  "weights_dtype": settings.storage_dtype,
+                                  "classes": list(classes)})
         logits = predict(model, data.test.features, precision=precision_for("cpu"))
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         with (partial / "output.csv").open("w", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(["filename", "scene_label", *SCENES])
+            writer.writerow(["filename", "scene_label", *classes])
             for name, row in zip(data.test.files, probabilities, strict=True):
-                writer.writerow([name, SCENES[int(row.argmax())],
+                writer.writerow([name, classes[int(row.argmax())],
                                  *(f"{p:.6f}" for p in row)])
         if out.exists():
             out.rmdir()

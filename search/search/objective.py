@@ -271,7 +271,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
                    param_bytes=card.param_bytes,
                    validation=evaluate(logits, validation.labels, validation.devices,
-                                       files=validation.files),
+                                       files=validation.files, classes=validation.classes),
                    seconds=time.perf_counter() - started, budget=budget, training_macs=spent,
                    parent_trained=parent_trained, restored_cpu_seconds=restored_cpu)
 
@@ -341,7 +341,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
             return
         logits = predict(model, resources.validation.features, precision=resources.precision)
         score = evaluate(logits, resources.validation.labels, resources.validation.devices,
-                         interval=False).macro_accuracy
+                         interval=False, classes=resources.validation.classes).macro_accuracy
         model.train()
         trial.report(score, epoch)
         if trial.should_prune():
@@ -413,7 +413,8 @@ def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: 
         path = Path(folder) / f"trial-{trial.number}.pt"
         save_checkpoint(path, spec=outcome.spec, state_dict=outcome.model.state_dict(),
                         metadata={"trial": trial.number, "stage": "search",
-                                  "validation_macro_accuracy": outcome.validation.macro_accuracy})
+                                  "validation_macro_accuracy": outcome.validation.macro_accuracy,
+                                  "classes": list(resources.train.classes)})
         artifact_id = upload_artifact(artifact_store=resources.artifacts, file_path=str(path),
                                       study_or_trial=trial)
     trial.set_user_attr("checkpoint_artifact", artifact_id)

@@ -273,7 +273,7 @@ def _validation(contender: Promoted, resources: TrialResources) -> Evaluation:
     validation = evaluate(
         predict(contender.model, resources.validation.features, precision=resources.precision),
         resources.validation.labels, resources.validation.devices,
-        files=resources.validation.files)
+        files=resources.validation.files, classes=resources.validation.classes)
     contender.model.to("cpu")
     return validation
 
@@ -366,7 +366,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             continue
         # Selection is over; only now does the test list get looked at.
         test_logits = predict(finalist.model, data.test.features, precision=precision)
-        test = evaluate(test_logits, data.test.labels, data.test.devices, files=data.test.files)
+        test = evaluate(test_logits, data.test.labels, data.test.devices, files=data.test.files,
+                        classes=data.test.classes)
         test_correct[trial.number] = test_logits.argmax(axis=1) == data.test.labels
         finalist.model.to("cpu")
         with scratch(studies) as folder:
@@ -376,7 +377,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                             metadata={"trial": trial.number, "stage": "finalist",
                                       "validation_macro_accuracy":
                                           finalist.validation.macro_accuracy,
-                                      "test_macro_accuracy": test.macro_accuracy})
+                                      "test_macro_accuracy": test.macro_accuracy,
+                                      "classes": list(data.test.classes)})
             complexity = Path(folder) / f"trial-{trial.number}-complexity.json"
             complexity.write_text(json.dumps(card.to_dict(), indent=2))
             checkpoint_id = upload_artifact(artifact_store=store, file_path=str(checkpoint),

@@ -32,6 +32,7 @@ import pluggy
 import torch
 from torch import nn
 
+from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError, CacheError, PluginError
 from asc_search.features.logmel import FeatureSet, FrontEnd
 from asc_search.plugin_manager import collect_named
@@ -300,6 +301,8 @@ def _key(train: LabelledSet, parsed: list[tuple[str, str | None]], known: Mappin
         "recipe": recipe.to_dict(),
         "mode": mode,
         **({"folds": folds} if folds > 1 else {}),  # one fit: the key it always had
+        # A corpus of other scenes (the DCASE ten keep the key they always had).
+        **({"classes": list(train.classes)} if train.classes != SCENES else {}),
         # A repeated teacher draws its own seed (``_member_recipe``): new keys for repeats only.
         **({"repeats_reseeded": True} if len({n for n, _ in parsed}) < len(parsed) else {}),
     }

@@ -49,19 +49,24 @@ class Evaluation:
 
 
 def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
-             files: Sequence[str] | None = None, interval: bool = True) -> Evaluation:
+             files: Sequence[str] | None = None, interval: bool = True,
+             classes: Sequence[str] = SCENES) -> Evaluation:
     """Score ``logits`` against ``labels``; per-device figures are class-wise averages too.
 
     ``files`` (row-aligned) lets the interval resample whole recordings; ``interval=False``
     skips the bootstrap where only the figure is wanted (intermediate reports, training scores).
+    ``classes`` names the logits' columns (the ``LabelledSet``'s, for a corpus of other scenes).
     """
-    predicted = np.asarray(logits).argmax(axis=1)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        raise ValueError(f"{logits.shape} logits for {len(classes)} classes")
+    predicted = logits.argmax(axis=1)
     labels = np.asarray(labels)
     devices_arr = np.asarray(devices)
-    n_classes = len(SCENES)
+    n_classes = len(classes)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    per_class = {scene: _recall(confusion, k) for k, scene in enumerate(SCENES)
+    per_class = {scene: _recall(confusion, k) for k, scene in enumerate(classes)
                  if confusion[k].sum() > 0}
     per_device = {}
     for device in DEVICES:
@@ -219,7 +224,7 @@ def evaluation_table(results: dict[str, Evaluation], *, title: str = "evaluation
     for device in DEVICES:
         if any(device in e.per_device for e in evaluations):
             row(f"  device {device}", [e.per_device.get(device) for e in evaluations])
-    for scene in SCENES:
+    for scene in dict.fromkeys(scene for e in evaluations for scene in e.per_class):
         row(f"  {scene}", [e.per_class.get(scene) for e in evaluations])
     table.add_row("clips", *(f"{e.n:,}" for e in evaluations))
     return table

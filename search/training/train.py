@@ -43,8 +43,10 @@ class LabelledSet:
 
     files: tuple[str, ...]
     features: FeatureSet
-    labels: np.ndarray
+    labels: np.ndarray  # indices into ``classes``
     devices: tuple[str, ...]
+    #: The corpus's scene labels in output order (the ten DCASE scenes unless the data has others).
+    classes: tuple[str, ...] = SCENES
 
     def __len__(self) -> int:
         return len(self.files)
@@ -53,19 +55,23 @@ class LabelledSet:
         """The clips of ``rows`` (ascending), sharing the cached features."""
         return LabelledSet(files=tuple(self.files[r] for r in rows),
                            features=self.features.subset(rows), labels=self.labels[rows],
-                           devices=tuple(self.devices[r] for r in rows))
+                           devices=tuple(self.devices[r] for r in rows), classes=self.classes)
 
 
-def labelled_set(dataset: TAU22Dataset, features: FeatureSet) -> LabelledSet:
-    """Attach labels and devices from ``dataset`` to the rows of ``features``."""
-    index = {scene: k for k, scene in enumerate(SCENES)}
+def labelled_set(dataset: TAU22Dataset, features: FeatureSet, *,
+                 classes: tuple[str, ...] | None = None) -> LabelledSet:
+    """Attach labels and devices from ``dataset`` to the rows of ``features``; labels index the
+    corpus's classes (``dataset.classes``) unless ``classes`` names the list to use."""
+    classes = classes or dataset.classes
+    index = {scene: k for k, scene in enumerate(classes)}
     clips = [dataset.clips[name] for name in features.files]
     try:
         labels = np.array([index[clip.scene] for clip in clips], dtype=np.int64)
     except KeyError as exc:
-        raise AscSearchError(f"scene label {exc.args[0]!r} is not one of the 10 DCASE scenes") from exc
+        raise AscSearchError(f"scene label {exc.args[0]!r} is not one of the "
+                             f"{len(classes)} classes ({', '.join(classes)})") from exc
     return LabelledSet(files=features.files, features=features, labels=labels,
-                       devices=tuple(clip.device for clip in clips))
+                       devices=tuple(clip.device for clip in clips), classes=classes)
 
 
 @dataclass(frozen=True)
