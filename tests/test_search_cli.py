@@ -87,7 +87,11 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     exported = cli("-q", "export", "e2e", "--trial", "0", "--out", out)
     assert exported.code == 0, exported.err
     assert {p.name for p in out.iterdir()} == {"model.pt", "spec.json", "complexity.json",
-                                               "output.csv"}
+                                               "output.csv", "inference"}
+    # The DCASE 2025 package (tests/test_inference_package.py installs one and predicts).
+    package = out / "inference" / "Asc_Search_task1"
+    assert (package / "Asc_Search_task1_1.py").is_file()
+    assert (package / "ckpts" / "Asc_Search_task1_1" / "general.pt2").is_file()
     loaded = load_checkpoint(out / "model.pt")
     assert all(t.dtype != torch.float32 for t in loaded.state_dict.values())
     rows = list(csv.reader((out / "output.csv").open(), delimiter="\t"))

@@ -313,19 +313,25 @@ def report_command(obj: Context, study_name: str, storage: str | None,
 @click.argument("study_name", metavar="STUDY")
 @click.option("--trial", "number", type=int, required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--label", default="Asc_Search", show_default=True,
+              help="DCASE submission label (Lastname_Institution): names the inference package "
+                   "<label>_task1 and its module <label>_task1_1.")
 @_storage_options
 @pass_context
 def export_command(obj: Context, study_name: str, number: int, out: Path,
-                   storage: str | None, studies: Path | None) -> None:
-    """Write a trial's 16-bit weights, spec, complexity card and DCASE output.csv."""
+                   storage: str | None, studies: Path | None, label: str) -> None:
+    """Write a trial's 16-bit weights, spec, complexity card, DCASE output.csv and the DCASE 2025
+    inference package."""
     from asc_search.paths import studies_dir
     from asc_search.report.export import export_trial
 
     study = _open(study_name, storage, studies)
     summary = export_trial(study, number=number, out=out, pm=obj.pm, cache=obj.cache,
-                           studies=studies_dir(studies), progress=not obj.quiet)
+                           studies=studies_dir(studies), progress=not obj.quiet, label=label)
     _say(f"exported trial {number} ({'finalist' if summary['finalist'] else 'search'} network,"
-         f" {summary['macs']:,} MACs, {summary['param_bytes']:,} B) to {out}")
+         f" {summary['macs']:,} MACs, {summary['param_bytes']:,} B) to {out}; inference package "
+         f"{summary['package']} in {out / 'inference'} (pip install it; "
+         f"{summary['module']}.predict)")
 
 
 @click.command("dashboard")

@@ -3,9 +3,11 @@
 The folder holds ``model.pt`` (tensor-only checkpoint, weights stored in the type the budget
 counts, 16-bit by default), ``spec.json`` (the pruned network's per-layer widths),
 ``complexity.json`` (the DCASE count) and ``output.csv`` (the challenge's format: file name,
-predicted scene, one probability per scene, tab-separated) for the test list. A promoted trial
-exports its finalist network; otherwise the trial's search-time network. The folder appears
-only when everything is written.
+predicted scene, one probability per scene, tab-separated) for the test list, and
+``inference/``, the DCASE 2025 inference package (``inference_package.py``): installable, with
+``predict(file_paths, device_ids)``, no asc-search needed. A promoted trial exports its finalist
+network; otherwise the trial's search-time network. The folder appears only when everything is
+written.
 """
 
 from __future__ import annotations
@@ -33,13 +35,20 @@ from asc_search.search.study import settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.train import precision_for, predict
 
+#: The submission label the package is named by unless ``--label`` says otherwise.
+DEFAULT_LABEL = "Asc_Search"
 _WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache: Path,
-                 studies: Path | None, progress: bool = False) -> dict[str, Any]:
+                 studies: Path | None, progress: bool = False,
+                 label: str = DEFAULT_LABEL) -> dict[str, Any]:
     """Write the export folder (see the module docstring); return a summary of what it holds."""
     from asc_search.features.experiment import load_split_data
+    from asc_search.features.logmel import FrontEndSettings
+    from asc_search.report.inference_package import package_names, write_inference_package
+
+    package, module = package_names(label)  # a bad label fails before anything is written
 
     settings = settings_of(study, to_train=False)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -100,10 +109,16 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
             for name, row in zip(data.test.files, probabilities, strict=True):
                 writer.writerow([name, classes[int(row.argmax())],
                                  *(f"{p:.6f}" for p in row)])
+        # The DCASE 2025 inference package: this network for every device (a device-general
+        # system), installable and free of asc-search.
+        write_inference_package(partial / "inference", label=label, models={"general": model},
+                                front_end=FrontEndSettings(), classes=list(classes),
+                                complexity={"general": card.to_dict()})
         if out.exists():
             out.rmdir()
         os.rename(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return {"trial": number, "finalist": promoted is not None, "macs": card.macs,
-            "param_bytes": card.param_bytes, "test_clips": len(data.test.files), "out": str(out)}
+            "param_bytes": card.param_bytes, "test_clips": len(data.test.files), "out": str(out),
+            "package": package, "module": module}
