@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, read_results
+from results import append_result, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.features.experiment import load_split_data
@@ -133,9 +133,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("kd_gain.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the tables of --out and stop")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="with --report: also draw the test accuracies into this PNG")
     args = parser.parse_args()
     if args.report:
         print(report(args.out))
+        if args.plot:
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for e in read_results(args.out):
+                if e.get("revision") == REVISION and e["kind"] == "student":
+                    lever = e.get("student_augment", "none")
+                    name = f"{e['split']} %: {e['student']}, teachers {e['teacher_set']}" + (
+                        f", {lever}" if lever != "none" else "")
+                    groups.setdefault(name, []).append(e)
+            print(plot_accuracies(dict(sorted(groups.items())), args.plot,
+                                  title="knowledge distillation and student levers"))
         return
     torch.set_num_threads(args.threads)
     if args.epochs:

@@ -22,3 +22,44 @@ def append_result(path: Path, entry: dict[str, Any]) -> None:
     print(json.dumps(entry), flush=True)
     with path.open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
+
+
+def plot_accuracies(groups: dict[str, list[dict[str, Any]]], path: Path, *, title: str,
+                    field: str = "test") -> Path:
+    """Test macro accuracy per group of runs (one run per seed): each seed's accuracy with its
+    95 % bootstrap interval over recordings (small, offset by seed), and the mean over seeds
+    with its 95 % t interval (large). Every plotted accuracy shows its uncertainty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asc_search.training.evaluate import mean_sd_interval
+
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.8))
+    for x, runs in enumerate(groups.values()):
+        runs = sorted(runs, key=lambda e: e["seed"])
+        for k, run in enumerate(runs):
+            value, (low, high) = run[field]["macro"], run[field]["macro_interval"]
+            offset = 0.12 * (k - (len(runs) - 1) / 2)
+            axis.errorbar(x + 0.25 + offset, 100 * value, yerr=[[100 * (value - low)],
+                          [100 * (high - value)]], fmt="o", ms=3, c="grey", elinewidth=0.8,
+                          label="one seed (95 % bootstrap)" if x == 0 and k == 0 else None)
+        summary = mean_sd_interval([run[field]["macro"] for run in runs])
+        if summary["n"] > 1:
+            axis.errorbar(x, 100 * summary["mean"],
+                          yerr=[[100 * (summary["mean"] - summary["low"])],
+                                [100 * (summary["high"] - summary["mean"])]],
+                          fmt="s", ms=7, c="tab:blue", capsize=4,
+                          label="mean over seeds (95 % t)" if x == 0 else None)
+        else:
+            axis.plot(x, 100 * summary["mean"], "s", ms=7, mfc="none", c="tab:blue",
+                      label="one seed only (no interval over seeds)" if x == 0 else None)
+    axis.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right")
+    axis.set_ylabel(f"{field} macro accuracy (%)")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path

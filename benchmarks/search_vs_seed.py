@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, read_results
+from results import append_result, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.complexity import count_complexity
@@ -286,9 +286,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).with_name("search_vs_seed.jsonl"))
     parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="with --report: also draw the test accuracies into this PNG")
     args = parser.parse_args()
     if args.report:
         print(report(args.out))
+        if args.plot:
+            entries = [e for e in read_results(args.out) if _current(e)]
+            groups: dict[str, list[dict[str, Any]]] = {}
+            order = ["baseline", "S1", "S2", "S3", "searched"]
+            for e in sorted(entries, key=lambda e: (e["split"], order.index(e["plan"]))):
+                groups.setdefault(f"{e['split']} %: {e['plan']}", []).append(e)
+            print(plot_accuracies(groups, args.plot, title="search against the seed plans "
+                                  "(embedded corpus)"))
         return
     torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
