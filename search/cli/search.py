@@ -104,6 +104,13 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Seconds between a running trial's heartbeats, kept in the study for every "
                    "worker; a trial silent for three is taken as lost with its worker and "
                    "queued again [default: the study's, else 60].")
+@click.option("--device-specific/--general-only", default=False, show_default=True,
+              help="DCASE 2025 mode: the best searched finalist also gets one model per "
+                   "training device (fine-tuned from it with KD on that device's clips); "
+                   "unknown devices use the general model.")
+@click.option("--device-trials", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Device fine-tune settings (epochs, learning rate, layers) tried on "
+                   "validation in the device-specific mode.")
 @click.option("--device-response-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Device impulse-response augmentation for teachers, parents, trials and "
                    "finalists: the probability that a device-a clip gets another device's "
@@ -119,7 +126,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
                 promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
-                heartbeat: int | None, device_response_p: float, device_responses: str) -> None:
+                heartbeat: int | None, device_specific: bool, device_trials: int,
+                device_response_p: float, device_responses: str) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -163,7 +171,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         storage_dtype=storage_dtype, objective=objective, proxy_epochs=proxy_epochs,
         promote_epochs=promote_epochs,
         teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
-        teacher_folds=teacher_folds,
+        teacher_folds=teacher_folds, device_specific=device_specific, device_trials=device_trials,
         recipe={**({} if batch_size is None else {"batch_size": batch_size}),
                 **({"device_response_p": device_response_p, "device_responses": device_responses}
                    if device_response_p > 0 else {})},

@@ -33,11 +33,30 @@ from asc_search.search.promote import finalists
 from asc_search.search.storage import artifact_store
 from asc_search.search.study import settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
-from asc_search.training.train import precision_for, predict
+from asc_search.training.train import precision_for
 
 #: The submission label the package is named by unless ``--label`` says otherwise.
 DEFAULT_LABEL = "Asc_Search"
 _WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _device_models(promoted: dict[str, Any] | None, *, studies: Path | None, pm: Any,
+                   folder: Path, weights_dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The finalist's device models (DCASE 2025 mode), read tensor-only from their artifacts,
+    with weights rounded to the type the budget counts, as the general network's are."""
+    artifacts = ((promoted or {}).get("device_specific") or {}).get("artifacts", {})
+    models = {}
+    for device, artifact in artifacts.items():
+        path = folder / f"device-{device}.pt"
+        download_artifact(artifact_store=artifact_store(studies), artifact_id=artifact,
+                          file_path=str(path))
+        loaded = load_checkpoint(path, label=f"device {device}'s model (artifact {artifact})")
+        path.unlink()
+        model = build_model(loaded.spec, pm=pm)
+        model.load_state_dict({k: v.to(weights_dtype).float() if v.is_floating_point() else v
+                               for k, v in loaded.state_dict.items()})
+        models[device] = model.eval()
+    return models
 
 
 def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache: Path,
@@ -47,6 +66,7 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
     from asc_search.features.experiment import load_split_data
     from asc_search.features.logmel import FrontEndSettings
     from asc_search.report.inference_package import package_names, write_inference_package
+    from asc_search.training.device_models import routed_logits
 
     package, module = package_names(label)  # a bad label fails before anything is written
 
@@ -101,7 +121,13 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
                         metadata={**loaded.metadata, "study": study.study_name,
                                   "weights_dtype": settings.storage_dtype,
                                   "classes": list(classes)})
-        logits = predict(model, data.test.features, precision=precision_for("cpu"))
+        networks = {"general": model, **_device_models(promoted, studies=studies, pm=pm,
+                                                        folder=partial,
+                                                        weights_dtype=weights_dtype)}
+        # Each test clip scored by its device's model where there is one (the 2025 mode),
+        # else by the general network, as the inference package will score it.
+        logits = routed_logits({d: m for d, m in networks.items() if d != "general"}, model,
+                               data.test, precision=precision_for("cpu"))
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         with (partial / "output.csv").open("w", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -109,11 +135,12 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
             for name, row in zip(data.test.files, probabilities, strict=True):
                 writer.writerow([name, classes[int(row.argmax())],
                                  *(f"{p:.6f}" for p in row)])
-        # The DCASE 2025 inference package: this network for every device (a device-general
-        # system), installable and free of asc-search.
-        write_inference_package(partial / "inference", label=label, models={"general": model},
+        # The DCASE 2025 inference package: installable and free of asc-search; the device models
+        # where the study made them, this network for every other device.
+        # Every device model is the general network's architecture: each has its count.
+        write_inference_package(partial / "inference", label=label, models=networks,
                                 front_end=FrontEndSettings(), classes=list(classes),
-                                complexity={"general": card.to_dict()})
+                                complexity=dict.fromkeys(networks, card.to_dict()))
         if out.exists():
             out.rmdir()
         os.rename(partial, out)

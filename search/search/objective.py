@@ -67,9 +67,16 @@ class SearchSettings:
     teacher_folds: int = 1
     ensemble: str = "mean_logits"
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
+    #: DCASE 2025 mode: the best searched finalist also gets one model per training device
+    #: (``asc_search.training.device_models``), its fine-tune searched over this many tunings.
+    device_specific: bool = False
+    device_trials: int = 6
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # Settings added later enter only when set: a study made before keeps resuming.
+        data = {k: v for k, v in asdict(self).items()
+                if not (k in _ADDED_SETTINGS and v == _ADDED_SETTINGS[k])}
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SearchSettings:
@@ -108,6 +115,10 @@ def dropped_settings(text: str) -> list[str]:
     """Stored settings keys this version does not know: a study made by an older asc-search."""
     known = {f.name for f in fields(SearchSettings)}
     return sorted(key for key in json.loads(text) if key not in known)
+
+
+#: Settings newer than the first stored studies, with the value that leaves them out of the JSON.
+_ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6}
 
 
 def auto_batch_size(n_train: int) -> int:

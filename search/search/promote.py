@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -404,9 +404,76 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     reference = next((n for n, r in results.items() if r["label"] != "searched"),
                      None) if with_seed_plan else None
     _compare_with_reference(study, results, test_correct, data.test, reference, announce)
+    if settings.device_specific and results:
+        _device_specific(study, results, promoted, resources=loaded, announce=announce)
     if kept_rungs is not None:  # the finalists are saved: the rungs that led to them are not needed
         kept_rungs.clear()
     return results
+
+
+def _device_specific(study: optuna.Study, results: dict[int, dict[str, Any]],
+                     promoted: list[Promoted], *, resources: TrialResources,
+                     announce: Callable[[str], None]) -> None:
+    """The DCASE 2025 mode: device models for the best searched finalist (by validation), their
+    tuning searched on validation; then, read once, the test routed by device against the same
+    finalist's general model. Each device model is a study artifact beside the finalist."""
+    from asc_search.training.device_models import (
+        known_and_unknown,
+        routed_evaluation,
+        search_device_tuning,
+    )
+
+    settings = resources.settings
+    eligible = [p for p in promoted if p.trial.number in results]
+    searched = [p for p in eligible if p.label == "searched"] or eligible
+    chosen = max(searched, key=lambda p: p.validation.macro_accuracy)
+    number = chosen.trial.number
+    announce(f"device-specific models for finalist trial {number}: "
+             f"{settings.device_trials} tunings searched on validation")
+    recipe = settings.base_recipe(len(resources.train)).with_(
+        **chosen.trial.user_attrs.get("training", {}))
+    found = search_device_tuning(chosen.model, train=resources.train,
+                                 validation=resources.validation,
+                                 teacher_logits=resources.teacher_logits, recipe=recipe,
+                                 precision=resources.precision, trials=settings.device_trials,
+                                 seed=number, announce=announce)
+    test = routed_evaluation(found.models, chosen.model, resources.test,
+                             precision=resources.precision)
+    known = sorted(found.models)
+    artifacts = {}
+    with scratch(resources.studies) as folder:
+        for device, model in found.models.items():
+            path = Path(folder) / f"trial-{number}-device-{device}.pt"
+            save_checkpoint(path, spec=chosen.spec, state_dict=model.state_dict(),
+                            metadata={"trial": number, "stage": "device", "device": device,
+                                      "classes": list(resources.train.classes)})
+            artifacts[device] = upload_artifact(artifact_store=resources.artifacts,
+                                                file_path=str(path), study_or_trial=study)
+    general = results[number]["test"]
+    record = {
+        "tuning": asdict(found.tuning),
+        "tried": found.tried, "devices": known, "artifacts": artifacts,
+        "validation": evaluation_attrs(found.validation),
+        "test": evaluation_attrs(test) | known_and_unknown(test, known),
+        "general_test": {"macro": general["macro"], "macro_interval": general["macro_interval"],
+                         **known_and_unknown_attrs(general, known)},
+    }
+    results[number]["device_specific"] = record
+    study.set_user_attr(f"{FINALIST_PREFIX}{number}", results[number])
+    announce(f"finalist trial {number} with device models ({', '.join(known)}; unknown devices "
+             f"use the general one): test {_with_interval(test)}, known "
+             f"{100 * record['test']['known']:.1f} %, unknown "
+             f"{100 * (record['test']['unknown'] or float('nan')):.1f} %; general model "
+             f"{100 * general['macro']:.1f} %")
+
+
+def known_and_unknown_attrs(scores: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
+    """``known_and_unknown`` for a stored evaluation (``evaluation_attrs``)."""
+    per_device = scores["per_device"]
+    inside = [v for d, v in per_device.items() if d in known]
+    outside = [v for d, v in per_device.items() if d not in known]
+    return {"known": float(np.mean(inside)) if inside else None,
+            "unknown": float(np.mean(outside)) if outside else None}
 
 
 def _compare_with_reference(study: optuna.Study, results: dict[int, dict[str, Any]],
