@@ -88,6 +88,8 @@ def test_run_in_the_2025_mode_reports_and_exports_device_models(cli, tiny_corpus
     for scores in (record["test"], record["general_test"]):
         assert 0 <= scores["known"] <= 1 and 0 <= scores["unknown"] <= 1  # s4-s6: general model
     assert set(record["test"]["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+    (page,) = (tmp_path / "studies" / "reports" / "devices").glob("*.html")
+    assert "Device-specific models (DCASE 2025)" in page.read_text()
     out = tmp_path / "export"
     number = with_devices[0]["trial"]
     assert cli("-q", "export", "devices", "--trial", number, "--out", out).code == 0
