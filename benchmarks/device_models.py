@@ -37,7 +37,6 @@ from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.search.objective import evaluation_attrs, train_candidate
-from asc_search.search.promote import known_and_unknown_attrs
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.device_models import (
     known_and_unknown,
@@ -115,10 +114,10 @@ def main() -> None:
             "teacher_cpu_seconds": round(teacher_seconds, 1),
             "general": {"validation": evaluation_attrs(general.validation),
                         "test": evaluation_attrs(general_test)
-                        | known_and_unknown_attrs(evaluation_attrs(general_test), known)},
+                        | known_and_unknown(general_test.per_device, known)},
             "device_specific": {"validation": evaluation_attrs(found.validation),
                                 "test": evaluation_attrs(routed_test)
-                                | known_and_unknown(routed_test, known)}})
+                                | known_and_unknown(routed_test.per_device, known)}})
 
 
 def report(path: Path, plot: Path | None = None) -> str:

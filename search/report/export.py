@@ -40,6 +40,13 @@ DEFAULT_LABEL = "Asc_Search"
 _WEIGHT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _as_stored(state_dict: Any, weights_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Float weights rounded to the type the budget counts, back in float32: the network as
+    submitted, for counting and scoring."""
+    return {k: v.to(weights_dtype).float() if v.is_floating_point() else v
+            for k, v in state_dict.items()}
+
+
 def _device_models(promoted: dict[str, Any] | None, *, studies: Path | None, pm: Any,
                    folder: Path, weights_dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     """The finalist's device models (DCASE 2025 mode), read tensor-only from their artifacts,
@@ -53,8 +60,7 @@ def _device_models(promoted: dict[str, Any] | None, *, studies: Path | None, pm:
         loaded = load_checkpoint(path, label=f"device {device}'s model (artifact {artifact})")
         path.unlink()
         model = build_model(loaded.spec, pm=pm)
-        model.load_state_dict({k: v.to(weights_dtype).float() if v.is_floating_point() else v
-                               for k, v in loaded.state_dict.items()})
+        model.load_state_dict(_as_stored(loaded.state_dict, weights_dtype))
         models[device] = model.eval()
     return models
 

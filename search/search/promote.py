@@ -454,9 +454,9 @@ def _device_specific(study: optuna.Study, results: dict[int, dict[str, Any]],
         "tuning": asdict(found.tuning),
         "tried": found.tried, "devices": known, "artifacts": artifacts,
         "validation": evaluation_attrs(found.validation),
-        "test": evaluation_attrs(test) | known_and_unknown(test, known),
+        "test": evaluation_attrs(test) | known_and_unknown(test.per_device, known),
         "general_test": {"macro": general["macro"], "macro_interval": general["macro_interval"],
-                         **known_and_unknown_attrs(general, known)},
+                         **known_and_unknown(general["per_device"], known)},
     }
     results[number]["device_specific"] = record
     study.set_user_attr(f"{FINALIST_PREFIX}{number}", results[number])
@@ -465,15 +465,6 @@ def _device_specific(study: optuna.Study, results: dict[int, dict[str, Any]],
              f"{100 * record['test']['known']:.1f} %, unknown "
              f"{100 * (record['test']['unknown'] or float('nan')):.1f} %; general model "
              f"{100 * general['macro']:.1f} %")
-
-
-def known_and_unknown_attrs(scores: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
-    """``known_and_unknown`` for a stored evaluation (``evaluation_attrs``)."""
-    per_device = scores["per_device"]
-    inside = [v for d, v in per_device.items() if d in known]
-    outside = [v for d, v in per_device.items() if d not in known]
-    return {"known": float(np.mean(inside)) if inside else None,
-            "unknown": float(np.mean(outside)) if outside else None}
 
 
 def _compare_with_reference(study: optuna.Study, results: dict[int, dict[str, Any]],

@@ -21,7 +21,7 @@ gains about a point (50.7 → 51.9 % on the development set). Here:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -102,10 +102,12 @@ def routed_logits(models: dict[str, nn.Module], general: nn.Module, labelled: La
     """Each clip's logits from its device's model, or from the general one where its device
     has none (an unknown device)."""
     devices = np.asarray(labelled.devices)
-    out = predict(general, labelled.features, precision=precision)
-    general.to("cpu")
-    for device, model in models.items():
-        rows = np.flatnonzero(devices == device)
+    out = np.zeros((len(labelled), len(labelled.classes)), dtype=np.float32)
+    owners = [(device, models[device]) for device in models] + [
+        (None, general)]  # the general network takes every clip no device model took
+    for device, model in owners:
+        rows = np.flatnonzero(devices == device) if device is not None else \
+            np.flatnonzero(~np.isin(devices, list(models)))
         if len(rows):
             out[rows] = predict(model, labelled.features.subset(rows), precision=precision)
             model.to("cpu")
@@ -119,13 +121,15 @@ def routed_evaluation(models: dict[str, nn.Module], general: nn.Module, labelled
                     classes=labelled.classes)
 
 
-def known_and_unknown(result: Evaluation, known: Sequence[str]) -> dict[str, float | None]:
-    """The 2025 task's split of a routed score: devices with a model of their own, and the rest."""
+def known_and_unknown(per_device: Mapping[str, float], known: Sequence[str]
+                      ) -> dict[str, float | None]:
+    """The 2025 task's split of per-device scores (an ``Evaluation``'s or a stored one's):
+    the mean over devices with a model of their own, and over the rest."""
     def mean(devices: list[str]) -> float | None:
-        return float(np.mean([result.per_device[d] for d in devices])) if devices else None
+        return float(np.mean([per_device[d] for d in devices])) if devices else None
 
-    return {"known": mean([d for d in result.per_device if d in known]),
-            "unknown": mean([d for d in result.per_device if d not in known])}
+    return {"known": mean([d for d in per_device if d in known]),
+            "unknown": mean([d for d in per_device if d not in known])}
 
 
 @dataclass
@@ -173,5 +177,4 @@ def search_device_tuning(general: nn.Module, *, train: LabelledSet, validation: 
             best = DeviceSearch(tuning, models, score, tried)
     assert best is not None
     best.validation = routed_evaluation(best.models, general, validation, precision=precision)
-    best.tried = tried
     return best
