@@ -161,7 +161,9 @@ def test_a_parent_cut_short_resumes_from_its_last_epoch(data, tmp_path: Path,
     # The two epochs the dead worker paid for are still charged to the parent.
     assert restored_cpu > 0
     (kept,) = parents.cached_parents(tmp_path / "cut")
-    assert kept.seconds >= restored_cpu
+    # Process time against process time: wall seconds can be fewer than CPU seconds when the
+    # fit runs on several threads. The kept figure is rounded to a tenth.
+    assert kept.cpu_seconds >= restored_cpu - 0.05
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     assert not resume.exists() and len(parents.cached_parents(tmp_path / "cut")) == 1

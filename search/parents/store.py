@@ -73,6 +73,8 @@ class ParentInfo:
     steps: int
     seed: int
     seconds: float
+    #: Process time of the whole fit, epochs a killed worker paid for included.
+    cpu_seconds: float
     train_clips: int
     created: str
     size_bytes: int
@@ -179,6 +181,9 @@ def cached_parents(cache: Path) -> list[ParentInfo]:
         found.append(ParentInfo(key=path.stem, path=path, spec=checkpoint.spec,
                                 steps=int(meta.get("steps", 0)), seed=int(meta.get("seed", 0)),
                                 seconds=float(meta.get("seconds", 0.0)),
+                                # Parents kept before fits counted process time have only wall.
+                                cpu_seconds=float(meta.get("cpu_seconds",
+                                                           meta.get("seconds", 0.0))),
                                 train_clips=int(meta.get("train_clips", 0)),
                                 created=str(meta.get("created", "")),
                                 size_bytes=path.stat().st_size))

@@ -82,7 +82,7 @@ def write_inference_package(folder: Path, *, label: str, models: dict[str, torch
     (folder / "requirements.txt").write_text("torch\ntorchaudio\nsoundfile\nnumpy\n")
     (folder / "pyproject.toml").write_text(textwrap.dedent(f"""\
         [build-system]
-        requires = ["setuptools>=61"]
+        requires = ["setuptools>=70.1"]
         build-backend = "setuptools.build_meta"
 
         [project]
