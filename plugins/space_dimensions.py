@@ -84,10 +84,16 @@ def asc_space_dimensions() -> list[DimensionInfo]:
         DimensionInfo("macs_fraction", "plan", "fraction of the MACs budget a parent-based plan "
                       "fills (for the Pareto mode; 1 = all of it)"),
     ]
+    storage = [
+        DimensionInfo("storage", "plan", "dtype the parameters are stored in (float16, or int8: "
+                      "a quantisation-aware last fine-tune, then real int8 conversion; the byte "
+                      "budget counts each at its stored size)",
+                      allowed=lambda pm: ("float32", "float16", "bfloat16", "int8")),
+    ]
     from dataclasses import fields
 
     from asc_search.training.recipe import TrainingRecipe
 
     training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
                 for f in fields(TrainingRecipe) if f.name != "seed"]
-    return spec + stages + plan + parent + training
+    return spec + stages + plan + parent + storage + training

@@ -124,12 +124,54 @@ def count_complexity(
     return ComplexityCard(
         macs=macs,
         params=params,
-        param_bytes=params * DTYPE_BYTES[storage_dtype],
+        param_bytes=int8_param_bytes(model) if storage_dtype == "int8"
+        else params * DTYPE_BYTES[storage_dtype],
         storage_dtype=storage_dtype,
         input_shape=tuple(input_shape),
         layers=tuple(layers),
         uncounted_parameters=uncounted,
     )
+
+
+#: What int8 storage keeps per output channel of a quantised convolution or linear layer: its
+#: float32 scale, its int64 zero point (as the converted program holds them) and its float32
+#: bias (a BatchNorm folded into the layer leaves one even where the layer had none).
+INT8_BYTES_PER_CHANNEL = 4 + 8 + 4
+#: Per activation quantiser: a float32 scale and an int32 zero point.
+INT8_BYTES_PER_ACTIVATION = 8
+
+
+def int8_param_bytes(model: nn.Module) -> int:
+    """The bytes ``model`` takes once converted to int8 (``asc_search.training.int8``), from the
+    float network alone: an upper bound of the converted program's own count, within a few
+    hundred bytes of it, so that the pre-check and budget filling can use it before training.
+
+    Convolutions and linear layers store their weights in int8 (1 byte each) plus
+    ``INT8_BYTES_PER_CHANNEL`` per output channel. A BatchNorm right after a convolution of its
+    width is folded into it and stores nothing; any other parameter stays float32 (4 bytes), and
+    so do the running statistics of a BatchNorm that cannot be folded. Activation quantisers are
+    not known before the graph is traced: two per quantised layer (its input and its output)
+    bound them from above.
+    """
+    total, layers, previous = 0, 0, None
+    for module in model.modules():
+        if next(module.children(), None) is not None:
+            continue  # containers: their leaves are counted
+        if isinstance(module, nn.Conv2d | nn.Conv1d | nn.Linear):
+            out = module.out_channels if isinstance(module, nn.Conv2d | nn.Conv1d) \
+                else module.out_features
+            total += module.weight.numel() + out * INT8_BYTES_PER_CHANNEL
+            layers += 1
+        elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and isinstance(
+                previous, nn.Conv2d | nn.Conv1d) and previous.out_channels == module.num_features:
+            pass  # folded into the convolution before it
+        else:
+            total += 4 * sum(p.numel() for p in module.parameters(recurse=False))
+            total += 4 * sum(b.numel() for b in module.buffers(recurse=False)
+                             if b.is_floating_point())
+        if any(True for _ in module.parameters(recurse=False)):
+            previous = module
+    return total + 2 * layers * INT8_BYTES_PER_ACTIVATION
 
 
 # --------------------------------------------------------------------------------------------

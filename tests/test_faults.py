@@ -158,7 +158,7 @@ def test_ctrl_c_on_local_workers_records_their_trials_and_the_rerun_resumes(
     assert len(training) == 2
     os.killpg(run.pid, signal.SIGINT)
     out, err = run.communicate(timeout=120)
-    assert run.returncode == 130
+    assert run.returncode == 130, (out[-3000:], err[-3000:])
     assert [line for line in err.splitlines() if line.strip()] == ["error: interrupted"]
     trials = optuna.load_study(study_name="ctrlc", storage=url).trials
     assert States.RUNNING not in [t.state for t in trials]  # nothing left half-recorded

@@ -78,6 +78,8 @@ def settle(candidate: Candidate, *, pm: pluggy.PluginManager, max_macs: int,
     candidate is returned as it is."""
     if not candidate.unsettled:
         return candidate
+    # A space that searches the storage dtype fills each candidate's budget at its own.
+    storage_dtype = str(candidate.plan.get("storage", storage_dtype))
     parent = candidate.spec
     nominal = stage_widths(parent, parent.base_channels)
     plan = dict(candidate.plan)

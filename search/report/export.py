@@ -1,9 +1,11 @@
 """``asc-search export STUDY --trial N --out DIR``: what a DCASE submission needs from one trial.
 
 The folder holds ``model.pt`` (tensor-only checkpoint, weights stored in the type the budget
-counts, 16-bit by default), ``spec.json`` (the pruned network's per-layer widths),
-``complexity.json`` (the DCASE count) and ``output.csv`` (the challenge's format: file name,
-predicted scene, one probability per scene, tab-separated) for the test list, and
+counts, 16-bit by default; for an int8 trial its float32 weights, beside ``model_int8.pt2``, the
+converted int8 program that is scored, counted and packaged), ``spec.json`` (the pruned
+network's per-layer widths), ``complexity.json`` (the DCASE count) and ``output.csv`` (the
+challenge's format: file name, predicted scene, one probability per scene, tab-separated) for the
+test list, and
 ``inference/``, the DCASE 2025 inference package (``inference_package.py``): installable, with
 ``predict(file_paths, device_ids)``, no asc-search needed. A promoted trial exports its finalist
 network; otherwise the trial's search-time network. The folder appears only when everything is
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from asc_search.search.promote import finalists
 from asc_search.search.storage import artifact_store
 from asc_search.search.study import settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
+from asc_search.training.int8 import fp32_precision, load_int8
 from asc_search.training.train import precision_for
 
 #: The submission label the package is named by unless ``--label`` says otherwise.
@@ -88,10 +92,15 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         raise AscSearchError(f"trial {number} has no trained network ({status})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AscSearchError(f"{out}: exists and is not an empty folder")
-    weights_dtype = _WEIGHT_TYPES.get(settings.storage_dtype)
-    if weights_dtype is None:
-        raise AscSearchError(f"export stores float weights; this study counts "
-                             f"{settings.storage_dtype} (quantise the exported model separately)")
+    storage = str((promoted or {}).get("storage")
+                  or trials[number].user_attrs.get("storage", settings.storage_dtype))
+    int8_artifact = (promoted or {}).get("int8_artifact") if promoted else \
+        trials[number].user_attrs.get("int8_artifact")
+    if storage == "int8" and int8_artifact is None:
+        raise AscSearchError(f"trial {number} counts int8 storage but holds no int8 network "
+                             "(made by an asc-search without the int8 path): promote it again")
+    # float weights are kept at float32 beside an int8 program (the program is what ships).
+    weights_dtype = torch.float32 if storage == "int8" else _WEIGHT_TYPES[storage]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -114,7 +123,14 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         # The network as submitted: the stored weights, restored to float for counting and scoring.
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in half.items()})
-        card = count_complexity(model, storage_dtype=settings.storage_dtype)
+        card = count_complexity(model, storage_dtype=storage)
+        int8 = None
+        if int8_artifact is not None:  # the int8 program as trained, its own byte count
+            program = partial / "model_int8.pt2"
+            download_artifact(artifact_store=artifact_store(studies), artifact_id=int8_artifact,
+                              file_path=str(program))
+            int8 = load_int8(program)
+            card = replace(card, param_bytes=int8.stored_bytes)
         (partial / "complexity.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
                                progress=progress, with_test=True)
@@ -125,15 +141,19 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         # The output order travels with the weights: column k of the logits is classes[k].
         save_checkpoint(partial / "model.pt", spec=loaded.spec, state_dict=half,
                         metadata={**loaded.metadata, "study": study.study_name,
-                                  "weights_dtype": settings.storage_dtype,
+                                  "weights_dtype": "float32" if int8 else storage,
+                                  **({"int8_program": "model_int8.pt2"} if int8 else {}),
                                   "classes": list(classes)})
-        networks = {"general": model, **_device_models(promoted, studies=studies, pm=pm,
-                                                        folder=partial,
-                                                        weights_dtype=weights_dtype)}
+        shipped = int8 if int8 is not None else model
+        networks = {"general": shipped, **_device_models(promoted, studies=studies, pm=pm,
+                                                          folder=partial,
+                                                          weights_dtype=weights_dtype)}
         # Each test clip scored by its device's model where there is one (the 2025 mode),
-        # else by the general network, as the inference package will score it.
-        logits = routed_logits({d: m for d, m in networks.items() if d != "general"}, model,
-                               data.test, precision=precision_for("cpu"))
+        # else by the general network, as the inference package will score it (an int8
+        # program in float32, as it runs).
+        logits = routed_logits({d: m for d, m in networks.items() if d != "general"}, shipped,
+                               data.test, precision=fp32_precision(precision_for("cpu"))
+                               if int8 is not None else precision_for("cpu"))
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         with (partial / "output.csv").open("w", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")

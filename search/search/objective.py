@@ -35,6 +35,12 @@ from asc_search.search.space import Candidate, SearchSpace
 from asc_search.search.storage import scratch
 from asc_search.training.checkpoint import save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate
+from asc_search.training.int8 import (
+    Int8Network,
+    fp32_precision,
+    qat_steps,
+    quantization_aware_fit,
+)
 from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import LabelledSet, Precision, derive_seed, fit, predict
 
@@ -161,6 +167,9 @@ class Outcome:
     #: CPU seconds an earlier process spent on this candidate's parent before this call resumed
     #: it: what charging the call by its own process time would miss.
     restored_cpu_seconds: float = 0.0
+    #: An int8 candidate's converted program: what ``validation`` scored and ``param_bytes``
+    #: counts (``model`` is its float network, for a longer fine-tune to continue from).
+    int8: Int8Network | None = None
 
 
 def trial_candidate(space: SearchSpace, params: Mapping[str, Any], *, settings: SearchSettings,
@@ -170,6 +179,12 @@ def trial_candidate(space: SearchSpace, params: Mapping[str, Any], *, settings: 
     return candidate_of(space, space.values_of(params), pm=pm, max_macs=settings.max_macs,
                         max_param_bytes=settings.max_param_bytes,
                         storage_dtype=settings.storage_dtype, seed_trial=seed_trial)
+
+
+def candidate_storage(candidate: Candidate, settings: SearchSettings) -> str:
+    """The dtype a candidate's parameters are stored in: its own when the space searches
+    ``storage``, else the study's."""
+    return str(candidate.plan.get("storage", settings.storage_dtype))
 
 
 def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train: int,
@@ -232,6 +247,14 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
 
         return on_step
 
+    storage = candidate_storage(candidate, settings)
+    # An int8 candidate gives the last share of its last fine-tune to quantisation-aware
+    # training, then is converted and scored as int8 (``asc_search.training.int8``).
+    int8 = storage == "int8"
+
+    def float_steps(steps: int) -> int:
+        """The float share of a last fine-tune of ``steps`` (all of it unless int8)."""
+        return steps - qat_steps(steps) if int8 else steps
     parent_trained, restored_cpu = False, 0.0
     if targets:
         model, cache_hit, restored_cpu = trained_parent(
@@ -241,16 +264,18 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
         parent_trained = not cache_hit
     else:
         model = build_model(wide, pm=pm, seed=seed)
-        fit(model, train, recipe.with_(seed=derive_seed(seed, 0)), steps=budget.wide,
-            teacher_logits=teacher_logits, precision=precision, on_step=reporting(0),
-            progress=progress, label=f"train {wide.base_channels}-wide")
+        if float_steps(budget.wide):
+            fit(model, train, recipe.with_(seed=derive_seed(seed, 0)),
+                steps=float_steps(budget.wide), teacher_logits=teacher_logits,
+                precision=precision, on_step=reporting(0), progress=progress,
+                label=f"train {wide.base_channels}-wide")
     model.to("cpu")
     if targets and not parent_trained:
         wide_macs = 0  # a parent loaded from the cache cost this trial nothing: not counted
     elif final_card is not None and not targets:
         wide_macs = final_card.macs
     else:
-        wide_macs = count_complexity(model, storage_dtype=settings.storage_dtype).macs
+        wide_macs = count_complexity(model, storage_dtype=storage).macs
     spec = wide
     between_macs: list[int] = []
     if targets:
@@ -259,7 +284,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             importance=candidate.plan.get("importance", "l2"),
             schedule=schedule, steps=int(candidate.plan.get("prune_steps", 1)), targets=targets,
             max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
-            storage_dtype=settings.storage_dtype, finetune_steps=budget.between,
+            storage_dtype=storage, finetune_steps=budget.between,
             final_finetune_epochs=0,
         )
         result = prune(model, wide, plan, pm=pm, train=train, teacher_logits=teacher_logits,
@@ -267,24 +292,34 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                        progress=progress)
         model, spec = result.model, result.spec
         between_macs = [step.macs for step in result.steps[:pruning_steps - 1]]
-        fit(model, train, recipe.with_(warmup_steps=0, seed=derive_seed(seed, 2)),
-            steps=budget.final, teacher_logits=teacher_logits, precision=precision,
-            on_step=reporting(budget.total - budget.final), progress=progress,
-            label="final fine-tune")
+        if float_steps(budget.final):
+            fit(model, train, recipe.with_(warmup_steps=0, seed=derive_seed(seed, 2)),
+                steps=float_steps(budget.final), teacher_logits=teacher_logits,
+                precision=precision, on_step=reporting(budget.total - budget.final),
+                progress=progress, label="final fine-tune")
         model.to("cpu")
         card = result.card
     else:
-        card = final_card or count_complexity(model, storage_dtype=settings.storage_dtype)
-    logits = predict(model, validation.features, precision=precision)
+        card = final_card or count_complexity(model, storage_dtype=storage)
+    network, param_bytes, scored = None, card.param_bytes, model
+    if int8:
+        network, _ = quantization_aware_fit(
+            model, train, recipe.with_(seed=derive_seed(seed, 3)),
+            steps=qat_steps(budget.final if targets else budget.wide),
+            teacher_logits=teacher_logits, precision=precision, progress=progress)
+        param_bytes, scored = network.stored_bytes, network
+    logits = predict(scored, validation.features,
+                     precision=fp32_precision(precision) if int8 else precision)
     model.to("cpu")
     spent = training_macs(budget, batch_size=recipe.batch_size, wide_macs=wide_macs,
                           between_macs=between_macs, final_macs=card.macs)
     return Outcome(model=model, spec=spec, macs=card.macs, params=card.params,
-                   param_bytes=card.param_bytes,
+                   param_bytes=param_bytes,
                    validation=evaluate(logits, validation.labels, validation.devices,
                                        files=validation.files, classes=validation.classes),
                    seconds=time.perf_counter() - started, budget=budget, training_macs=spent,
-                   parent_trained=parent_trained, restored_cpu_seconds=restored_cpu)
+                   parent_trained=parent_trained, restored_cpu_seconds=restored_cpu,
+                   int8=network)
 
 
 def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[float, float]:
@@ -316,7 +351,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
                        storage_dtype=settings.storage_dtype,
                        seed_trial="seed_trial" in trial.user_attrs)
     final = build_model(candidate.spec, pm=resources.pm)
-    card = count_complexity(final, storage_dtype=settings.storage_dtype)
+    card = count_complexity(final, storage_dtype=candidate_storage(candidate, settings))
     trial.set_user_attr("spec", candidate.spec.to_dict())
     trial.set_user_attr("plan", candidate.plan)
     trial.set_user_attr("training", candidate.training)
@@ -380,6 +415,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     trial.set_user_attr("macs", outcome.macs)
     trial.set_user_attr("params", outcome.params)
     trial.set_user_attr("param_bytes", outcome.param_bytes)
+    trial.set_user_attr("storage", candidate_storage(candidate, settings))
     trial.set_user_attr("pruned_spec", outcome.spec.to_dict())
     trial.set_user_attr("validation", evaluation_attrs(outcome.validation))
     _upload_checkpoint(trial, resources, outcome)
@@ -428,4 +464,10 @@ def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: 
                                   "classes": list(resources.train.classes)})
         artifact_id = upload_artifact(artifact_store=resources.artifacts, file_path=str(path),
                                       study_or_trial=trial)
+        if outcome.int8 is not None:  # what the trial scored: its int8 program
+            program = Path(folder) / f"trial-{trial.number}-int8.pt2"
+            outcome.int8.save(program)
+            trial.set_user_attr("int8_artifact", upload_artifact(
+                artifact_store=resources.artifacts, file_path=str(program),
+                study_or_trial=trial))
     trial.set_user_attr("checkpoint_artifact", artifact_id)

@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from asc_search.paths import studies_dir
 from asc_search.search.budget import TRAINING_PASSES
 from asc_search.search.objective import (
     TrialResources,
+    candidate_storage,
     evaluation_attrs,
     train_candidate,
     trial_candidate,
@@ -60,7 +61,14 @@ from asc_search.search.storage import scratch
 from asc_search.search.study import dominates, feasible, load_resources, ranked_trials, settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate, paired_difference, recordings
-from asc_search.training.train import derive_seed, fit, predict
+from asc_search.training.int8 import (
+    Int8Network,
+    fp32_precision,
+    load_int8,
+    qat_steps,
+    quantization_aware_fit,
+)
+from asc_search.training.train import Precision, derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
 
@@ -132,7 +140,10 @@ class RungStore:
 
     def save(self, contender: Promoted, *, rung: int, epochs: int, seed: int,
              cpu_seconds: float) -> None:
-        save_checkpoint(self.folder / f"{self.name(contender, rung=rung, epochs=epochs, seed=seed)}.pt",
+        name = self.name(contender, rung=rung, epochs=epochs, seed=seed)
+        if contender.int8 is not None:  # first: a rung counts as kept once its .pt is there
+            contender.int8.save(self.folder / f"{name}.pt2")
+        save_checkpoint(self.folder / f"{name}.pt",
                         spec=contender.spec, state_dict=contender.model.state_dict(),
                         metadata={"seconds": contender.seconds, "cpu_seconds": cpu_seconds,
                                   "training_macs": contender.training_macs,
@@ -145,6 +156,8 @@ class RungStore:
             return False
         loaded = load_checkpoint(path, label=f"trial {contender.trial.number}'s rung {rung}")
         contender.model.load_state_dict(loaded.state_dict)
+        if contender.storage == "int8":
+            contender.int8 = load_int8(path.with_suffix(".pt2"))
         meta = loaded.metadata
         contender.seconds, contender.training_macs = float(meta["seconds"]), int(meta["training_macs"])
         contender.budget, contender.rungs = dict(meta["budget"]), list(meta["rungs"])
@@ -174,6 +187,15 @@ class Promoted:
     training_macs: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
     rungs: list[dict[str, Any]] = field(default_factory=list)
+    storage: str = "float16"  # the trial's stored dtype
+    #: An int8 contender's converted program after its last fine-tune (``model`` is the float
+    #: network it continues from): what is scored, counted and shipped.
+    int8: Int8Network | None = None
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The network that is evaluated: the int8 program of an int8 contender."""
+        return self.int8 if self.int8 is not None else self.model
 
 
 def climb_rungs(entrants: Sequence[optuna.trial.FrozenTrial], *, top: int,
@@ -266,12 +288,20 @@ def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources)
     return Promoted(trial=trial, label=attrs.get("seed_trial", "searched"), model=model,
                     spec=loaded.spec, macs=int(attrs["macs"]),
                     epochs=resources.settings.proxy_epochs, validation=None,
-                    budget={"search": attrs.get("budget", {})})
+                    budget={"search": attrs.get("budget", {})},
+                    storage=str(attrs.get("storage", resources.settings.storage_dtype)))
+
+
+def scoring_precision(contender: Promoted, resources: TrialResources) -> Precision:
+    """The int8 program runs in float32; a float network as the study trains it."""
+    return fp32_precision(resources.precision) if contender.int8 is not None \
+        else resources.precision
 
 
 def _validation(contender: Promoted, resources: TrialResources) -> Evaluation:
     validation = evaluate(
-        predict(contender.model, resources.validation.features, precision=resources.precision),
+        predict(contender.scored, resources.validation.features,
+                precision=scoring_precision(contender, resources)),
         resources.validation.labels, resources.validation.devices,
         files=resources.validation.files, classes=resources.validation.classes)
     contender.model.to("cpu")
@@ -288,10 +318,20 @@ def _continue(contender: Promoted, *, epochs: int, rung: int, resources: TrialRe
     # (16 counts of bisection) for every contender at every rung would only find them again.
     recipe = settings.base_recipe(len(resources.train)).with_(**trial.user_attrs["training"])
     steps = (epochs - contender.epochs) * math.ceil(len(resources.train) / recipe.batch_size)
-    fit(contender.model, resources.train,
-        recipe.with_(epochs=epochs, warmup_steps=0, seed=derive_seed(seed, trial.number, rung)),
-        steps=steps, teacher_logits=resources.teacher_logits, precision=resources.precision,
-        progress=resources.progress, label=f"rung {rung}: trial {trial.number}", resume=resume)
+    # An int8 contender ends every rung as it ended its trial: quantisation-aware, converted.
+    quantised = qat_steps(steps) if contender.storage == "int8" else 0
+    if steps > quantised:
+        fit(contender.model, resources.train,
+            recipe.with_(epochs=epochs, warmup_steps=0, seed=derive_seed(seed, trial.number, rung)),
+            steps=steps - quantised, teacher_logits=resources.teacher_logits,
+            precision=resources.precision, progress=resources.progress,
+            label=f"rung {rung}: trial {trial.number}", resume=resume)
+    if quantised:
+        contender.int8, _ = quantization_aware_fit(
+            contender.model, resources.train,
+            recipe.with_(seed=derive_seed(seed, trial.number, rung, 1)), steps=quantised,
+            teacher_logits=resources.teacher_logits, precision=resources.precision,
+            progress=resources.progress, label=f"rung {rung}: trial {trial.number}, int8")
     contender.validation = _validation(contender, resources)
     contender.seconds += time.perf_counter() - started
     contender.training_macs += steps * recipe.batch_size * TRAINING_PASSES * contender.macs
@@ -317,7 +357,8 @@ def _retrained(trial: optuna.trial.FrozenTrial, label: str, *, resources: TrialR
     return Promoted(trial=trial, label=label, model=outcome.model, spec=outcome.spec,
                     macs=outcome.macs, epochs=settings.promote_epochs,
                     validation=outcome.validation, seconds=outcome.seconds,
-                    training_macs=outcome.training_macs, budget=outcome.budget.to_dict())
+                    training_macs=outcome.training_macs, budget=outcome.budget.to_dict(),
+                    storage=candidate_storage(candidate, settings), int8=outcome.int8)
 
 
 def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Path | None,
@@ -356,16 +397,19 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                                        progress=progress))
     results = {}
     test_correct: dict[int, np.ndarray] = {}
-    data, precision, store = loaded, loaded.precision, loaded.artifacts
+    data, store = loaded, loaded.artifacts
     for finalist in promoted:
         trial, label = finalist.trial, finalist.label
-        card = count_complexity(finalist.model, storage_dtype=settings.storage_dtype)
+        card = count_complexity(finalist.model, storage_dtype=finalist.storage)
+        if finalist.int8 is not None:  # the converted program's own count, not the bound
+            card = replace(card, param_bytes=finalist.int8.stored_bytes)
         if not card.fits(max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes):
             announce(f"trial {trial.number} skipped: its promoted network does not fit the budget "
                      f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
             continue
         # Selection is over; only now does the test list get looked at.
-        test_logits = predict(finalist.model, data.test.features, precision=precision)
+        test_logits = predict(finalist.scored, data.test.features,
+                              precision=scoring_precision(finalist, loaded))
         test = evaluate(test_logits, data.test.labels, data.test.devices, files=data.test.files,
                         classes=data.test.classes)
         test_correct[trial.number] = test_logits.argmax(axis=1) == data.test.labels
@@ -383,6 +427,12 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             complexity.write_text(json.dumps(card.to_dict(), indent=2))
             checkpoint_id = upload_artifact(artifact_store=store, file_path=str(checkpoint),
                                             study_or_trial=study)
+            int8_id = None
+            if finalist.int8 is not None:
+                program = Path(folder) / f"trial-{trial.number}-finalist-int8.pt2"
+                finalist.int8.save(program)
+                int8_id = upload_artifact(artifact_store=store, file_path=str(program),
+                                          study_or_trial=study)
             complexity_id = upload_artifact(artifact_store=store, file_path=str(complexity),
                                             study_or_trial=study)
         record = {
@@ -393,7 +443,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             "test": evaluation_attrs(test), "macs": card.macs, "params": card.params,
             "param_bytes": card.param_bytes, "seconds": round(finalist.seconds, 1),
             "spec": finalist.spec.to_dict(), "checkpoint_artifact": checkpoint_id,
-            "complexity_artifact": complexity_id,
+            "complexity_artifact": complexity_id, "storage": finalist.storage,
+            **({"int8_artifact": int8_id} if int8_id else {}),
         }
         study.set_user_attr(f"{FINALIST_PREFIX}{trial.number}", record)
         announce(f"finalist trial {trial.number} ({label}): validation "

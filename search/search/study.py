@@ -105,6 +105,8 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
             if name != "dcase-baseline":
                 continue
             values = {k: v for k, v in values.items() if k != "arch"}
+        if any(d.name == "storage" for d in space.dimensions):
+            values = {**values, "storage": "float16"}  # the seed's 16-bit weights, as defined
         params = space.params_for(values)
         if params is not None:
             # Only what acts: the baseline has no pruning plan, so no importance or stages.
