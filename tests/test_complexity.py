@@ -145,10 +145,30 @@ def test_linear_and_bias_follow_torchinfo() -> None:
     assert (card.macs, card.params) == _official(model)
 
 
-@pytest.mark.parametrize("dtype, per_param", [("float16", 2), ("float32", 4), ("int8", 1)])
+@pytest.mark.parametrize("dtype, per_param", [("float16", 2), ("float32", 4), ("bfloat16", 2)])
 def test_bytes_follow_the_storage_dtype(dtype: str, per_param: int) -> None:
     card = count_complexity(build_model(ArchSpec(), pm=PM), storage_dtype=dtype)
     assert card.param_bytes == 61_148 * per_param
+
+
+def test_int8_bytes_count_weights_once_and_what_each_channel_keeps() -> None:
+    """int8 is not parameters × 1: per output channel the converted program keeps a scale, a
+    zero point and a bias; BatchNorm folds away; other parameters stay float32."""
+    from asc_search.complexity import (
+        INT8_BYTES_PER_ACTIVATION,
+        INT8_BYTES_PER_CHANNEL,
+        int8_param_bytes,
+    )
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1), nn.LayerNorm(4), nn.BatchNorm2d(3))
+    weights = 8 * 9 + 4 * 8
+    channels = (8 + 4) * INT8_BYTES_PER_CHANNEL
+    unfolded = 4 * (2 * 4) + 4 * (2 * 3 + 2 * 3)  # LayerNorm; a BatchNorm of another width
+    assert int8_param_bytes(model) == (weights + channels + unfolded
+                                       + 2 * 2 * INT8_BYTES_PER_ACTIVATION)
+    baseline = count_complexity(build_model(ArchSpec(), pm=PM), storage_dtype="int8")
+    assert 61_148 < baseline.param_bytes < 2 * 61_148
 
 
 @pytest.mark.parametrize("text, value", [

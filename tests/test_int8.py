@@ -135,6 +135,8 @@ def test_an_int8_study_searches_promotes_and_exports_its_int8_program(
                            for t in trained)
     (record,) = [v for k, v in study.user_attrs.items() if k.startswith("finalist:")]
     assert record["storage"] == "int8" and record["param_bytes"] <= 128_000
+    (page,) = (tmp_path / "studies" / "reports" / "int8").glob("*.html")
+    assert f"{record['param_bytes']:,} (int8)" in page.read_text()
     out = tmp_path / "export"
     assert cli("-q", "export", "int8", "--trial", record["trial"], "--out", out).code == 0
     network = load_int8(out / "model_int8.pt2")
@@ -151,3 +153,14 @@ def test_an_int8_study_searches_promotes_and_exports_its_int8_program(
     assert abs(accuracy - record["test"]["macro"]) < 0.15  # the same network, micro vs macro
     checkpoints = out / "inference" / "Asc_Search_task1" / "ckpts" / "Asc_Search_task1_1"
     assert (checkpoints / "general.pt2").is_file()
+
+
+def test_the_2025_mode_refuses_int8_storage_in_one_line(cli, tiny_corpus: Path,
+                                                         tmp_path: Path) -> None:
+    from conftest import one_line_error
+
+    for extra in (("--dtype", "int8"), ("--space", "sscp_fill_storage")):
+        result = cli("-q", "run", "--data", tiny_corpus, "--split", "25", "--device-specific",
+                     *extra)
+        one_line_error(result, "--device-specific with int8 storage")
+    assert not (tmp_path / "studies" / "asc-search.db").exists()  # refused before any study

@@ -59,7 +59,9 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--budget-bytes", default="128kB", show_default=True)
 @click.option("--dtype", "storage_dtype", default="float16", show_default=True,
               type=click.Choice(["float32", "float16", "bfloat16", "int8"]),
-              help="Parameter storage type the byte budget counts.")
+              help="Parameter storage type the byte budget counts (int8: every candidate "
+                   "ends quantisation-aware and is converted to a real int8 program; a space's "
+                   "storage dimension chooses per candidate).")
 @click.option("--trials", "n_trials", type=int, default=16, show_default=True,
               help="Trials in the study, seed trials included (a rerun tops it up).")
 @click.option("--timeout", type=float, default=300, show_default=True,
@@ -182,6 +184,12 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         settings.base_recipe(1)
         check_responses(device_responses)
     names = {d.name for d in parsed.dimensions}
+    storages = {storage_dtype, str(parsed.fixed.get("storage", storage_dtype)),
+                *(c for d in parsed.dimensions if d.name == "storage" for c in d.choices)}
+    if device_specific and "int8" in storages:
+        raise AscSearchError("--device-specific with int8 storage: device models are "
+                             "fine-tuned and shipped as float networks; search float16 storage "
+                             "for the 2025 mode, or run without --device-specific")
     if objective == "pareto" and "parent" in names and "macs_fraction" not in names:
         _say(f"note: space {parsed.name!r} fills the MACs budget with every candidate; for a "
              "Pareto front of accuracy against MACs search macs_fraction too, or use sscp_mobile")

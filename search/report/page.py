@@ -238,7 +238,8 @@ def _finalists_table(study: optuna.Study) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{n}</td><td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
-        f"<td>{r['param_bytes']:,}</td><td>{_with_interval(r['validation'])}</td>"
+        f"<td>{r['param_bytes']:,}{_storage_note(r)}</td>"
+        f"<td>{_with_interval(r['validation'])}</td>"
         f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
         f"<td>{_pct(r['test']['unseen'])}</td><td>{_versus(r)}</td>"
         f"<td>{_rungs(r)}</td><td>{r['seconds']:.0f}</td></tr>"
@@ -306,6 +307,13 @@ def _versus(record: dict[str, Any]) -> str:
         return ""
     return (f"{100 * paired['difference']:+.1f} ({100 * paired['low']:+.1f} to "
             f"{100 * paired['high']:+.1f}) vs {html.escape(paired.get('reference', 'baseline'))}")
+
+
+def _storage_note(record: dict[str, Any]) -> str:
+    """`` (int8)`` after the bytes of a finalist not stored in float16: its bytes are its
+    converted program's own count, and its scores are that program's."""
+    storage = record.get("storage", "float16")
+    return "" if storage == "float16" else f" ({html.escape(storage)})"
 
 
 def _with_interval(scores: dict[str, Any]) -> str:
