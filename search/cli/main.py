@@ -315,7 +315,8 @@ def spec_from_options(obj: Context, preset: str | None, spec_file: Path | None,
 @click.option("--budget-bytes", default="128kB", help="Parameter memory budget.")
 @click.option("--dtype", "storage_dtype", default="float16",
               type=click.Choice(["float32", "float16", "bfloat16", "int8"]),
-              help="Dtype the parameters are stored in.")
+              help="Dtype the parameters are stored in (int8: what the converted int8 "
+                   "program would hold, bounded from the float network).")
 @click.option("--input-shape", default="1,1,256,65", help="Model input (front-end excluded).")
 @click.option("--layers", is_flag=True, help="Add a per-layer table.")
 @click.option("--largest", is_flag=True, help="Also find the widest base_channels that fits.")
