@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, plot_accuracies, read_results
+from results import add_result_options, append_result, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.features.experiment import load_split_data
@@ -58,10 +58,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6, help="device tunings tried per seed")
     parser.add_argument("--epochs", type=int, default=None,
                         help="general model's epochs [default: the calibration's per split]")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("device_models.jsonl"))
-    parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
-    parser.add_argument("--plot", type=Path, default=None, help="with --report: draw it too")
+    add_result_options(parser, Path(__file__).with_name("device_models.jsonl"))
     args = parser.parse_args()
     if args.report:
         print(report(args.out, args.plot))

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, plot_accuracies, read_results
+from results import add_result_options, append_result, plot_accuracies, read_results
 
 from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
@@ -84,11 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget [default: the calibration's for the split]")
     parser.add_argument("--teacher-set", choices=["none", "calibration"], default="none")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("int8_storage.jsonl"))
-    parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="with --report: also draw the test accuracies into this PNG")
+    add_result_options(parser, Path(__file__).with_name("int8_storage.jsonl"))
     args = parser.parse_args()
     if args.report:
         print(report(args.out))

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, plot_accuracies, read_results
+from results import add_result_options, append_result, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.features.experiment import load_split_data
@@ -130,11 +130,7 @@ def main() -> None:
                         choices=list(STUDENT_AUGMENTS))
     parser.add_argument("--epochs", type=int, default=None,
                         help="student and teacher epochs [default: the calibration's per split]")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("kd_gain.jsonl"))
-    parser.add_argument("--report", action="store_true", help="print the tables of --out and stop")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="with --report: also draw the test accuracies into this PNG")
+    add_result_options(parser, Path(__file__).with_name("kd_gain.jsonl"))
     args = parser.parse_args()
     if args.report:
         print(report(args.out))

@@ -5,9 +5,20 @@ Appending line by line lets an interrupted benchmark keep what it finished and s
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+
+def add_result_options(parser: argparse.ArgumentParser, out: Path) -> None:
+    """The options every resumable benchmark shares: torch threads, the results file (``out`` by
+    default), and ``--report`` / ``--plot`` to print and draw what it holds."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="with --report: also draw the test accuracies into this PNG")
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import append_result, plot_accuracies, read_results
+from results import add_result_options, append_result, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.complexity import count_complexity
@@ -282,12 +282,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--parts", nargs="*", default=["seed", "search"],
                         choices=["seed", "search"])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).with_name("search_vs_seed.jsonl"))
-    parser.add_argument("--report", action="store_true", help="print the table of --out and stop")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="with --report: also draw the test accuracies into this PNG")
+    add_result_options(parser, Path(__file__).with_name("search_vs_seed.jsonl"))
     args = parser.parse_args()
     if args.report:
         print(report(args.out))

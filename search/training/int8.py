@@ -25,9 +25,9 @@ the two together.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
+import operator
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +212,7 @@ def stored_bytes(program: torch.fx.GraphModule) -> int:
     for node in program.graph.nodes:
         if node.op == "get_attr" and node.target not in seen:
             seen.add(node.target)
-            value = functools.reduce(getattr, node.target.split("."), program)
+            value = operator.attrgetter(node.target)(program)
             if isinstance(value, torch.Tensor):
                 total += value.numel() * value.element_size()
         elif node.op == "call_function" and "quantize_per_tensor" in str(node.target) \
