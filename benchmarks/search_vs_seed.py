@@ -23,6 +23,10 @@ On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (ca
   whether it recognises S1–S3). The search's study is an SQLite file in that folder, with the
   CPU spent so far: an interrupted search resumes (a trial cut short is not counted).
 
+``--space SPACE`` runs part (b) in another space at the same budget (its rows are the plan
+``searched (SPACE)``): ``sscp_fill_recipe`` also searches device impulse-response augmentation,
+which the seed's recipe lacks.
+
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
 the table. CPU time is wall time × threads on an otherwise idle core (``--threads 1``).
@@ -115,8 +119,9 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
 def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logits: Any,
                     done: set[tuple[Any, ...]], epochs: int) -> None:
     """(b): the search under the CPU budget of (a)'s S1–S3 at the same seed."""
-    raw, source = read_space("sscp_fill")
+    raw, source = read_space(args.space)
     space = space_from_dict(raw, source=source, pm=pm)
+    plan = searched_plan(args.space)
     proxy = max(2, epochs // 5)
     rungs = rung_epochs(proxy, epochs)
     # The product's recipe for the split: its batch is n // 25 clips (16 at the corpus's 5 %),
@@ -127,7 +132,7 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     seed_runs = [e for e in read_results(args.out)
                  if e.get("revision") == REVISION and e["part"] == "seed"]
     for seed in args.seeds:
-        if ("search", "searched", seed, args.split, epochs) in done:
+        if ("search", plan, seed, args.split, epochs) in done:
             continue
         plans = {e["plan"]: e for e in seed_runs
                  if (e["seed"], e["split"], e["epochs"]) == (seed, args.split, epochs)}
@@ -140,7 +145,8 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
         # the search then gets less than S1-S3 really cost (a handicap, never an advantage).
         budget_partial = any(plans[p].get("cpu_seconds_partial") for p in ("S1", "S2", "S3"))
         reserve = promotion_reserve(plans["baseline"], proxy, rungs)
-        folder = cache_dir() / "search_vs_seed" / f"search-split{args.split}-seed{seed}"
+        folder = cache_dir() / "search_vs_seed" / (f"search-split{args.split}-seed{seed}"
+                                                   + ("" if plan == "searched" else f"-{args.space}"))
         folder.mkdir(parents=True, exist_ok=True)
         resources = TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                                    validation=data.validation, teacher_logits=teacher_logits,
@@ -186,7 +192,8 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
         card = count_complexity(winner.model, storage_dtype=settings.storage_dtype)
         statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
         append_result(args.out, {
-            "revision": SEARCH_REVISION, "part": "search", "plan": "searched", "seed": seed,
+            "revision": SEARCH_REVISION, "part": "search", "plan": plan, "seed": seed,
+            "space": args.space,
             "split": args.split, "epochs": epochs, "proxy_epochs": proxy, "rungs": rungs,
             "threads": torch.get_num_threads(), "date": date.today().isoformat(),
             "budget_cpu_seconds": round(budget, 1), "reserve_cpu_seconds": round(reserve, 1),
@@ -204,6 +211,11 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             "training_macs": winner.training_macs, "spec": winner.spec.to_dict(),
             "validation": evaluation_attrs(winner.validation), "test": evaluation_attrs(test)})
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def searched_plan(space: str) -> str:
+    """A part (b) row's plan: ``searched`` in the default space, ``searched (SPACE)`` in another."""
+    return "searched" if space == "sscp_fill" else f"searched ({space})"
 
 
 def _say(prefix: str, line: str) -> None:
@@ -253,26 +265,28 @@ def report(path: Path) -> str:
 
 
 def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int) -> str:
-    """The search's test accuracy minus the best seed plan's (best mean test over seeds, which
-    favours the seed side), paired by seed, and the CPU each side spent."""
+    """Each searched plan's test accuracy minus the best seed plan's (best mean test over the
+    searched seeds, which favours the seed side), paired by seed, and the CPU each side spent."""
     by = {(e["part"], e["plan"], e["seed"]): e for e in entries if e["split"] == split}
-    searched = sorted(seed for part, _, seed in by if part == "search")
-    plans = [p for p in ("S1", "S2", "S3") if all(("seed", p, s) in by for s in searched)]
-    if not searched or not plans:
-        return ""
-    best = max(plans, key=lambda p: sum(by["seed", p, s]["test"]["macro"] for s in searched))
-    gaps = [by["search", "searched", s]["test"]["macro"] - by["seed", best, s]["test"]["macro"]
-            for s in searched]
-    g = mean_sd_interval(gaps)
-    seed_cpu = sum(by["seed", p, s]["cpu_seconds"] for p in ("S1", "S2", "S3") for s in searched
-                   if ("seed", p, s) in by) / 60 / len(searched)
-    search_cpu = sum(by["search", "searched", s]["cpu_seconds"] for s in searched) / 60 / len(
-        searched)
-    spread = f" ± {100 * g['sd']:.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})" \
-        if g["n"] > 1 else ""
-    return (f"\nsplit {split} %: searched − {best} (the best seed plan) on test, paired by seed "
-            f"(n = {g['n']}): {100 * g['mean']:+.1f}{spread} points; CPU-min per seed: search "
-            f"{search_cpu:.1f}, S1 + S2 + S3 {seed_cpu:.1f}\n")
+    lines = []
+    for searched_as in sorted({plan for part, plan, _ in by if part == "search"}):
+        seeds = sorted(seed for part, plan, seed in by if (part, plan) == ("search", searched_as))
+        plans = [p for p in ("S1", "S2", "S3") if all(("seed", p, s) in by for s in seeds)]
+        if not plans:
+            continue
+        best = max(plans, key=lambda p: sum(by["seed", p, s]["test"]["macro"] for s in seeds))
+        g = mean_sd_interval([by["search", searched_as, s]["test"]["macro"]
+                              - by["seed", best, s]["test"]["macro"] for s in seeds])
+        seed_cpu = sum(by["seed", p, s]["cpu_seconds"] for p in ("S1", "S2", "S3")
+                       for s in seeds if ("seed", p, s) in by) / 60 / len(seeds)
+        search_cpu = sum(by["search", searched_as, s]["cpu_seconds"] for s in seeds) / 60 / len(
+            seeds)
+        spread = f" ± {100 * g['sd']:.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})" \
+            if g["n"] > 1 else ""
+        lines.append(f"split {split} %: {searched_as} − {best} (the best seed plan) on test, "
+                     f"paired by seed (n = {g['n']}): {100 * g['mean']:+.1f}{spread} points; "
+                     f"CPU-min per seed: search {search_cpu:.1f}, S1 + S2 + S3 {seed_cpu:.1f}")
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def main() -> None:
@@ -282,6 +296,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--parts", nargs="*", default=["seed", "search"],
                         choices=["seed", "search"])
+    parser.add_argument("--space", default="sscp_fill",
+                        help="part (b)'s search space; rows of another space than the default "
+                        "are the plan 'searched (SPACE)'")
     add_result_options(parser, Path(__file__).with_name("search_vs_seed.jsonl"))
     args = parser.parse_args()
     if args.report:
@@ -289,8 +306,10 @@ def main() -> None:
         if args.plot:
             entries = [e for e in read_results(args.out) if _current(e)]
             groups: dict[str, list[dict[str, Any]]] = {}
-            order = ["baseline", "S1", "S2", "S3", "searched"]
-            for e in sorted(entries, key=lambda e: (e["split"], order.index(e["plan"]))):
+            order = ["baseline", "S1", "S2", "S3"]
+            for e in sorted(entries, key=lambda e: (e["split"], e["plan"] not in order,
+                                                    order.index(e["plan"]) if e["plan"] in order
+                                                    else e["plan"])):
                 groups.setdefault(f"{e['split']} %: {e['plan']}", []).append(e)
             print(plot_accuracies(groups, args.plot, title="search against the seed plans "
                                   "(embedded corpus)"))

@@ -73,6 +73,21 @@ def test_a_seed_outside_the_space_is_skipped(pm) -> None:
     assert seed_params(space) == {}
 
 
+def test_seed_trials_keep_the_published_recipe_where_the_space_searches_it(pm) -> None:
+    raw, source = read_space("sscp_fill_recipe")
+    space = space_from_dict(raw, source=source, pm=pm)
+    seeds = seed_params(space)
+    assert set(seeds) == {"dcase-baseline", "seed-S1", "seed-S2", "seed-S3"}
+    # Without the published value the sampler would draw one, and S1 would not be the seed's S1.
+    assert {p["device_response_p"] for p in seeds.values()} == {0.0}
+    sampled = space.candidate({**space.values_of(seeds["seed-S1"]), "device_response_p": 0.6})
+    assert sampled.training == {"device_response_p": 0.6}
+    # A value the space cannot express skips the seed, as for any other dimension.
+    raw = {**raw, "dimensions": {**raw["dimensions"], "device_response_p": {
+        "type": "categorical", "choices": [0.3, 0.6]}}}
+    assert seed_params(space_from_dict(raw, source=source, pm=pm)) == {}
+
+
 def test_a_pruned_candidate_lands_on_the_network_that_was_counted(pm) -> None:
     # Found by the search-efficiency benchmark: this final spec counts 29.6 M MACs, but the
     # 72-wide network pruned by a uniform ratio kept its own stage proportions and came out at

@@ -31,6 +31,7 @@ from asc_search.search.heartbeat import (
 )
 from asc_search.search.objective import SearchSettings, TrialResources, dropped_settings, run_trial
 from asc_search.search.storage import artifact_store, check_study_name, mask_url, open_storage
+from asc_search.training.recipe import TrainingRecipe
 
 SETTINGS_ATTR = "asc_search_settings"
 # Trials that have taken a slot of ``--trials``; queued (WAITING) seed trials take theirs when run.
@@ -107,6 +108,11 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
             values = {k: v for k, v in values.items() if k != "arch"}
         if any(d.name == "storage" for d in space.dimensions):
             values = {**values, "storage": "float16"}  # the seed's 16-bit weights, as defined
+        # A searched recipe field: the seed plans train with the published recipe's value (the
+        # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
+        published = TrainingRecipe()
+        values = {**{d.name: getattr(published, d.name) for d in space.dimensions
+                     if space.infos[d.name].target == "training"}, **values}
         params = space.params_for(values)
         if params is not None:
             # Only what acts: the baseline has no pruning plan, so no importance or stages.
