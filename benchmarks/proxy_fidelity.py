@@ -13,7 +13,10 @@ promotion rungs (16, then 32 epochs, as ``distill`` now promotes, with no candid
 promoted validation score. Test is never read. Results are appended to ``--out`` (default
 benchmarks/proxy_fidelity.jsonl): the proxy stage as one line, then one line per promoted
 candidate; a rerun promotes what is missing (continue mode: the proxy study and its checkpoints
-are kept in the cache folder, so a rerun resumes within the proxy stage too).
+are kept in the cache folder, so a rerun resumes within the proxy stage too). In continue mode
+``--n`` counts trained candidates: a random draw of a network already trained is a duplicate,
+has no checkpoint of its own and is not a candidate, so the stage draws until ``--n`` trained
+(a rerun tops up a stage that fell short, and appends the proxy line again).
 """
 
 from __future__ import annotations
@@ -76,16 +79,20 @@ def main() -> None:
                                device="cpu", progress=False)
     entries = [e for e in read_results(args.out) if (e["n"], e["seed"]) == (args.n, args.seed)
                and e.get("promote_by", "retrain") == args.promote_by]
-    proxy = next((e for e in entries if e["stage"] == "proxy"), None)
+    # The last proxy row is the stage's record: continue mode appends a new one when it tops
+    # the stage up to ``--n`` trained candidates.
+    proxy = next((e for e in reversed(entries) if e["stage"] == "proxy"), None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Continue mode keeps the study (its trials' checkpoints) beside the artifacts.
     storage = f"sqlite:///{folder}/study-n{args.n}-seed{args.seed}.db" \
         if args.promote_by == "continue" else None
     if args.promote_by == "continue":
         folder.mkdir(parents=True, exist_ok=True)
-    if proxy is None:
+    if proxy is None or (args.promote_by == "continue" and _trained(proxy) < args.n):
         # Continue mode: a proxy stage cut short resumes with the trials it finished (the
-        # sampler's seed moves on with them, so the draws that follow are new ones).
+        # sampler's seed moves on with them, so the draws that follow are new ones), and goes
+        # on until ``--n`` candidates trained: a draw of a network already trained is a
+        # duplicate, which is not trained and not a candidate.
         name = f"proxy-{args.n}-{args.seed}" if storage else \
             f"proxy-{args.n}-{args.seed}-{time.time():.0f}"
         study = optuna.create_study(direction="maximize", storage=storage, study_name=name,
@@ -95,15 +102,18 @@ def main() -> None:
             study._storage.set_trial_state_values(lost._trial_id,
                                                   state=optuna.trial.TrialState.FAIL)
         study.sampler = optuna.samplers.RandomSampler(seed=args.seed + 1000 * len(finished))
-        done = [t for t in finished if t.state != optuna.trial.TrialState.FAIL]
-        started = time.perf_counter()
-        study.optimize(lambda trial: run_trial(trial, resources),
-                       n_trials=max(0, args.n - len(done)))
+        started, earlier = time.perf_counter(), proxy["seconds"] if proxy else 0
+        # Draws are capped so that a space of few distinct networks cannot loop for ever.
+        while (missing := args.n - _counted(study, args.promote_by)) > 0 \
+                and len(study.trials) < 3 * args.n:
+            study.optimize(lambda trial: run_trial(trial, resources), n_trials=missing)
         proxy = {"stage": "proxy", "n": args.n, "seed": args.seed,
                  "promote_by": args.promote_by, "study": study.study_name,
-                 "date": date.today().isoformat(), "seconds": round(time.perf_counter() - started),
+                 "date": date.today().isoformat(),
+                 "seconds": earlier + round(time.perf_counter() - started),
                  "trials": [{"trial": t.number, "params": t.params, "validation": t.value,
-                             "macs": t.user_attrs.get("macs")} for t in study.trials
+                             "macs": t.user_attrs.get("macs"),
+                             "status": t.user_attrs.get("status")} for t in study.trials
                             if t.state != optuna.trial.TrialState.FAIL]}
         append_result(args.out, proxy)
     promoted = {e["trial"] for e in entries if e["stage"] == "promoted"}
@@ -134,6 +144,22 @@ def main() -> None:
         print(f"  at rung {rung}: tau {kendall_tau([r['proxy_validation'] for r in rows], at):.2f}"
               f" with the proxy, {kendall_tau(at, [r['validation'] for r in rows]):.2f} with "
               "the last rung")
+
+
+def _counted(study: optuna.Study, promote_by: str) -> int:
+    """Trials that count towards ``--n``: every finished one when retraining (as the first
+    measurement counted them), trained ones when continuing (a duplicate has no checkpoint)."""
+    finished = [t for t in study.trials if t.state.is_finished()
+                and t.state != optuna.trial.TrialState.FAIL]
+    if promote_by == "retrain":
+        return len(finished)
+    return sum(t.user_attrs.get("status") == "trained" for t in finished)
+
+
+def _trained(proxy: dict) -> int:
+    """Trained candidates in a proxy row (rows before ``status`` was kept: those scored)."""
+    return sum(row.get("status", "trained" if row["validation"] is not None else None)
+               == "trained" for row in proxy["trials"])
 
 
 def _continue_all(args: argparse.Namespace, proxy: dict, promoted: set[int], *,
