@@ -147,7 +147,8 @@ def report(path: Path, plot: Path | None = None) -> str:
         lines.append(f"\ndevice-specific − general on test, paired by seed (n = "
                      f"{difference['n']}): {100 * difference['mean']:+.1f} points"
                      + (f" (95 % t {100 * difference['low']:+.1f} to "
-                        f"{100 * difference['high']:+.1f})" if difference["n"] > 1 else ""))
+                        f"{100 * difference['high']:+.1f})" if difference["n"] > 1
+                        else " (one seed: no interval over seeds, not a finding)"))
     if plot and groups:
         plot_accuracies(groups, plot, title="device-specific models against the general one")
     return "\n".join(lines)

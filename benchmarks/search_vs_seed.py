@@ -282,7 +282,7 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int) -> str:
         search_cpu = sum(by["search", searched_as, s]["cpu_seconds"] for s in seeds) / 60 / len(
             seeds)
         spread = f" ± {100 * g['sd']:.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})" \
-            if g["n"] > 1 else ""
+            if g["n"] > 1 else " (one seed: no interval over seeds, not a finding)"
         lines.append(f"split {split} %: {searched_as} − {best} (the best seed plan) on test, "
                      f"paired by seed (n = {g['n']}): {100 * g['mean']:+.1f}{spread} points; "
                      f"CPU-min per seed: search {search_cpu:.1f}, S1 + S2 + S3 {seed_cpu:.1f}")
@@ -306,10 +306,10 @@ def main() -> None:
         if args.plot:
             entries = [e for e in read_results(args.out) if _current(e)]
             groups: dict[str, list[dict[str, Any]]] = {}
-            order = ["baseline", "S1", "S2", "S3"]
-            for e in sorted(entries, key=lambda e: (e["split"], e["plan"] not in order,
-                                                    order.index(e["plan"]) if e["plan"] in order
-                                                    else e["plan"])):
+            order = ["baseline", "S1", "S2", "S3"]  # then the searched plans, by name
+            rank = {plan: i for i, plan in enumerate(order)}
+            for e in sorted(entries, key=lambda e: (e["split"], rank.get(e["plan"], len(order)),
+                                                    e["plan"])):
                 groups.setdefault(f"{e['split']} %: {e['plan']}", []).append(e)
             print(plot_accuracies(groups, args.plot, title="search against the seed plans "
                                   "(embedded corpus)"))

@@ -96,6 +96,11 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
     """The seed trials this space can express, as trial params (a space without a dimension the
     seed needs, or whose range excludes its value, skips that seed)."""
     parent_based = any(d.name == "parent" for d in space.dimensions)
+    # A searched recipe field: the seed plans train with the published recipe's value (the
+    # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
+    published = TrainingRecipe()
+    recipe = {d.name: getattr(published, d.name) for d in space.dimensions
+              if space.infos[d.name].target == "training"}
     found = {}
     for name, values in (PARENT_SEED_TRIALS if parent_based else SEED_TRIALS).items():
         arch = values.get("arch", space.fixed.get("arch", "cp_mobile"))
@@ -108,11 +113,7 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
             values = {k: v for k, v in values.items() if k != "arch"}
         if any(d.name == "storage" for d in space.dimensions):
             values = {**values, "storage": "float16"}  # the seed's 16-bit weights, as defined
-        # A searched recipe field: the seed plans train with the published recipe's value (the
-        # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
-        published = TrainingRecipe()
-        values = {**{d.name: getattr(published, d.name) for d in space.dimensions
-                     if space.infos[d.name].target == "training"}, **values}
+        values = {**recipe, **values}
         params = space.params_for(values)
         if params is not None:
             # Only what acts: the baseline has no pruning plan, so no importance or stages.
