@@ -39,6 +39,14 @@ def _space(tmp: Path, old: str, new: str) -> list[str]:
     return ["--space", str(path)]
 
 
+def _extending(tmp: Path, base: str) -> list[str]:
+    """A space that extends ``base`` and adds one dimension."""
+    path = tmp / "space.toml"
+    path.write_text(f'extends = "{base}"\n[dimensions.kd_weight]\ntype = "categorical"\n'
+                    'choices = [0.9, 0.98]\n')
+    return ["--space", str(path)]
+
+
 def _drop_column(corpus: Path, tmp: Path) -> list[str]:
     rows = list(csv.reader((corpus / "meta.csv").open(), delimiter="\t"))
     gone = rows[0].index("scene_label")
@@ -103,6 +111,11 @@ CASES: dict[str, Case] = {
                              ("no network in space 'sscp_fill' fits 500,000 MACs",
                               "smallest counts"), True),
     "unknown space": (lambda c, t: ["--space", "nope"], ("unknown space 'nope'",), True),
+    "space extends an unknown space": (lambda c, t: _extending(t, "sscp_fil"),
+                                       ("space.toml: extends 'sscp_fil'",
+                                        "unknown space 'sscp_fil'"), True),
+    "space extends itself": (lambda c, t: _extending(t, "space.toml"),
+                             ("extend each other in a cycle", "space.toml → space.toml"), True),
     "unknown architecture": (lambda c, t: _space(t, 'arch = "cp_mobile"', 'arch = "resnet9"'),
                              ("arch 'resnet9' is not known", "known: cp_mobile"), True),
     "unknown metric": (lambda c, t: _space(t, '"fpgm"]', '"fpgm", "nope"]'),

@@ -91,6 +91,56 @@ def test_unknown_architecture_and_fixed_fields(tmp_path: Path) -> None:
         load_space("nope", pm=PM)
 
 
+def test_a_space_extends_another_by_writing_only_what_differs(tmp_path: Path) -> None:
+    from asc_search.search.space import read_space
+
+    base, _ = read_space("sscp_fill")
+    # Shipped: the recipe space is sscp_fill with one dimension more, in sscp_fill's order.
+    recipe, _ = read_space("sscp_fill_recipe")
+    assert list(recipe["dimensions"]) == [*base["dimensions"], "device_response_p"]
+    assert recipe["fixed"] == base["fixed"] and recipe["name"] == "sscp_fill_recipe"
+    # A user's file: fixes a base dimension (no longer searched), replaces one in place, adds one,
+    # and extends a file beside it by a relative path, whatever the working folder.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.toml").write_text(
+        'extends = "sscp_fill"\n[fixed]\nimportance = "l2"\n'
+        '[dimensions.prune_stages]\ntype = "int"\nlow = 1\nhigh = 1\n')
+    child = _write(tmp_path, 'extends = "sub/mine.toml"\n'
+                   '[dimensions.kd_weight]\ntype = "categorical"\nchoices = [0.9, 0.98]\n',
+                   "child.toml")
+    data, source = read_space(child)
+    assert source == str(child) and "extends" not in data
+    assert "name" not in data  # named after its own file, not the base
+    expected = [d for d in base["dimensions"] if d != "importance"] + ["kd_weight"]
+    assert list(data["dimensions"]) == expected
+    assert data["dimensions"]["prune_stages"]["high"] == 1
+    assert data["fixed"] == {**base["fixed"], "importance": "l2"}
+    space = load_space(child, pm=PM)
+    assert space.name == "child"
+    candidate = space.suggest(optuna.create_study().ask())
+    assert candidate.plan["importance"] == "l2" and "kd_weight" in candidate.training
+    # A child that searches what its base fixed takes it out of [fixed].
+    searched = _write(tmp_path, 'extends = "sscp_fill"\n[dimensions.in_channels]\n'
+                      'type = "categorical"\nchoices = [1]\n', "searched.toml")
+    assert "in_channels" not in read_space(searched)[0]["fixed"]
+
+
+def test_extends_names_the_file_that_is_missing_or_circular(tmp_path: Path) -> None:
+    from asc_search.search.space import read_space
+
+    _write(tmp_path, 'extends = "b.toml"\n', "a.toml")
+    _write(tmp_path, 'extends = "a.toml"\n', "b.toml")
+    with pytest.raises(SpaceError, match=r"a\.toml → b\.toml → a\.toml"):
+        read_space(tmp_path / "a.toml")
+    _write(tmp_path, 'extends = "gone.toml"\n', "c.toml")
+    with pytest.raises(SpaceError, match=r"c\.toml: extends 'gone\.toml': .*gone\.toml: space "
+                       "file not found"):
+        read_space(tmp_path / "c.toml")
+    _write(tmp_path, "extends = 3\n", "d.toml")
+    with pytest.raises(SpaceError, match="'extends' names a space"):
+        read_space(tmp_path / "d.toml")
+
+
 def test_yaml_spaces_work(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: y\nfixed: {arch: cp_mobile}\ndimensions:\n"
                   "  expansion_rate: {type: float, low: 1.5, high: 2.5}\n", "space.yaml")

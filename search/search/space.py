@@ -16,6 +16,13 @@ constant, and a ``[dimensions]`` table, one entry per searched dimension::
 Dimension names are registered by plugins (``asc_space_dimensions``); each says whether it shapes
 the architecture spec, the pruning plan or the training recipe, and which values it accepts.
 Loading a space checks every name and range, so a typo fails before a study starts.
+
+A space that varies another names it with ``extends`` (a shipped name, or a file path relative to
+the extending file) and writes only what differs: its ``[fixed]`` fields are added to the base's
+(fixing a base dimension stops it being searched), its dimensions replace the base's of the same
+name or are added after them, and ``name`` and ``description`` are its own. A study stores the
+merged table, so a worker needs neither file, and the sampler sees the base's dimensions in the
+base's order, as if the whole space had been written out.
 """
 
 from __future__ import annotations
@@ -275,8 +282,10 @@ def space_from_dict(data: dict[str, Any], *, source: str,
     return _validated(data, source=source, pm=pm)
 
 
-def read_space(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
-    """The parsed table of a space file, shipped name or path, and where it came from."""
+def read_space(name_or_path: str | Path, *,
+               _extending: tuple[Path, ...] = ()) -> tuple[dict[str, Any], str]:
+    """The parsed table of a space file, shipped name or path, with what it ``extends`` merged
+    in, and where it came from."""
     path = Path(name_or_path)
     if not path.suffix:
         path = builtin_space_path(str(name_or_path))
@@ -289,7 +298,44 @@ def read_space(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
         raise SpaceError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
     if not isinstance(data, dict):
         raise SpaceError(f"{path}: expected a table at the top level")
-    return data, str(path)
+    if "extends" not in data:
+        return data, str(path)
+    base_name = data.pop("extends")
+    if not isinstance(base_name, str) or not base_name:
+        raise SpaceError(f"{path}: 'extends' names a space: a shipped name or a file path")
+    here = path.resolve()
+    if here in _extending:
+        chain = " → ".join(p.name for p in (*_extending, here))
+        raise SpaceError(f"{path}: spaces extend each other in a cycle ({chain})")
+    base_path = Path(base_name)
+    if base_path.suffix and not base_path.is_absolute():
+        base_path = path.parent / base_path  # relative to the extending file, not the shell
+    try:
+        base, _ = read_space(base_path if base_path.suffix else base_name,
+                             _extending=(*_extending, here))
+    except SpaceError as exc:
+        raise SpaceError(f"{path}: extends {base_name!r}: {exc}") from None
+    return _merged(base, data, source=path), str(path)
+
+
+def _merged(base: dict[str, Any], child: dict[str, Any], *, source: Path) -> dict[str, Any]:
+    """``child`` written over ``base`` (see the module docstring)."""
+    for key in ("fixed", "dimensions"):
+        for table, label in ((base, "its base"), (child, "it")):
+            if not isinstance(table.get(key, {}), dict):
+                raise SpaceError(f"{source}: [{key}] of {label} is not a table")
+    fixed, searched = dict(child.get("fixed", {})), dict(child.get("dimensions", {}))
+    dimensions = {k: v for k, v in base.get("dimensions", {}).items() if k not in fixed}
+    dimensions.update(searched)  # a replaced dimension keeps its place; new ones come last
+    merged = {key: child[key] for key in ("name", "description") if key in child}
+    merged["fixed"] = {**{k: v for k, v in base.get("fixed", {}).items() if k not in searched},
+                       **fixed}
+    merged["dimensions"] = dimensions
+    # Anything else (a key the validation will refuse) is the child's, then the base's.
+    for key, value in [*child.items(), *base.items()]:
+        if key not in ("name", "description"):
+            merged.setdefault(key, value)
+    return merged
 
 
 def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -> SearchSpace:
