@@ -60,6 +60,14 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (concordant - discordant) / (n1 * n2) ** 0.5 if n1 and n2 else float("nan")
 
 
+def chosen_by_rungs(rows: list[dict[str, Any]], width: int) -> dict[str, Any]:
+    """The candidate promotion would finish with if ``width`` candidates entered its first rung
+    (the proxy's best ``width``; ``distill`` admits 2 at the default settings) and only the best
+    of them at the first rung went on, read from rows that climbed every rung."""
+    entered = sorted(rows, key=lambda r: -r["proxy_validation"])[:width]
+    return max(entered, key=lambda r: r["rungs"][0]["validation"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10)
@@ -144,6 +152,17 @@ def main() -> None:
         print(f"  at rung {rung}: tau {kendall_tau([r['proxy_validation'] for r in rows], at):.2f}"
               f" with the proxy, {kendall_tau(at, [r['validation'] for r in rows]):.2f} with "
               "the last rung")
+    if args.promote_by == "continue" and rows and all(r.get("rungs") for r in rows):
+        # What a wider first rung would buy: the finalist's last-rung score against the best of
+        # all candidates (regret), for each number of proxy-ranked entrants.
+        best = max(r["validation"] for r in rows)
+        first = rows[0]["rungs"][0]["epochs"] - settings.proxy_epochs
+        for width in sorted({1, 2, 4, len(rows)}):
+            pick = chosen_by_rungs(rows, width)
+            print(f"  {width} entering the first rung: finalist trial {pick['trial']}, "
+                  f"{100 * pick['validation']:.1f} % at the last rung, "
+                  f"{100 * (best - pick['validation']):.1f} points below the best candidate; "
+                  f"first rung {width} × {first} epochs")
 
 
 def _counted(study: optuna.Study, promote_by: str) -> int:

@@ -1,15 +1,18 @@
 """Search efficiency: hypervolume of (validation accuracy, MACs) per trial and per CPU-minute.
 
 One command: ``python benchmarks/search_efficiency.py [--trials 16] [--seeds 0 1 2]
-[--space sscp_mobile|sscp_fill] [--minutes M --threads 1]``.
+[--space sscp_mobile|sscp_fill] [--minutes M [--cpu-minutes] --threads 1]``.
 For each sampler (tpe, nsga2, random) and seed, a fresh Pareto study searches the space on the
 embedded corpus's 5 % split under 30 M MACs / 128 kB, without the seed trials (they would be the
 same for every sampler). ``sscp_mobile`` is the uniform space the search used before budget
 filling; ``sscp_fill`` is the budget-filling one, given a ``macs_fraction`` dimension (0.2–1) so
 that its Pareto mode can trade MACs for accuracy. ``--minutes`` gives every study the same time
-instead of the same trials (run with ``--threads 1`` on an otherwise idle core, so wall time is
-CPU time); the report then compares hypervolume at equal time, at the shortest study's end, which
-is what a user with a fixed machine budget gets. Every trial's completion time is recorded.
+instead of the same trials: wall time (run with ``--threads 1`` on an otherwise idle core, so wall
+time is CPU time), or with ``--cpu-minutes`` the process's CPU time, so that studies can run beside
+other work without the load changing what each gets; a study starts no trial once its time is
+spent. The report then compares hypervolume at equal time, at the shortest study's end, which is
+what a user with a fixed machine budget gets. Every trial's completion time is recorded (CPU
+seconds since the study started, for a CPU-timed study).
 After every trial the hypervolume of the feasible front is recorded,
 with the reference point (chance accuracy 10 %, the MACs budget) and MACs as a fraction of the
 budget, so 0.9 would be a perfect classifier at zero cost. The seconds spent on infeasible
@@ -25,7 +28,9 @@ import shutil
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -33,13 +38,14 @@ from results import append_result, read_results
 
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings
+from asc_search.search.objective import SearchSettings, run_trial
 from asc_search.search.space import read_space, space_from_dict
 from asc_search.search.study import (
     WorkerJob,
     create_or_resume,
     feasible,
     load_resources,
+    make_sampler,
     run_worker,
 )
 
@@ -72,6 +78,8 @@ def main() -> None:
     parser.add_argument("--space", default="sscp_mobile", choices=["sscp_mobile", "sscp_fill"])
     parser.add_argument("--minutes", type=float, default=None,
                         help="time per study instead of --trials (with --threads 1: CPU-minutes)")
+    parser.add_argument("--cpu-minutes", action="store_true",
+                        help="--minutes of this process's CPU time, not of the wall clock")
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path,
@@ -88,7 +96,8 @@ def main() -> None:
     folder = cache / "benchmarks" / "search-efficiency"
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder / 'studies.db'}"
-    budget = "trials" if args.minutes is None else f"{args.minutes:g} min"
+    budget = "trials" if args.minutes is None else \
+        f"{args.minutes:g} {'CPU-min' if args.cpu_minutes else 'min'}"
     done = {(e.get("space", "sscp_mobile"), e.get("budget", "trials"), e["sampler"], e["seed"])
             for e in read_results(args.out)}
     raw, source = read_space(args.space)
@@ -111,18 +120,25 @@ def main() -> None:
                                                studies=folder, device="cpu", progress=False),
                                 cache=parents)
             started = time.perf_counter()
-            run_worker(WorkerJob(study=name, storage_url=url, sampler=sampler, seed=seed,
-                                 n_trials=None if args.minutes else args.trials,
-                                 timeout=60 * args.minutes if args.minutes else None,
-                                 studies=str(folder)),
-                       pm=pm, announce=lambda line: print(line, flush=True),
-                       resources=resources)
+            if args.minutes and args.cpu_minutes:
+                cpu_finished = cpu_timed_study(name, url, sampler=sampler, seed=seed,
+                                               seconds=60 * args.minutes, resources=resources)
+            else:
+                cpu_finished = None
+                run_worker(WorkerJob(study=name, storage_url=url, sampler=sampler, seed=seed,
+                                     n_trials=None if args.minutes else args.trials,
+                                     timeout=60 * args.minutes if args.minutes else None,
+                                     studies=str(folder)),
+                           pm=pm, announce=lambda line: print(line, flush=True),
+                           resources=resources)
             shutil.rmtree(parents, ignore_errors=True)
             seconds = time.perf_counter() - started
             trials = optuna.load_study(study_name=name, storage=url).trials
             curve, points, finished = [], [], []
-            for trial in trials:
-                if trial.datetime_complete is not None:
+            for index, trial in enumerate(trials):
+                if cpu_finished is not None:
+                    finished.append(cpu_finished[index])
+                elif trial.datetime_complete is not None:
                     finished.append(round((trial.datetime_complete - trials[0].datetime_start)
                                           .total_seconds(), 1))
                 else:
@@ -145,8 +161,30 @@ def main() -> None:
                     (t.datetime_complete - t.datetime_start).total_seconds()
                     for t in infeasible), 2),
                 "seconds": round(seconds, 1), "proxy_epochs": args.proxy_epochs,
+                "clock": "cpu" if cpu_finished is not None else "wall",
             }
             append_result(args.out, entry)
+
+
+def cpu_timed_study(name: str, url: str, *, sampler: str, seed: int, seconds: float,
+                    resources: Any) -> list[float | None]:
+    """Run trials of study ``name`` one at a time until this process has spent ``seconds`` of
+    CPU time on them; return each trial's end in CPU seconds since the first started.
+
+    One sampler object serves the whole study, as in a worker's ``optimize`` loop, and is made
+    as ``run_worker`` makes it for a study with no trial limit."""
+    study = optuna.load_study(study_name=name, storage=url,
+                              sampler=make_sampler(sampler, seed=seed))
+    spent, finished = 0.0, []
+    while spent < seconds:
+        before = time.process_time()
+        study.optimize(partial(run_trial, resources=resources), n_trials=1, catch=(Exception,),
+                       gc_after_trial=True)
+        spent += time.process_time() - before
+        finished.append(round(spent, 1))
+        print(f"{name}: trial {len(finished) - 1} done, {spent / 60:.1f} of "
+              f"{seconds / 60:g} CPU-min", flush=True)
+    return finished
 
 
 def report(path: Path) -> str:
