@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -58,6 +60,23 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     n1 = concordant + discordant + ties_x
     n2 = concordant + discordant + ties_y
     return (concordant - discordant) / (n1 * n2) ** 0.5 if n1 and n2 else float("nan")
+
+
+def tau_ceiling(a: list[float], a_intervals: list[list[float]], b: list[float],
+                b_intervals: list[list[float]]) -> float:
+    """The Kendall τ two score lists could reach if each were a perfect measure of the same
+    ranking except for its validation noise: the attenuation of the correlation by each list's
+    reliability (1 − noise variance / observed variance; the noise variance of a score from its
+    95 % bootstrap interval over recordings), turned into τ by Greiner's relation
+    τ = (2/π)·arcsin(ρ) for normal scores. A proxy whose τ is near it ranks as well as the
+    validation list can tell; to reach a target above it, the list, not the proxy, must change."""
+    def reliability(scores: list[float], intervals: list[list[float]]) -> float:
+        observed = statistics.variance(scores)
+        noise = statistics.mean(((high - low) / (2 * 1.96)) ** 2 for low, high in intervals)
+        return max(0.0, 1.0 - noise / observed) if observed > 0 else 0.0
+
+    rho = math.sqrt(reliability(a, a_intervals) * reliability(b, b_intervals))
+    return 2 / math.pi * math.asin(rho)
 
 
 def chosen_by_rungs(rows: list[dict[str, Any]], width: int) -> dict[str, Any]:
@@ -120,6 +139,8 @@ def main() -> None:
                  "date": date.today().isoformat(),
                  "seconds": earlier + round(time.perf_counter() - started),
                  "trials": [{"trial": t.number, "params": t.params, "validation": t.value,
+                             "validation_interval": t.user_attrs.get("validation", {})
+                             .get("macro_interval"),
                              "macs": t.user_attrs.get("macs"),
                              "status": t.user_attrs.get("status")} for t in study.trials
                             if t.state != optuna.trial.TrialState.FAIL]}
@@ -152,6 +173,20 @@ def main() -> None:
         print(f"  at rung {rung}: tau {kendall_tau([r['proxy_validation'] for r in rows], at):.2f}"
               f" with the proxy, {kendall_tau(at, [r['validation'] for r in rows]):.2f} with "
               "the last rung")
+    # The proxy's intervals: in the proxy row, or (rows written before it kept them) in the
+    # study a continue-mode stage keeps.
+    intervals = {t["trial"]: t.get("validation_interval") for t in proxy["trials"]}
+    if storage and not all(intervals.get(r["trial"]) for r in rows):
+        kept = optuna.load_study(study_name=proxy["study"], storage=storage)
+        intervals = {t.number: t.user_attrs.get("validation", {}).get("macro_interval")
+                     for t in kept.trials}
+    if len(rows) > 2 and all(intervals.get(r["trial"]) for r in rows):
+        ceiling = tau_ceiling([r["proxy_validation"] for r in rows],
+                              [intervals[r["trial"]] for r in rows],
+                              [r["validation"] for r in rows],
+                              [r["validation_interval"] for r in rows])
+        print(f"  noise ceiling: a proxy and a promoted score as noisy as these (their 95 % "
+              f"intervals) and otherwise in perfect agreement would give tau about {ceiling:.2f}")
     if args.promote_by == "continue" and rows and all(r.get("rungs") for r in rows):
         # What a wider first rung would buy: the finalist's last-rung score against the best of
         # all candidates (regret), for each number of proxy-ranked entrants.
