@@ -17,6 +17,13 @@ are kept in the cache folder, so a rerun resumes within the proxy stage too). In
 ``--n`` counts trained candidates: a random draw of a network already trained is a duplicate,
 has no checkpoint of its own and is not a candidate, so the stage draws until ``--n`` trained
 (a rerun tops up a stage that fell short, and appends the proxy line again).
+
+``--repeat K [--repeat-epochs E]`` measures the proxy itself, test against retest: the stage's
+candidates are trained again as search trials, for E epochs (default: the proxy's), with the
+same parents (the parent seed is the study's) but pruning and fine-tune seeds of their own
+(K × 1000 + trial), one line each (stage ``repeat``; a rerun skips the candidates done). τ
+between two runs of the same proxy says how much of its ranking is the candidates' and how much
+the training's noise: no score correlates with the promoted one better than with itself.
 """
 
 from __future__ import annotations
@@ -93,6 +100,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--promote-by", choices=["retrain", "continue"], default="retrain")
+    parser.add_argument("--repeat", type=int, default=None, metavar="K",
+                        help="train the stage's candidates again with seeds K × 1000 + trial")
+    parser.add_argument("--repeat-epochs", type=int, default=None, metavar="E",
+                        help="budget of --repeat's trials [default: the proxy's]")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).with_name("proxy_fidelity.jsonl"))
     args = parser.parse_args()
@@ -146,6 +157,8 @@ def main() -> None:
                             if t.state != optuna.trial.TrialState.FAIL]}
         append_result(args.out, proxy)
     promoted = {e["trial"] for e in entries if e["stage"] == "promoted"}
+    if args.repeat is not None:
+        _repeat(args, proxy, entries, resources=resources, cache=cache)
     if args.promote_by == "continue":
         _continue_all(args, proxy, promoted, resources=resources, storage=storage)
     for row in proxy["trials"] if args.promote_by == "retrain" else []:
@@ -187,6 +200,10 @@ def main() -> None:
                               [r["validation_interval"] for r in rows])
         print(f"  noise ceiling: a proxy and a promoted score as noisy as these (their 95 % "
               f"intervals) and otherwise in perfect agreement would give tau about {ceiling:.2f}")
+    _report_repeats(entries=[e for e in read_results(args.out)
+                             if (e["n"], e["seed"]) == (args.n, args.seed)
+                             and e.get("promote_by", "retrain") == args.promote_by],
+                    proxy=proxy, promoted=rows, proxy_epochs=settings.proxy_epochs)
     if args.promote_by == "continue" and rows and all(r.get("rungs") for r in rows):
         # What a wider first rung would buy: the finalist's last-rung score against the best of
         # all candidates (regret), for each number of proxy-ranked entrants.
@@ -198,6 +215,63 @@ def main() -> None:
                   f"{100 * pick['validation']:.1f} % at the last rung, "
                   f"{100 * (best - pick['validation']):.1f} points below the best candidate; "
                   f"first rung {width} × {first} epochs")
+
+
+def _repeat(args: argparse.Namespace, proxy: dict, entries: list[dict], *, resources: Any,
+            cache: Path) -> None:
+    """The stage's trained candidates trained again as search trials (see ``--repeat``)."""
+    settings = resources.settings
+    epochs = args.repeat_epochs or settings.proxy_epochs
+    done = {e["trial"] for e in entries if e["stage"] == "repeat"
+            and (e["repeat"], e["epochs"]) == (args.repeat, epochs)}
+    for row in proxy["trials"]:
+        if row.get("status", "trained") != "trained" or row["validation"] is None \
+                or row["trial"] in done:
+            continue
+        candidate = trial_candidate(resources.space, row["params"], settings=settings,
+                                    pm=resources.pm)
+        outcome = train_candidate(candidate, settings=settings, pm=resources.pm,
+                                  train=resources.train, validation=resources.validation,
+                                  teacher_logits=resources.teacher_logits,
+                                  precision=resources.precision, epochs=epochs,
+                                  seed=args.repeat * 1000 + row["trial"], parents=cache)
+        append_result(args.out, {"stage": "repeat", "n": args.n, "seed": args.seed,
+                                 "promote_by": args.promote_by, "repeat": args.repeat,
+                                 "epochs": epochs, "trial": row["trial"],
+                                 "validation": outcome.validation.macro_accuracy,
+                                 "validation_interval": list(outcome.validation.macro_interval),
+                                 "seconds": round(outcome.seconds, 1)})
+
+
+def _report_repeats(*, entries: list[dict], proxy: dict, promoted: list[dict],
+                    proxy_epochs: int) -> None:
+    """τ of every repeat with the stage's proxy (same budget) and with the promoted scores."""
+    first = {t["trial"]: t["validation"] for t in proxy["trials"] if t["validation"] is not None}
+    final = {r["trial"]: r["validation"] for r in promoted}
+    for repeat, epochs in sorted({(e["repeat"], e["epochs"]) for e in entries
+                                  if e["stage"] == "repeat"}):
+        again = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
+                 and (e["repeat"], e["epochs"]) == (repeat, epochs)}
+        shared = sorted(set(again) & set(final))
+        line = (f"  repeat {repeat} ({epochs} epochs, {len(again)} candidates): tau "
+                f"{kendall_tau([again[t] for t in shared], [final[t] for t in shared]):.2f} "
+                f"with the promoted score")
+        if epochs == proxy_epochs:
+            both = sorted(set(again) & set(first))
+            line += (f", {kendall_tau([again[t] for t in both], [first[t] for t in both]):.2f} "
+                     "with the first run of the proxy (test-retest)")
+        print(line)
+    others = sorted({(e["repeat"], e["epochs"]) for e in entries if e["stage"] == "repeat"})
+    for (r1, e1), (r2, e2) in itertools.combinations(others, 2):
+        if e1 != e2:
+            continue
+        a = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
+             and (e["repeat"], e["epochs"]) == (r1, e1)}
+        b = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
+             and (e["repeat"], e["epochs"]) == (r2, e2)}
+        both = sorted(set(a) & set(b))
+        print(f"  repeats {r1} and {r2} ({e1} epochs): tau "
+              f"{kendall_tau([a[t] for t in both], [b[t] for t in both]):.2f} (test-retest)")
 
 
 def _counted(study: optuna.Study, promote_by: str) -> int:
