@@ -245,33 +245,28 @@ def _repeat(args: argparse.Namespace, proxy: dict, entries: list[dict], *, resou
 
 def _report_repeats(*, entries: list[dict], proxy: dict, promoted: list[dict],
                     proxy_epochs: int) -> None:
-    """τ of every repeat with the stage's proxy (same budget) and with the promoted scores."""
+    """τ of every repeat with the stage's proxy (same budget), with the promoted scores, and
+    with every other repeat of the same budget."""
     first = {t["trial"]: t["validation"] for t in proxy["trials"] if t["validation"] is not None}
     final = {r["trial"]: r["validation"] for r in promoted}
-    for repeat, epochs in sorted({(e["repeat"], e["epochs"]) for e in entries
-                                  if e["stage"] == "repeat"}):
-        again = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
-                 and (e["repeat"], e["epochs"]) == (repeat, epochs)}
-        shared = sorted(set(again) & set(final))
+    runs: dict[tuple[int, int], dict[int, float]] = {}
+    for e in entries:
+        if e["stage"] == "repeat":
+            runs.setdefault((e["repeat"], e["epochs"]), {})[e["trial"]] = e["validation"]
+
+    def tau(a: dict[int, float], b: dict[int, float]) -> float:
+        shared = sorted(set(a) & set(b))
+        return kendall_tau([a[t] for t in shared], [b[t] for t in shared])
+
+    for (repeat, epochs), again in sorted(runs.items()):
         line = (f"  repeat {repeat} ({epochs} epochs, {len(again)} candidates): tau "
-                f"{kendall_tau([again[t] for t in shared], [final[t] for t in shared]):.2f} "
-                f"with the promoted score")
+                f"{tau(again, final):.2f} with the promoted score")
         if epochs == proxy_epochs:
-            both = sorted(set(again) & set(first))
-            line += (f", {kendall_tau([again[t] for t in both], [first[t] for t in both]):.2f} "
-                     "with the first run of the proxy (test-retest)")
+            line += f", {tau(again, first):.2f} with the first run of the proxy (test-retest)"
         print(line)
-    others = sorted({(e["repeat"], e["epochs"]) for e in entries if e["stage"] == "repeat"})
-    for (r1, e1), (r2, e2) in itertools.combinations(others, 2):
-        if e1 != e2:
-            continue
-        a = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
-             and (e["repeat"], e["epochs"]) == (r1, e1)}
-        b = {e["trial"]: e["validation"] for e in entries if e["stage"] == "repeat"
-             and (e["repeat"], e["epochs"]) == (r2, e2)}
-        both = sorted(set(a) & set(b))
-        print(f"  repeats {r1} and {r2} ({e1} epochs): tau "
-              f"{kendall_tau([a[t] for t in both], [b[t] for t in both]):.2f} (test-retest)")
+    for ((r1, e1), a), ((r2, e2), b) in itertools.combinations(sorted(runs.items()), 2):
+        if e1 == e2:
+            print(f"  repeats {r1} and {r2} ({e1} epochs): tau {tau(a, b):.2f} (test-retest)")
 
 
 def _counted(study: optuna.Study, promote_by: str) -> int:

@@ -167,9 +167,11 @@ def main() -> None:
 
 
 def cpu_timed_study(name: str, url: str, *, sampler: str, seed: int, seconds: float,
-                    resources: Any) -> list[float | None]:
+                    resources: Any) -> list[float]:
     """Run trials of study ``name`` one at a time until this process has spent ``seconds`` of
     CPU time on them; return each trial's end in CPU seconds since the first started.
+    A study cut off (a session's end) is not recorded and runs again whole: at most one
+    study's minutes are lost.
 
     One sampler object serves the whole study, as in a worker's ``optimize`` loop, and is made
     as ``run_worker`` makes it for a study with no trial limit."""
