@@ -98,8 +98,8 @@ def main() -> None:
     url = f"sqlite:///{folder / 'studies.db'}"
     budget = "trials" if args.minutes is None else \
         f"{args.minutes:g} {'CPU-min' if args.cpu_minutes else 'min'}"
-    done = {(e.get("space", "sscp_mobile"), e.get("budget", "trials"), e["sampler"], e["seed"])
-            for e in read_results(args.out)}
+    done = {(e.get("space", "sscp_mobile"), e.get("budget", "trials"), e.get("proxy_epochs", 2),
+             e["sampler"], e["seed"]) for e in read_results(args.out)}
     raw, source = read_space(args.space)
     if args.space == "sscp_fill":
         raw = {**raw, "dimensions": {**raw["dimensions"], "macs_fraction": {
@@ -109,7 +109,7 @@ def main() -> None:
                               proxy_epochs=args.proxy_epochs, teacher_epochs=args.teacher_epochs)
     for seed in args.seeds:
         for sampler in args.samplers:
-            if (args.space, budget, sampler, seed) in done:
+            if (args.space, budget, args.proxy_epochs, sampler, seed) in done:
                 continue
             name = f"{sampler}-seed{seed}-{int(time.time())}"
             create_or_resume(name=name, storage_url=url, settings=settings, sampler=sampler,
@@ -190,20 +190,22 @@ def cpu_timed_study(name: str, url: str, *, sampler: str, seed: int, seconds: fl
 
 
 def report(path: Path) -> str:
-    """One table per (space, budget): per sampler, hypervolume after N/2 and N trials, or, for
+    """One table per (space, budget, proxy length): per sampler, hypervolume after N/2 and N trials, or, for
     studies given equal time, at the shortest study's end."""
     entries = read_results(path)
     out = []
-    groups = sorted({(e.get("space", "sscp_mobile"), e.get("budget", "trials")) for e in entries})
-    for space, budget in groups:
+    def group(entry: dict) -> tuple[str, str, int]:
+        return (entry.get("space", "sscp_mobile"), entry.get("budget", "trials"),
+                entry.get("proxy_epochs", 2))
+
+    for space, budget, proxy in sorted({group(e) for e in entries}):
         runs_of = {s: [e for e in entries if e["sampler"] == s
-                       and (e.get("space", "sscp_mobile"), e.get("budget", "trials"))
-                       == (space, budget)] for s in SAMPLERS}
+                       and group(e) == (space, budget, proxy)] for s in SAMPLERS}
         timed = budget != "trials"
         ends = [max(t for t in e["finished_seconds"] if t is not None)
                 for runs in runs_of.values() for e in runs if timed]
         at = min(ends) if ends else None
-        out += [f"space {space}, budget per study: {budget}"
+        out += [f"space {space}, budget per study: {budget}, proxy {proxy} epochs"
                 + (f" (hypervolume read at {at / 60:.1f} min, the shortest study's end)"
                    if at else ""),
                 "| sampler | seeds | trials | hypervolume after N/2 | after N (mean ± sd) | "
