@@ -111,7 +111,9 @@ def main() -> None:
         for sampler in args.samplers:
             if (args.space, budget, args.proxy_epochs, sampler, seed) in done:
                 continue
-            name = f"{sampler}-seed{seed}-{int(time.time())}"
+            # Two processes may start studies in the same second: the name says what differs.
+            name = (f"{args.space}-p{args.proxy_epochs}-{sampler}-seed{seed}-"
+                    f"{int(time.time())}")
             create_or_resume(name=name, storage_url=url, settings=settings, sampler=sampler,
                              seed=seed, seed_trials=False, space=space)
             # Each study trains its own parents: one study's are not free for the next.
