@@ -98,8 +98,7 @@ def main() -> None:
     url = f"sqlite:///{folder / 'studies.db'}"
     budget = "trials" if args.minutes is None else \
         f"{args.minutes:g} {'CPU-min' if args.cpu_minutes else 'min'}"
-    done = {(e.get("space", "sscp_mobile"), e.get("budget", "trials"), e.get("proxy_epochs", 2),
-             e["sampler"], e["seed"]) for e in read_results(args.out)}
+    done = {(*_setting(e), e["sampler"], e["seed"]) for e in read_results(args.out)}
     raw, source = read_space(args.space)
     if args.space == "sscp_fill":
         raw = {**raw, "dimensions": {**raw["dimensions"], "macs_fraction": {
@@ -192,17 +191,13 @@ def cpu_timed_study(name: str, url: str, *, sampler: str, seed: int, seconds: fl
 
 
 def report(path: Path) -> str:
-    """One table per (space, budget, proxy length): per sampler, hypervolume after N/2 and N trials, or, for
-    studies given equal time, at the shortest study's end."""
+    """One table per setting (space, budget, proxy length): per sampler, hypervolume after N/2
+    and N trials, or, for studies given equal time, at the shortest study's end."""
     entries = read_results(path)
     out = []
-    def group(entry: dict) -> tuple[str, str, int]:
-        return (entry.get("space", "sscp_mobile"), entry.get("budget", "trials"),
-                entry.get("proxy_epochs", 2))
-
-    for space, budget, proxy in sorted({group(e) for e in entries}):
+    for space, budget, proxy in sorted({_setting(e) for e in entries}):
         runs_of = {s: [e for e in entries if e["sampler"] == s
-                       and group(e) == (space, budget, proxy)] for s in SAMPLERS}
+                       and _setting(e) == (space, budget, proxy)] for s in SAMPLERS}
         timed = budget != "trials"
         ends = [max(t for t in e["finished_seconds"] if t is not None)
                 for runs in runs_of.values() for e in runs if timed]
@@ -236,6 +231,14 @@ def report(path: Path) -> str:
                 f"{statistics.mean(e['seconds'] for e in runs) / 60:.1f} |")
         out.append("")
     return "\n".join(out)
+
+
+def _setting(entry: dict) -> tuple[str, str, int]:
+    """What a row was measured under, apart from sampler and seed: the resume key and the
+    report's grouping are the same tuple, so a study at another setting is neither skipped as
+    done nor mixed into another table. Rows from before a field existed get its old default."""
+    return (entry.get("space", "sscp_mobile"), entry.get("budget", "trials"),
+            entry.get("proxy_epochs", 2))
 
 
 def _at_time(entry: dict, seconds: float) -> float:
