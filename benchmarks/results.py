@@ -28,8 +28,24 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def machine() -> str:
+    """The CPU that produced a row (its model name, and bf16 when it has AVX-512 BF16, which the
+    product then trains in): CPU times and even bf16-against-fp32 accuracies from different
+    machines must not be mixed in one comparison, so every row says where it ran."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{model} (bf16)" if " avx512_bf16" in info else model
+
+
 def append_result(path: Path, entry: dict[str, Any]) -> None:
-    """Print ``entry`` and append it to ``path``."""
+    """Print ``entry``, tagged with the :func:`machine` it ran on, and append it to ``path``."""
+    entry = {**entry, "machine": entry.get("machine", machine())}
     print(json.dumps(entry), flush=True)
     with path.open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
