@@ -20,7 +20,7 @@ from asc_search.pruning.plans import (
 )
 from asc_search.pruning.prune import PruningPlan, _model_widths, prune, stage_widths
 from asc_search.search.space import load_space
-from asc_search.search.study import seed_params
+from asc_search.search.study import _wanted, counted_trials, seed_params
 
 PM = build_plugin_manager()
 MACS, BYTES = 30_000_000, 128_000
@@ -140,3 +140,24 @@ def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_p
     assert copy.state == optuna.trial.TrialState.PRUNED and copy.value is None
     assert trained == [0]
     assert "train_seconds" in copy.user_attrs and copy.user_attrs["train_seconds"] == 0.0
+
+
+def test_a_sampled_copy_takes_no_slot_of_the_trial_budget() -> None:
+    """``--trials N`` trains N networks: copies (nothing trained) do not count, failed and lost
+    trials neither; copies alone still end a study that offers nothing else."""
+    States = optuna.trial.TrialState
+    study = optuna.create_study(direction="maximize")
+    for state, status in ((States.COMPLETE, "trained"), (States.PRUNED, "duplicate"),
+                          (States.PRUNED, "duplicate"), (States.PRUNED, "pruned"),
+                          (States.FAIL, None)):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.4 if state == States.COMPLETE else None,
+            user_attrs={} if status is None else {"status": status}))
+    assert counted_trials(study) == (2, 2)
+    assert _wanted(study, 3) and not _wanted(study, 2)
+    copies_only = optuna.create_study()
+    for _ in range(3):
+        copies_only.add_trial(optuna.trial.create_trial(state=States.PRUNED,
+                                                        user_attrs={"status": "duplicate"}))
+    assert counted_trials(copies_only) == (0, 3)
+    assert _wanted(copies_only, 4) and not _wanted(copies_only, 3)

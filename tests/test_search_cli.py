@@ -156,7 +156,8 @@ def test_two_local_workers_share_one_study(cli, tiny_corpus: Path, tmp_path: Pat
     assert result.code == 0, result.err
     trials = optuna.load_study(study_name="pair", storage=_storage(tmp_path)).trials
     # Each worker stops once the study holds 6 trials; one may be running as the other stops.
-    assert 6 <= len(trials) <= 7
+    # Sampled copies of a trained network take no slot.
+    assert 6 <= len([t for t in trials if t.user_attrs.get("status") != "duplicate"]) <= 7
     assert all(_finished(t) for t in trials)
     assert len({t.number for t in trials}) == len(trials)
 

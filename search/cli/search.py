@@ -63,7 +63,8 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
                    "ends quantisation-aware and is converted to a real int8 program; a space's "
                    "storage dimension chooses per candidate).")
 @click.option("--trials", "n_trials", type=int, default=16, show_default=True,
-              help="Trials in the study, seed trials included (a rerun tops it up).")
+              help="Trials in the study, seed trials included (a rerun tops it up); a "
+                   "sampled copy of a network trained already takes no slot.")
 @click.option("--timeout", type=float, default=300, show_default=True,
               help="Stop starting trials after this many seconds of search (0: no limit).")
 @click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True)

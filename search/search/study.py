@@ -333,15 +333,15 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     progress = _ProgressLine(announce, job.n_trials)
     callbacks: list[Any] = [progress]
     if job.n_trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=_COUNTED))
+        callbacks.append(_TrialBudget(job.n_trials))
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
     waiting = False
     while deadline is None or time.monotonic() < deadline:
         if _wanted(study, job.n_trials):
             waiting = False
             try:
-                # No n_trials here: MaxTrialsCallback ends the run when the study (all workers,
-                # failed trials not counted) holds enough trials.
+                # No n_trials here: _TrialBudget ends the run when the study (all workers,
+                # failed trials and copies not counted) holds enough trials.
                 study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
                                timeout=None if deadline is None else deadline - time.monotonic(),
                                callbacks=callbacks, catch=(Exception,), gc_after_trial=True,
@@ -370,7 +370,39 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
 
 def _wanted(study: optuna.Study, n_trials: int | None) -> bool:
     """Whether the study still wants trials from this worker (``None``: until the timeout)."""
-    return n_trials is None or len(study.get_trials(deepcopy=False, states=_COUNTED)) < n_trials
+    if n_trials is None:
+        return True
+    taken, copies = counted_trials(study)
+    return taken < n_trials and copies < n_trials
+
+
+def counted_trials(study: optuna.Study) -> tuple[int, int]:
+    """The trials that took a slot of ``--trials``, and the sampled copies that did not.
+
+    A copy (status ``duplicate``: a sampled plan whose parent fits the budgets as it is, so it *is*
+    a network the study trained already) trains nothing and costs no compute, so it takes no slot:
+    ``--trials 16`` trains 16 networks. In the default space every sampled baseline is one, and
+    while the baseline seed trial leads, TPE keeps drawing it (8 of 12 sampled trials of a default
+    run were copies when they counted, so the search trained four networks of its own). Copies
+    end pruned, which turns TPE away from them; a space that offers nothing else still ends, once
+    its copies alone reach ``--trials``.
+    """
+    trials = study.get_trials(deepcopy=False, states=_COUNTED)
+    copies = sum(t.user_attrs.get("status") == "duplicate" for t in trials)
+    return len(trials) - copies, copies
+
+
+class _TrialBudget:
+    """Stops the study once it holds ``n_trials`` counted trials (:func:`counted_trials`), as
+    Optuna's ``MaxTrialsCallback`` does for plain counts: every worker reads the same study, so
+    N workers stop at ``n_trials``, not N × ``n_trials``."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not _wanted(study, self.n_trials):
+            study.stop()
 
 
 class _ProgressLine:
@@ -393,9 +425,10 @@ class _ProgressLine:
                 study.stop()
         else:
             self.failures_in_a_row = 0
-        # Trials that took a slot of --trials (failed and lost ones do not), so N of N ends it.
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                            optuna.trial.TrialState.PRUNED)))
+        # Trials that took a slot of --trials (failed, lost and copies do not), so N of N ends it.
+        done = sum(t.user_attrs.get("status") != "duplicate" for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                    optuna.trial.TrialState.PRUNED)))
         total = f"/{self.n_trials}" if self.n_trials else ""
         label = f" [{attrs['seed_trial']}]" if "seed_trial" in attrs else ""
         if trial.state == optuna.trial.TrialState.COMPLETE and attrs.get("status") == "trained":
@@ -405,8 +438,8 @@ class _ProgressLine:
             what = (f"infeasible, not trained ({attrs['macs'] / 1e6:.2f} M MACs, "
                     f"{attrs['param_bytes']:,} B)")
         elif attrs.get("status") == "duplicate":
-            what = (f"the network of trial {attrs['duplicate_of']} as it is: not trained again "
-                    "(ends pruned, so the sampler looks elsewhere)")
+            what = (f"the network of trial {attrs['duplicate_of']} as it is: not trained again, "
+                    "takes no slot (ends pruned, so the sampler looks elsewhere)")
         elif trial.state == optuna.trial.TrialState.FAIL:
             what = f"failed: {self.last_failure}"
         else:
