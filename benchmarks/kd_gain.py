@@ -30,8 +30,10 @@ Students train at the product's batch for the split, as ``asc-search run`` train
 Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
 (s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
 agreement with the training labels (a set that memorises them scores 100 %). Runs are appended
-to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun; ``--report`` prints
-mean ± sd over seeds and each set's gain over ``none``, paired by seed. Teacher fitting is
+to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine (rows
+name their CPU; another machine runs them again, as bf16 and fp32 train to different numbers);
+``--report`` prints mean ± sd over seeds and each set's gain over ``none``, paired by seed on one
+machine. Teacher fitting is
 measured once per set and split (a later run reads the cache). CPU time is process time with
 ``--threads 1``.
 """
@@ -48,7 +50,7 @@ from typing import Any
 
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import add_result_options, append_result, plot_accuracies, read_results
+from results import add_result_options, append_result, machine, plot_accuracies, read_results
 from seed_plans import candidates
 
 from asc_search.features.experiment import load_split_data
@@ -140,7 +142,8 @@ def main() -> None:
                 if e.get("revision") == REVISION and e["kind"] == "student":
                     lever = e.get("student_augment", "none")
                     name = f"{e['split']} %: {e['student']}, teachers {e['teacher_set']}" + (
-                        f", {lever}" if lever != "none" else "")
+                        f", {lever}" if lever != "none" else "") + (
+                        "" if "machine" not in e else f" [{e['machine']}]")
                     groups.setdefault(name, []).append(e)
             print(plot_accuracies(dict(sorted(groups.items())), args.plot,
                                   title="knowledge distillation and student levers"))
@@ -151,9 +154,14 @@ def main() -> None:
     epochs = EPOCHS[args.split]
     pm = build_plugin_manager()
     entries = [e for e in read_results(args.out) if e.get("revision") == REVISION]
+    # Rows of another machine do not count as done here: bf16 and fp32 machines train to
+    # different numbers, and a pairing by seed must not mix them (the report keeps them apart).
+    here = machine()
     done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"],
-             e.get("student_augment", "none")) for e in entries if e["kind"] == "student"}
-    done_sets = {(e["teacher_set"], e["split"]) for e in entries if e["kind"] == "teachers"}
+             e.get("student_augment", "none")) for e in entries
+            if e["kind"] == "student" and _machine_of(e) == here}
+    done_sets = {(e["teacher_set"], e["split"]) for e in entries
+                 if e["kind"] == "teachers" and _machine_of(e) == here}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
     settings, plans = candidates(pm)
     base_settings = settings
@@ -189,13 +197,19 @@ def main() -> None:
                 "test": evaluation_attrs(test)})
 
 
+def _machine_of(entry: dict[str, Any]) -> str:
+    """The CPU a row ran on ("unrecorded" for rows from before rows named it)."""
+    return entry.get("machine", "unrecorded")
+
+
 def report(path: Path) -> str:
-    """Per split, student, teacher set and student lever: test (all, unseen) mean ± sd over
-    seeds; the gain over no teachers and over no lever, each paired by seed; and the teacher
-    sets' fitting cost and training agreement."""
+    """Per machine, split, student, teacher set and student lever: test (all, unseen) mean ± sd
+    over seeds; the gain over no teachers and over no lever, each paired by seed on the same
+    machine; and the teacher sets' fitting cost and training agreement."""
     entries = [e for e in read_results(path) if e.get("revision") == REVISION]
-    runs = {(e["split"], e["student"], e["teacher_set"], e.get("student_augment", "none"),
-             e["seed"]): e for e in entries if e["kind"] == "student"}
+    runs = {(_machine_of(e), e["split"], e["student"], e["teacher_set"],
+             e.get("student_augment", "none"), e["seed"]): e
+            for e in entries if e["kind"] == "student"}
 
     def summary(values: list[float]) -> str:
         g = mean_sd_interval(values)
@@ -211,29 +225,30 @@ def report(path: Path) -> str:
                                    - runs[(*reference, s)]["test"][field] for s in paired])
                           for field in ("macro", "unseen"))
 
-    lines = ["| split | student | teachers | student lever | seeds | test % | test unseen % | "
-             "− no teachers, paired (points) | unseen − no teachers | − no lever, paired | "
-             "unseen − no lever | CPU-min per run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key in sorted({k[:4] for k in runs}):
-        split, student, name, augment = key
-        seeds = sorted(k[4] for k in runs if k[:4] == key)
+    lines = ["| machine | split | student | teachers | student lever | seeds | test % | "
+             "test unseen % | − no teachers, paired (points) | unseen − no teachers | "
+             "− no lever, paired | unseen − no lever | CPU-min per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted({k[:5] for k in runs}):
+        where, split, student, name, augment = key
+        seeds = sorted(k[5] for k in runs if k[:5] == key)
         mine = [runs[(*key, s)] for s in seeds]
         cells = [summary([e["test"]["macro"] for e in mine]),
                  summary([e["test"]["unseen"] for e in mine]),
-                 gain(key, (split, student, "none", augment), seeds),
-                 gain(key, (split, student, name, "none"), seeds)]
+                 gain(key, (where, split, student, "none", augment), seeds),
+                 gain(key, (where, split, student, name, "none"), seeds)]
         cpu = sum(e["cpu_seconds"] for e in mine) / len(mine) / 60
-        lines.append(f"| {split} % | {student} | {name} | {augment} | {len(seeds)} | "
+        lines.append(f"| {where} | {split} % | {student} | {name} | {augment} | {len(seeds)} | "
                      f"{' | '.join(cells)} | {cpu:.1f} |")
     fits = [e for e in entries if e["kind"] == "teachers"]
     if fits:
-        lines += ["", "| split | teachers | members | folds | epochs | fit CPU-min | "
+        lines += ["", "| machine | split | teachers | members | folds | epochs | fit CPU-min | "
                   "ensemble agreement on training clips % |", "| --- | --- | --- | --- | --- "
-                  "| --- | --- |"]
+                  "| --- | --- | --- |"]
         for e in fits:
             cost = "cached" if e["cache_hit"] else f"{e['cpu_seconds'] / 60:.1f}"
-            lines.append(f"| {e['split']} % | {e['teacher_set']} | {', '.join(e['teachers'])} "
+            lines.append(f"| {_machine_of(e)} | {e['split']} % | {e['teacher_set']} | "
+                         f"{', '.join(e['teachers'])} "
                          f"| {e['folds']} | {e['epochs']} | {cost} | "
                          f"{100 * e['train_agreement']:.1f} |")
     return "\n".join(lines)
