@@ -22,6 +22,7 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
   the corpus's 5 %) instead of the published 256, which gives 400 clips two steps per epoch
   (``search_vs_seed.py`` found students undertrained at 256; the calibration's teachers are too).
 - ``device_responses``: ``product_batch`` with device impulse-response augmentation (p 0.6).
+- ``oof_device_responses``: ``device_responses`` with out-of-fold logits from 4 fits each.
 
 Students train at the product's batch for the split, as ``asc-search run`` trains them, with
 ``--student-augments`` naming student-side levers (``STUDENT_AUGMENTS``): ``none``, or
@@ -91,6 +92,10 @@ TEACHER_SETS = {
     "product_batch": TeacherSet(("wide_cp_mobile", "patchout_transformer"), product_batch=True),
     "device_responses": TeacherSet(("wide_cp_mobile", "patchout_transformer"), product_batch=True,
                                    recipe=(("device_response_p", 0.6),)),
+    # device_responses with out-of-fold logits: the teachers above still agree 100 % with the
+    # training labels (memorised, so their soft labels are the hard ones again).
+    "oof_device_responses": TeacherSet(("wide_cp_mobile", "patchout_transformer"), folds=4,
+                                       product_batch=True, recipe=(("device_response_p", 0.6),)),
 }
 
 
