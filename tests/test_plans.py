@@ -144,7 +144,7 @@ def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_p
 
 def test_a_sampled_copy_takes_no_slot_of_the_trial_budget() -> None:
     """``--trials N`` trains N networks: copies (nothing trained) do not count, failed and lost
-    trials neither; copies alone still end a study that offers nothing else."""
+    trials neither; copies alone still end a study that offers nothing else (3 per slot)."""
     States = optuna.trial.TrialState
     study = optuna.create_study(direction="maximize")
     for state, status in ((States.COMPLETE, "trained"), (States.PRUNED, "duplicate"),
@@ -160,4 +160,4 @@ def test_a_sampled_copy_takes_no_slot_of_the_trial_budget() -> None:
         copies_only.add_trial(optuna.trial.create_trial(state=States.PRUNED,
                                                         user_attrs={"status": "duplicate"}))
     assert counted_trials(copies_only) == (0, 3)
-    assert _wanted(copies_only, 4) and not _wanted(copies_only, 3)
+    assert _wanted(copies_only, 2) and not _wanted(copies_only, 1)  # 3 copies per slot at most
