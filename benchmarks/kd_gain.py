@@ -23,6 +23,9 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
   (``search_vs_seed.py`` found students undertrained at 256; the calibration's teachers are too).
 - ``device_responses``: ``product_batch`` with device impulse-response augmentation (p 0.6).
 - ``oof_device_responses``: ``device_responses`` with out-of-fold logits from 4 fits each.
+- ``run_default``: the teachers ``asc-search run`` fits when given none (``SearchSettings``'s
+  defaults: one ``wide_cp_mobile``, 20 epochs at the product's batch): does the default run's
+  distillation pay for the minutes it spends on it?
 
 Students train at the product's batch for the split, as ``asc-search run`` trains them, with
 ``--student-augments`` naming student-side levers (``STUDENT_AUGMENTS``): ``none``, or
@@ -30,7 +33,9 @@ Students train at the product's batch for the split, as ``asc-search run`` train
 
 Each run records validation and test macro accuracy with 95 % intervals, the unseen devices
 (s4–s6) apart, CPU seconds, and for each teacher set its fitting CPU time and the ensemble's
-agreement with the training labels (a set that memorises them scores 100 %). Runs are appended
+agreement with the training labels (a set that memorises them scores 100 %) and, when the set is
+fitted in this run (not read from the cache), its validation accuracy: KD can only pass on what
+the teachers know beyond the student. Runs are appended
 to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine (rows
 name their CPU; another machine runs them again, as bf16 and fp32 train to different numbers);
 ``--report`` prints mean ± sd over seeds and each set's gain over ``none``, paired by seed on one
@@ -57,12 +62,19 @@ from seed_plans import candidates
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import auto_batch_size, evaluation_attrs, train_candidate
-from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.search.objective import (
+    SearchSettings,
+    auto_batch_size,
+    evaluation_attrs,
+    train_candidate,
+)
+from asc_search.teachers.ensemble import combine_logits, ensemble_logits
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.train import precision_for, predict
 
 REVISION = 1
+#: ``asc-search run``'s settings where the user gives none (the space plays no part here).
+RUN_DEFAULTS = SearchSettings(space={}, space_source="")
 STUDENTS = ("baseline", "S1")
 #: Student-side levers: recipe overrides for the student (and its parent), keyed by name.
 STUDENT_AUGMENTS: dict[str, dict[str, Any]] = {
@@ -79,6 +91,8 @@ class TeacherSet:
     recipe: tuple[tuple[str, Any], ...] = ()  # overrides of the teachers' recipe
     #: Teachers at the product's batch for the split (n // 25) instead of the published 256.
     product_batch: bool = False
+    #: The teachers and recipe of ``asc-search run``'s defaults instead of the calibration's.
+    from_run: bool = False
 
 
 TEACHER_SETS = {
@@ -96,6 +110,7 @@ TEACHER_SETS = {
     # training labels (memorised, so their soft labels are the hard ones again).
     "oof_device_responses": TeacherSet(("wide_cp_mobile", "patchout_transformer"), folds=4,
                                        product_batch=True, recipe=(("device_response_p", 0.6),)),
+    "run_default": TeacherSet(RUN_DEFAULTS.teachers, from_run=True),
 }
 
 
@@ -105,22 +120,39 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     chosen = TEACHER_SETS[name]
     if chosen is None:
         return None
-    batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
-    recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
+    if chosen.from_run:  # exactly what the product fits: the same recipe, so the same cache
+        recipe = RUN_DEFAULTS.teacher_recipe(len(data.train)).with_(**dict(chosen.recipe))
+    else:
+        batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
+        recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
+    precision = precision_for("cpu")
+    validation_logits: list[Any] = []
+
+    def on_teacher(label: str, fitted: Any) -> None:
+        if fitted.model is not None:
+            validation_logits.append(fitted.predict(data.validation.features,
+                                                    precision=precision))
+
     started = time.process_time()
     ensemble = ensemble_logits(data.train, teacher_names=list(chosen.teachers), pm=pm,
                                cache_dir=cache_dir(), recipe=recipe, progress=False,
-                               folds=chosen.folds)
+                               folds=chosen.folds, precision=precision, on_teacher=on_teacher)
     if (name, split) not in done_sets:
         agreement = evaluate(ensemble.logits, data.train.labels, data.train.devices,
                              interval=False)
+        # Only a fit made now has its models (the cache keeps the training logits alone).
+        validation = (evaluation_attrs(evaluate(
+            combine_logits(validation_logits, "mean_logits"), data.validation.labels,
+            data.validation.devices, files=data.validation.files))
+            if validation_logits and len(validation_logits) == len(chosen.teachers) else None)
         append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
                             "split": split, "teachers": list(ensemble.per_teacher),
                             "folds": chosen.folds, "epochs": recipe.epochs,
                             "recipe": dict(chosen.recipe), "batch_size": recipe.batch_size,
                             "cache_hit": ensemble.cache_hit,
                             "cpu_seconds": round(time.process_time() - started, 1),
-                            "train_agreement": round(agreement.macro_accuracy, 4)})
+                            "train_agreement": round(agreement.macro_accuracy, 4),
+                            "validation": validation})
         done_sets.add((name, split))
     return ensemble.logits
 
@@ -248,14 +280,17 @@ def report(path: Path) -> str:
     fits = [e for e in entries if e["kind"] == "teachers"]
     if fits:
         lines += ["", "| machine | split | teachers | members | folds | epochs | fit CPU-min | "
-                  "ensemble agreement on training clips % |", "| --- | --- | --- | --- | --- "
-                  "| --- | --- | --- |"]
+                  "ensemble agreement on training clips % | ensemble validation % (95 % CI) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for e in fits:
             cost = "cached" if e["cache_hit"] else f"{e['cpu_seconds'] / 60:.1f}"
+            valid = e.get("validation")
+            known = (f"{100 * valid['macro']:.1f} ({100 * valid['macro_interval'][0]:.1f}–"
+                     f"{100 * valid['macro_interval'][1]:.1f})" if valid else "not recorded")
             lines.append(f"| {_machine_of(e)} | {e['split']} % | {e['teacher_set']} | "
                          f"{', '.join(e['teachers'])} "
                          f"| {e['folds']} | {e['epochs']} | {cost} | "
-                         f"{100 * e['train_agreement']:.1f} |")
+                         f"{100 * e['train_agreement']:.1f} | {known} |")
     return "\n".join(lines)
 
 
