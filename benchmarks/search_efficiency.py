@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS))
-    parser.add_argument("--proxy-epochs", type=int, default=2)
+    # The product's own proxy length: a 2-epoch proxy (this option's first default) leaves every
+    # candidate near chance at the product's batch, so every hypervolume ties.
+    parser.add_argument("--proxy-epochs", type=int,
+                        default=SearchSettings.__dataclass_fields__["proxy_epochs"].default)
     parser.add_argument("--space", default="sscp_mobile", choices=["sscp_mobile", "sscp_fill"])
     parser.add_argument("--minutes", type=float, default=None,
                         help="time per study instead of --trials (with --threads 1: CPU-minutes)")
