@@ -162,6 +162,23 @@ def test_two_local_workers_share_one_study(cli, tiny_corpus: Path, tmp_path: Pat
     assert len({t.number for t in trials}) == len(trials)
 
 
+@pytest.mark.slow
+def test_a_study_without_teachers_fits_none_and_says_so(cli, tiny_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    """``--teacher none``: students learn from the labels alone (what KD adds is measurable)."""
+    one_line_error(cli("run", "--data", tiny_corpus, *QUICK, "--teacher", "none", "--teacher",
+                       "wide_cp_mobile", "--study", "mixed"), "--teacher none")
+    assert not (tmp_path / "studies" / "asc-search.db").exists()  # refused before any study
+    result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--teacher", "none", "--trials", "1",
+                 "--promote", "0", "--study", "plain")
+    assert result.code == 0, result.err
+    study = optuna.load_study(study_name="plain", storage=_storage(tmp_path))
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # the rest stay queued
+    assert not list((tmp_path / "cache").glob("teachers/*"))  # no teacher was fitted
+    page = (tmp_path / "studies" / "reports" / "plain" / "index.html").read_text()
+    assert "Teachers: none" in page and "without distillation" in page
+
+
 def _slots(trials: list[optuna.trial.FrozenTrial]) -> int:
     """Trials that took a slot of --trials: sampled copies of a trained network (the baseline as
     it is) train nothing and take none."""

@@ -99,7 +99,8 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
                    "doubling fine-tunes (successive halving); retrain: each finalist is trained "
                    "again from scratch on the whole budget.")
 @click.option("--teacher", "teacher_names", multiple=True,
-              help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile].")
+              help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile]; "
+                   "'none': no distillation, students learn from the labels alone.")
 @click.option("--teacher-epochs", type=int, default=20, show_default=True)
 @click.option("--teacher-folds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Out-of-fold teacher logits from K fits (1: logits on clips the teachers saw).")
@@ -140,7 +141,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.paths import studies_dir
     from asc_search.pruning.plans import MIN_WIDTH, smallest_settled
     from asc_search.search.heartbeat import set_heartbeat
-    from asc_search.search.objective import SearchSettings
+    from asc_search.search.objective import SearchSettings, study_teachers
     from asc_search.search.space import read_space, smallest_candidate, space_from_dict
     from asc_search.search.storage import mask_url, resolve_storage
     from asc_search.search.study import (
@@ -173,7 +174,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         max_param_bytes=parse_budget(budget_bytes, what="--budget-bytes"),
         storage_dtype=storage_dtype, objective=objective, proxy_epochs=proxy_epochs,
         promote_epochs=promote_epochs,
-        teachers=tuple(teacher_names) or ("wide_cp_mobile",), teacher_epochs=teacher_epochs,
+        teachers=study_teachers(teacher_names), teacher_epochs=teacher_epochs,
         teacher_folds=teacher_folds, device_specific=device_specific, device_trials=device_trials,
         recipe={**({} if batch_size is None else {"batch_size": batch_size}),
                 **({"device_response_p": device_response_p, "device_responses": device_responses}

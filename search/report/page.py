@@ -67,11 +67,7 @@ def _summary(study: optuna.Study) -> str:
             f"{settings.max_param_bytes:,} bytes ({settings.storage_dtype}); objective "
             f"{settings.objective}; space {html.escape(settings.space_source)}; "
             f"{spent / 60:.1f} minutes of trial training.</p>"
-            f"<p>Teachers: {html.escape(', '.join(settings.teachers))} ({settings.teacher_epochs}"
-            f" epochs; ensemble of {settings.ensemble.replace('_', ' ')}"
-            + (f"; out-of-fold logits from {settings.teacher_folds} fits each"
-               if settings.teacher_folds > 1 else "") + "), fitted on the split's training "
-            f"clips only; every trial distils from their cached logits.</p>"
+            + _teachers_line(settings) +
             f"<p>Equal training budgets: every candidate trains for the same number of "
             f"optimiser steps (epochs × steps per epoch at the study's batch size, so the same "
             f"number of samples): {settings.proxy_epochs} epochs in a search trial, "
@@ -79,6 +75,18 @@ def _summary(study: optuna.Study) -> str:
             f"third for the final fine-tune, a tenth for the fine-tunes between pruning steps, "
             f"the rest for the wide network. Steps of a wider network cost more; each trial "
             f"records the training MACs it spent.</p>")
+
+
+def _teachers_line(settings: Any) -> str:
+    """Which teachers the students distilled from, or that they distilled from none."""
+    if not settings.teachers:
+        return ("<p>Teachers: none (<code>--teacher none</code>): every student learned from the "
+                "labels alone, without distillation.</p>")
+    return (f"<p>Teachers: {html.escape(', '.join(settings.teachers))} ({settings.teacher_epochs}"
+            f" epochs; ensemble of {settings.ensemble.replace('_', ' ')}"
+            + (f"; out-of-fold logits from {settings.teacher_folds} fits each"
+               if settings.teacher_folds > 1 else "") + "), fitted on the split's training "
+            "clips only; every trial distils from their cached logits.</p>")
 
 
 def _png(figure: Any, folder: Path, name: str) -> str:

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch
 
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import ComplexityCard, count_complexity
+from asc_search.errors import AscSearchError
 from asc_search.parents.store import PARENT_SEED, trained_parent
 from asc_search.pruning.plans import candidate_of, pruning_path, settle
 from asc_search.pruning.prune import PruningPlan, prune
@@ -67,6 +68,8 @@ class SearchSettings:
     #: trial and for a finalist. A pruning plan divides it (``asc_search.search.budget``).
     proxy_epochs: int = 8
     promote_epochs: int = 32
+    #: The ensemble every student distils from; empty (``--teacher none``): no distillation,
+    #: students learn from the labels alone.
     teachers: tuple[str, ...] = ("wide_cp_mobile",)
     teacher_epochs: int = 20
     #: Out-of-fold teacher logits from this many fits (1: logits on the clips a teacher saw).
@@ -117,6 +120,22 @@ class SearchSettings:
         return base.with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
                           kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature)
 
+#: ``--teacher none``: the study distils from nothing.
+NO_TEACHERS = "none"
+
+
+def study_teachers(names: Sequence[str]) -> tuple[str, ...]:
+    """The teachers a study's ``--teacher`` options name: the default ensemble when none are
+    given, and no teachers at all for ``none``, which measures what distillation adds (on the
+    embedded corpus no from-scratch teacher set has paid, benchmarks/README.md)."""
+    if NO_TEACHERS not in names:
+        return tuple(names) or SearchSettings.__dataclass_fields__["teachers"].default
+    if len(names) > 1:
+        raise AscSearchError("--teacher none: it means no distillation, so it cannot be given "
+                             "with other teachers")
+    return ()
+
+
 def dropped_settings(text: str) -> list[str]:
     """Stored settings keys this version does not know: a study made by an older asc-search."""
     known = {f.name for f in fields(SearchSettings)}
@@ -141,7 +160,7 @@ class TrialResources:
     pm: pluggy.PluginManager
     train: LabelledSet
     validation: LabelledSet
-    teacher_logits: np.ndarray
+    teacher_logits: np.ndarray | None  # None: the study distils from no teachers
     precision: Precision
     artifacts: Any  # an Optuna artifact store
     studies: Path | None = None  # the studies folder (artifacts and their scratch space)
@@ -207,7 +226,8 @@ def parent_recipe(recipe: TrainingRecipe, *, parent_seed: int = PARENT_SEED) -> 
 
 
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
-                    train: LabelledSet, validation: LabelledSet, teacher_logits: np.ndarray,
+                    train: LabelledSet, validation: LabelledSet,
+                    teacher_logits: np.ndarray | None,
                     precision: Precision, epochs: int, seed: int = 0, progress: bool = False,
                     on_report: Callable[[torch.nn.Module, int], None] | None = None,
                     final_card: ComplexityCard | None = None,

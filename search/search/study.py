@@ -283,12 +283,14 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
                            progress=progress, with_test=with_test)
     precision = precision_for(device)
-    ensemble = ensemble_logits(data.train, teacher_names=settings.teachers, pm=pm,
-                               cache_dir=cache, recipe=settings.teacher_recipe(len(data.train)),
-                               precision=precision, mode=settings.ensemble, progress=progress,
-                               folds=settings.teacher_folds)
+    teacher_logits = None  # a study without teachers distils from nothing
+    if settings.teachers:
+        teacher_logits = ensemble_logits(
+            data.train, teacher_names=settings.teachers, pm=pm, cache_dir=cache,
+            recipe=settings.teacher_recipe(len(data.train)), precision=precision,
+            mode=settings.ensemble, progress=progress, folds=settings.teacher_folds).logits
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
-                          validation=data.validation, teacher_logits=ensemble.logits,
+                          validation=data.validation, teacher_logits=teacher_logits,
                           precision=precision, artifacts=artifact_store(studies),
                           studies=studies, progress=progress, test=data.test, cache=cache)
 
