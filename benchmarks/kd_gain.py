@@ -36,10 +36,10 @@ Each run records validation and test macro accuracy with 95 % intervals, the uns
 agreement with the training labels (a set that memorises them scores 100 %) and, when the set is
 fitted in this run (not read from the cache), its validation accuracy: KD can only pass on what
 the teachers know beyond the student. Runs are appended
-to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine (rows
-name their CPU; another machine runs them again, as bf16 and fp32 train to different numbers);
-``--report`` prints mean ± sd over seeds and each set's gain over ``none``, paired by seed on one
-machine. Teacher fitting is
+to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine and
+corpus folder (rows name both; elsewhere they run again, see ``_where``); ``--report`` prints
+mean ± sd over seeds and each set's gain over ``none``, paired by seed on one machine and corpus
+folder. Teacher fitting is
 measured once per set and split (a later run reads the cache). CPU time is process time with
 ``--threads 1``.
 """
@@ -115,7 +115,7 @@ TEACHER_SETS = {
 
 
 def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
-                    done_sets: set[tuple[str, int]]) -> Any:
+                    done_sets: set[tuple[str, int]], corpus: str) -> Any:
     """The set's ensemble logits (None for ``none``), recording its fit once per split."""
     chosen = TEACHER_SETS[name]
     if chosen is None:
@@ -146,6 +146,7 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
             data.validation.devices, files=data.validation.files))
             if validation_logits and len(validation_logits) == len(chosen.teachers) else None)
         append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
+                            "data": corpus,
                             "split": split, "teachers": list(ensemble.per_teacher),
                             "folds": chosen.folds, "epochs": recipe.epochs,
                             "recipe": dict(chosen.recipe), "batch_size": recipe.batch_size,
@@ -180,7 +181,7 @@ def main() -> None:
                     lever = e.get("student_augment", "none")
                     name = f"{e['split']} %: {e['student']}, teachers {e['teacher_set']}" + (
                         f", {lever}" if lever != "none" else "") + (
-                        "" if "machine" not in e else f" [{e['machine']}]")
+                        f" [{_where(e)}]")
                     groups.setdefault(name, []).append(e)
             print(plot_accuracies(dict(sorted(groups.items())), args.plot,
                                   title="knowledge distillation and student levers"))
@@ -190,16 +191,17 @@ def main() -> None:
         EPOCHS[args.split] = args.epochs  # a shorter check of the whole path (not a result)
     epochs = EPOCHS[args.split]
     pm = build_plugin_manager()
+    data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
+    corpus = data.root.name
     entries = [e for e in read_results(args.out) if e.get("revision") == REVISION]
-    # Rows of another machine do not count as done here: bf16 and fp32 machines train to
-    # different numbers, and a pairing by seed must not mix them (the report keeps them apart).
-    here = machine()
+    # Rows of another machine or corpus folder do not count as done here (``_where``), and the
+    # report never pairs them.
+    here = _where({"machine": machine(), "data": corpus})
     done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"],
              e.get("student_augment", "none")) for e in entries
-            if e["kind"] == "student" and _machine_of(e) == here}
+            if e["kind"] == "student" and _where(e) == here}
     done_sets = {(e["teacher_set"], e["split"]) for e in entries
-                 if e["kind"] == "teachers" and _machine_of(e) == here}
-    data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
+                 if e["kind"] == "teachers" and _where(e) == here}
     settings, plans = candidates(pm)
     base_settings = settings
     precision = precision_for("cpu")
@@ -213,7 +215,7 @@ def main() -> None:
             settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment]))
             if logits is None and TEACHER_SETS[name] is not None:
                 logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
-                                         out=args.out, done_sets=done_sets)
+                                         out=args.out, done_sets=done_sets, corpus=corpus)
             started = time.process_time()
             outcome = train_candidate(plans[student], settings=settings, pm=pm,
                                       train=data.train, validation=data.validation,
@@ -223,7 +225,7 @@ def main() -> None:
             test = evaluate(predict(outcome.model, data.test.features, precision=precision),
                             data.test.labels, data.test.devices, files=data.test.files)
             append_result(args.out, {
-                "revision": REVISION, "kind": "student", "teacher_set": name,
+                "revision": REVISION, "kind": "student", "teacher_set": name, "data": corpus,
                 "student": student, "seed": seed, "split": args.split, "epochs": epochs,
                 "student_augment": augment,
                 "threads": torch.get_num_threads(), "date": date.today().isoformat(),
@@ -234,17 +236,22 @@ def main() -> None:
                 "test": evaluation_attrs(test)})
 
 
-def _machine_of(entry: dict[str, Any]) -> str:
-    """The CPU a row ran on ("unrecorded" for rows from before rows named it)."""
-    return entry.get("machine", "unrecorded")
+def _where(entry: dict[str, Any]) -> str:
+    """The CPU and the corpus folder a row ran on ("unrecorded" for rows from before rows named
+    them): rows are paired by seed only where both agree. bf16 and fp32 machines train to
+    different numbers; and the same student, seed and recipe on two machines of one CPU model,
+    one reading the generator-v1 folder and one v2 (the same training and test clips), scored
+    55.2 and 53.4 % on test (stop 26): a difference as large as the seeds' spread."""
+    return f"{entry.get('machine', 'unrecorded')}, {entry.get('data', 'corpus unrecorded')}"
 
 
 def report(path: Path) -> str:
-    """Per machine, split, student, teacher set and student lever: test (all, unseen) mean ± sd
-    over seeds; the gain over no teachers and over no lever, each paired by seed on the same
-    machine; and the teacher sets' fitting cost and training agreement."""
+    """Per machine and corpus, split, student, teacher set and student lever: test (all,
+    unseen) mean ± sd over seeds; the gain over no teachers and over no lever, each paired by
+    seed on the same machine and corpus; and the teacher sets' fitting cost, training agreement
+    and (when recorded) validation accuracy."""
     entries = [e for e in read_results(path) if e.get("revision") == REVISION]
-    runs = {(_machine_of(e), e["split"], e["student"], e["teacher_set"],
+    runs = {(_where(e), e["split"], e["student"], e["teacher_set"],
              e.get("student_augment", "none"), e["seed"]): e
             for e in entries if e["kind"] == "student"}
 
@@ -262,7 +269,7 @@ def report(path: Path) -> str:
                                    - runs[(*reference, s)]["test"][field] for s in paired])
                           for field in ("macro", "unseen"))
 
-    lines = ["| machine | split | student | teachers | student lever | seeds | test % | "
+    lines = ["| machine, corpus | split | student | teachers | student lever | seeds | test % | "
              "test unseen % | − no teachers, paired (points) | unseen − no teachers | "
              "− no lever, paired | unseen − no lever | CPU-min per run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -279,7 +286,7 @@ def report(path: Path) -> str:
                      f"{' | '.join(cells)} | {cpu:.1f} |")
     fits = [e for e in entries if e["kind"] == "teachers"]
     if fits:
-        lines += ["", "| machine | split | teachers | members | folds | epochs | fit CPU-min | "
+        lines += ["", "| machine, corpus | split | teachers | members | folds | epochs | fit CPU-min | "
                   "ensemble agreement on training clips % | ensemble validation % (95 % CI) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for e in fits:
@@ -287,7 +294,7 @@ def report(path: Path) -> str:
             valid = e.get("validation")
             known = (f"{100 * valid['macro']:.1f} ({100 * valid['macro_interval'][0]:.1f}–"
                      f"{100 * valid['macro_interval'][1]:.1f})" if valid else "not recorded")
-            lines.append(f"| {_machine_of(e)} | {e['split']} % | {e['teacher_set']} | "
+            lines.append(f"| {_where(e)} | {e['split']} % | {e['teacher_set']} | "
                          f"{', '.join(e['teachers'])} "
                          f"| {e['folds']} | {e['epochs']} | {cost} | "
                          f"{100 * e['train_agreement']:.1f} | {known} |")
