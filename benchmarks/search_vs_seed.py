@@ -104,6 +104,7 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
                             data.test.labels, data.test.devices, files=data.test.files)
             append_result(args.out, {
                 "revision": REVISION, "part": "seed", "plan": name, "seed": seed,
+                "data": data.root.name,  # the corpus folder: v1 and v2 differ in validation
                 "split": args.split, "epochs": epochs, "threads": torch.get_num_threads(),
                 "date": date.today().isoformat(), "macs": outcome.macs,
                 "params": outcome.params, "param_bytes": outcome.param_bytes,
@@ -193,6 +194,7 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
         statuses = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
         append_result(args.out, {
             "revision": SEARCH_REVISION, "part": "search", "plan": plan, "seed": seed,
+            "data": data.root.name,
             "space": args.space,
             "split": args.split, "epochs": epochs, "proxy_epochs": proxy, "rungs": rungs,
             "threads": torch.get_num_threads(), "date": date.today().isoformat(),
