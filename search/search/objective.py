@@ -120,6 +120,7 @@ class SearchSettings:
         return base.with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
                           kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature)
 
+
 #: ``--teacher none``: the study distils from nothing.
 NO_TEACHERS = "none"
 
