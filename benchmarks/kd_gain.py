@@ -115,7 +115,7 @@ TEACHER_SETS = {
 
 
 def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
-                    done_sets: set[tuple[str, int]], corpus: str) -> Any:
+                    done_sets: set[tuple[str, int]], corpus: str, precision: Any) -> Any:
     """The set's ensemble logits (None for ``none``), recording its fit once per split."""
     chosen = TEACHER_SETS[name]
     if chosen is None:
@@ -125,7 +125,6 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     else:
         batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
         recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
-    precision = precision_for("cpu")
     validation_logits: list[Any] = []
 
     def on_teacher(label: str, fitted: Any) -> None:
@@ -215,7 +214,8 @@ def main() -> None:
             settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment]))
             if logits is None and TEACHER_SETS[name] is not None:
                 logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
-                                         out=args.out, done_sets=done_sets, corpus=corpus)
+                                         out=args.out, done_sets=done_sets, corpus=corpus,
+                                         precision=precision)
             started = time.process_time()
             outcome = train_candidate(plans[student], settings=settings, pm=pm,
                                       train=data.train, validation=data.validation,
