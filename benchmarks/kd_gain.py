@@ -26,6 +26,10 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
 - ``run_default``: the teachers ``asc-search run`` fits when given none (``SearchSettings``'s
   defaults: one ``wide_cp_mobile``, 20 epochs at the product's batch): does the default run's
   distillation pay for the minutes it spends on it?
+- ``run_default_10``, ``run_default_40``: that teacher trained 10 or 40 epochs (the product's
+  ``--teacher-epochs``), between the 20 that teach and the 150 that memorise;
+- ``run_default_w50``: the ``run_default`` logits distilled with ``kd_weight`` 0.5 instead of
+  0.98 (a set's ``distill`` overrides the student's KD settings, not its teachers).
 
 Students train at the product's batch for the split, as ``asc-search run`` trains them, with
 ``--student-augments`` naming student-side levers (``STUDENT_AUGMENTS``): ``none``, or
@@ -93,6 +97,9 @@ class TeacherSet:
     product_batch: bool = False
     #: The teachers and recipe of ``asc-search run``'s defaults instead of the calibration's.
     from_run: bool = False
+    #: Overrides of the student's distillation (``kd_weight``, ``kd_temperature``): the same
+    #: teachers and cache, distilled differently.
+    distill: tuple[tuple[str, Any], ...] = ()
 
 
 TEACHER_SETS = {
@@ -111,6 +118,13 @@ TEACHER_SETS = {
     "oof_device_responses": TeacherSet(("wide_cp_mobile", "patchout_transformer"), folds=4,
                                        product_batch=True, recipe=(("device_response_p", 0.6),)),
     "run_default": TeacherSet(RUN_DEFAULTS.teachers, from_run=True),
+    # How long the default teacher trains: 20 epochs teach and 150 memorise (stop 26).
+    "run_default_10": TeacherSet(RUN_DEFAULTS.teachers, from_run=True, recipe=(("epochs", 10),)),
+    "run_default_40": TeacherSet(RUN_DEFAULTS.teachers, from_run=True, recipe=(("epochs", 40),)),
+    # The default teacher is no better on validation than its students, yet they give it 98 % of
+    # the loss: the same logits with the labels weighted as much as the teacher.
+    "run_default_w50": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
+                                  distill=(("kd_weight", 0.5),)),
 }
 
 
@@ -121,7 +135,11 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     if chosen is None:
         return None
     if chosen.from_run:  # exactly what the product fits: the same recipe, so the same cache
-        recipe = RUN_DEFAULTS.teacher_recipe(len(data.train)).with_(**dict(chosen.recipe))
+        overrides = dict(chosen.recipe)
+        # Epochs as ``--teacher-epochs`` sets them, so warm-up stays 10 % of the steps.
+        run = replace(RUN_DEFAULTS, teacher_epochs=overrides.pop("epochs",
+                                                                 RUN_DEFAULTS.teacher_epochs))
+        recipe = run.teacher_recipe(len(data.train)).with_(**overrides)
     else:
         batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
         recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
@@ -211,7 +229,9 @@ def main() -> None:
             if (name, student, seed, args.split, epochs, augment) in done:
                 continue
             # Students at the product's batch for the split, with the lever's overrides.
-            settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment]))
+            chosen = TEACHER_SETS[name]
+            settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment])
+                               | dict(chosen.distill if chosen else ()))
             if logits is None and TEACHER_SETS[name] is not None:
                 logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
                                          out=args.out, done_sets=done_sets, corpus=corpus,
