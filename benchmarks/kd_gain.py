@@ -41,7 +41,7 @@ agreement with the training labels (a set that memorises them scores 100 %) and,
 fitted in this run (not read from the cache), its validation accuracy: KD can only pass on what
 the teachers know beyond the student. Runs are appended
 to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine and
-corpus folder (rows name both; elsewhere they run again, see ``_where``); ``--report`` prints
+corpus folder (rows name both; elsewhere they run again, see ``where_ran``); ``--report`` prints
 mean ± sd over seeds and each set's gain over ``none``, paired by seed on one machine and corpus
 folder. Teacher fitting is
 measured once per set and split (a later run reads the cache). CPU time is process time with
@@ -60,7 +60,14 @@ from typing import Any
 
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import add_result_options, append_result, machine, plot_accuracies, read_results
+from results import (
+    add_result_options,
+    append_result,
+    machine,
+    plot_accuracies,
+    read_results,
+    where_ran,
+)
 from seed_plans import candidates
 
 from asc_search.features.experiment import load_split_data
@@ -198,7 +205,7 @@ def main() -> None:
                     lever = e.get("student_augment", "none")
                     name = f"{e['split']} %: {e['student']}, teachers {e['teacher_set']}" + (
                         f", {lever}" if lever != "none" else "") + (
-                        f" [{_where(e)}]")
+                        f" [{where_ran(e)}]")
                     groups.setdefault(name, []).append(e)
             print(plot_accuracies(dict(sorted(groups.items())), args.plot,
                                   title="knowledge distillation and student levers"))
@@ -211,14 +218,14 @@ def main() -> None:
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache_dir(), progress=False)
     corpus = data.root.name
     entries = [e for e in read_results(args.out) if e.get("revision") == REVISION]
-    # Rows of another machine or corpus folder do not count as done here (``_where``), and the
+    # Rows of another machine or corpus folder do not count as done here (``where_ran``), and the
     # report never pairs them.
-    here = _where({"machine": machine(), "data": corpus})
+    here = where_ran({"machine": machine(), "data": corpus})
     done = {(e["teacher_set"], e["student"], e["seed"], e["split"], e["epochs"],
              e.get("student_augment", "none")) for e in entries
-            if e["kind"] == "student" and _where(e) == here}
+            if e["kind"] == "student" and where_ran(e) == here}
     done_sets = {(e["teacher_set"], e["split"]) for e in entries
-                 if e["kind"] == "teachers" and _where(e) == here}
+                 if e["kind"] == "teachers" and where_ran(e) == here}
     settings, plans = candidates(pm)
     base_settings = settings
     precision = precision_for("cpu")
@@ -256,22 +263,13 @@ def main() -> None:
                 "test": evaluation_attrs(test)})
 
 
-def _where(entry: dict[str, Any]) -> str:
-    """The CPU and the corpus folder a row ran on ("unrecorded" for rows from before rows named
-    them): rows are paired by seed only where both agree. bf16 and fp32 machines train to
-    different numbers; and the same student, seed and recipe on two machines of one CPU model,
-    one reading the generator-v1 folder and one v2 (the same training and test clips), scored
-    55.2 and 53.4 % on test (stop 26): a difference as large as the seeds' spread."""
-    return f"{entry.get('machine', 'unrecorded')}, {entry.get('data', 'corpus unrecorded')}"
-
-
 def report(path: Path) -> str:
     """Per machine and corpus, split, student, teacher set and student lever: test (all,
     unseen) mean ± sd over seeds; the gain over no teachers and over no lever, each paired by
     seed on the same machine and corpus; and the teacher sets' fitting cost, training agreement
     and (when recorded) validation accuracy."""
     entries = [e for e in read_results(path) if e.get("revision") == REVISION]
-    runs = {(_where(e), e["split"], e["student"], e["teacher_set"],
+    runs = {(where_ran(e), e["split"], e["student"], e["teacher_set"],
              e.get("student_augment", "none"), e["seed"]): e
             for e in entries if e["kind"] == "student"}
 
@@ -314,7 +312,7 @@ def report(path: Path) -> str:
             valid = e.get("validation")
             known = (f"{100 * valid['macro']:.1f} ({100 * valid['macro_interval'][0]:.1f}–"
                      f"{100 * valid['macro_interval'][1]:.1f})" if valid else "not recorded")
-            lines.append(f"| {_where(e)} | {e['split']} % | {e['teacher_set']} | "
+            lines.append(f"| {where_ran(e)} | {e['split']} % | {e['teacher_set']} | "
                          f"{', '.join(e['teachers'])} "
                          f"| {e['folds']} | {e['epochs']} | {cost} | "
                          f"{100 * e['train_agreement']:.1f} | {known} |")

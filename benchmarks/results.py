@@ -43,6 +43,16 @@ def machine() -> str:
     return f"{model} (bf16)" if " avx512_bf16" in info else model
 
 
+def where_ran(entry: dict[str, Any]) -> str:
+    """The CPU and the corpus folder a row ran on ("unrecorded" for rows from before rows named
+    them): benchmarks pair rows, and count them as done, only where both agree. bf16 and fp32
+    machines train to different numbers; and the same student, seed and recipe on two machines
+    of one CPU model, one reading the generator-v1 folder and one v2 (the same training and test
+    clips), scored 55.2 and 53.4 % on test (stop 26): a difference as large as the seeds'
+    spread."""
+    return f"{entry.get('machine', 'unrecorded')}, {entry.get('data', 'corpus unrecorded')}"
+
+
 def append_result(path: Path, entry: dict[str, Any]) -> None:
     """Print ``entry``, tagged with the :func:`machine` it ran on, and append it to ``path``."""
     entry = {**entry, "machine": entry.get("machine", machine())}

@@ -46,7 +46,14 @@ from typing import Any
 import optuna
 import torch
 from calibrate_corpus import EPOCHS, recipe_for
-from results import add_result_options, append_result, plot_accuracies, read_results
+from results import (
+    add_result_options,
+    append_result,
+    machine,
+    plot_accuracies,
+    read_results,
+    where_ran,
+)
 from seed_plans import candidates
 
 from asc_search.complexity import count_complexity
@@ -130,16 +137,19 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     settings = SearchSettings(space=raw, space_source=source, split=args.split,
                               objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs)
     precision = precision_for("cpu")
+    # The budget is what (a) spent here: CPU time from another machine does not transfer.
+    here = where_ran({"machine": machine(), "data": data.root.name})
     seed_runs = [e for e in read_results(args.out)
-                 if e.get("revision") == REVISION and e["part"] == "seed"]
+                 if e.get("revision") == REVISION and e["part"] == "seed"
+                 and where_ran(e) == here]
     for seed in args.seeds:
         if ("search", plan, seed, args.split, epochs) in done:
             continue
         plans = {e["plan"]: e for e in seed_runs
                  if (e["seed"], e["split"], e["epochs"]) == (seed, args.split, epochs)}
         if not {"baseline", "S1", "S2", "S3"} <= set(plans):
-            print(f"seed {seed}: part seed has not run all four plans yet; no budget to search "
-                  "with")
+            print(f"seed {seed}: part seed has not run all four plans on this machine and corpus "
+                  "yet; no budget to search with")
             continue
         budget = sum(plans[p]["cpu_seconds"] for p in ("S1", "S2", "S3"))
         # A seed plan whose parent resumed before fits kept their CPU time was under-counted:
@@ -239,18 +249,21 @@ def _current(entry: dict[str, Any]) -> bool:
 
 
 def report(path: Path) -> str:
-    """Per part and plan: test macro accuracy mean ± sd over seeds (t interval), CPU-minutes."""
+    """Per machine and corpus folder, split, part and plan: test macro accuracy mean ± sd over
+    seeds (t interval), CPU-minutes; searched minus the best seed plan paired by seed within one
+    machine and corpus only (``where_ran``)."""
     entries = [e for e in read_results(path) if _current(e)]
 
     def pct(value: float) -> str:
         return f"{100 * value:.1f}"
 
-    lines = ["| split | part | plan | seeds | test % mean ± sd (95 % t) | per-seed test "
-             "(95 % bootstrap) | MACs | CPU-min per seed |", "| --- " * 8 + "|"]
-    for split in sorted({e["split"] for e in entries}):
-        for part, plan in sorted({(e["part"], e["plan"]) for e in entries if e["split"] == split}):
-            runs = sorted((e for e in entries if (e["split"], e["part"], e["plan"])
-                           == (split, part, plan)), key=lambda e: e["seed"])
+    lines = ["| machine, corpus | split | part | plan | seeds | test % mean ± sd (95 % t) | "
+             "per-seed test (95 % bootstrap) | MACs | CPU-min per seed |", "| --- " * 9 + "|"]
+    for where, split in sorted({(where_ran(e), e["split"]) for e in entries}):
+        here = [e for e in entries if (where_ran(e), e["split"]) == (where, split)]
+        for part, plan in sorted({(e["part"], e["plan"]) for e in here}):
+            runs = sorted((e for e in here if (e["part"], e["plan"]) == (part, plan)),
+                          key=lambda e: e["seed"])
             s = mean_sd_interval([e["test"]["macro"] for e in runs])
             shown = pct(s["mean"]) if s["n"] < 2 else \
                 f"{pct(s['mean'])} ± {pct(s['sd'])} ({pct(s['low'])}–{pct(s['high'])})"
@@ -260,16 +273,17 @@ def report(path: Path) -> str:
             minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
             # Rows whose parent resumed before resumed fits counted their earlier epochs.
             at_least = "≥ " if any(e.get("cpu_seconds_partial") for e in runs) else ""
-            lines.append(f"| {split} % | {part} | {plan} | {len(runs)} | {shown} | {seeds} | "
-                         f"{runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
-        lines.append(_versus_best_seed_plan(entries, split))
+            lines.append(f"| {where} | {split} % | {part} | {plan} | {len(runs)} | {shown} | "
+                         f"{seeds} | {runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
+        lines.append(_versus_best_seed_plan(here, split, where))
     return "\n".join(lines)
 
 
-def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int) -> str:
+def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str) -> str:
     """Each searched plan's test accuracy minus the best seed plan's (best mean test over the
-    searched seeds, which favours the seed side), paired by seed, and the CPU each side spent."""
-    by = {(e["part"], e["plan"], e["seed"]): e for e in entries if e["split"] == split}
+    searched seeds, which favours the seed side), paired by seed, and the CPU each side spent;
+    ``entries`` are one machine's and corpus folder's rows at ``split``."""
+    by = {(e["part"], e["plan"], e["seed"]): e for e in entries}
     lines = []
     for searched_as in sorted({plan for part, plan, _ in by if part == "search"}):
         seeds = sorted(seed for part, plan, seed in by if (part, plan) == ("search", searched_as))
@@ -285,7 +299,7 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int) -> str:
             seeds)
         spread = f" ± {100 * g['sd']:.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})" \
             if g["n"] > 1 else " (one seed: no interval over seeds, not a finding)"
-        lines.append(f"split {split} %: {searched_as} − {best} (the best seed plan) on test, "
+        lines.append(f"{where}, split {split} %: {searched_as} − {best} (the best seed plan) on test, "
                      f"paired by seed (n = {g['n']}): {100 * g['mean']:+.1f}{spread} points; "
                      f"CPU-min per seed: search {search_cpu:.1f}, S1 + S2 + S3 {seed_cpu:.1f}")
     return "\n" + "\n".join(lines) + "\n" if lines else ""
@@ -319,9 +333,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
     epochs = EPOCHS[args.split]
-    done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"])
-            for e in read_results(args.out) if _current(e)}
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
+    # Rows of another machine or corpus folder do not count as done here (``where_ran``).
+    here = where_ran({"machine": machine(), "data": data.root.name})
+    done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"])
+            for e in read_results(args.out) if _current(e) and where_ran(e) == here}
     teacher_recipe = recipe_for(args.split, len(data.train), 0, 256)
     ensemble = ensemble_logits(data.train, teacher_names=TEACHERS, pm=pm, cache_dir=cache,
                                recipe=teacher_recipe, progress=False)
