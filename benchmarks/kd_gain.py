@@ -28,6 +28,7 @@ how long they train, and its fitting options), the levers issue 13 asks to measu
   distillation pay for the minutes it spends on it?
 - ``run_default_10``, ``run_default_40``: that teacher trained 10 or 40 epochs (the product's
   ``--teacher-epochs``), between the 20 that teach and the 150 that memorise;
+- ``run_default_dr``: that teacher with device impulse-response augmentation (p 0.6);
 - ``run_default_x3``: three of that teacher, seeded apart, averaged;
 - ``run_default_w50``: the ``run_default`` logits distilled with ``kd_weight`` 0.5 instead of
   0.98 (a set's ``distill`` overrides the student's KD settings, not its teachers).
@@ -129,6 +130,10 @@ TEACHER_SETS = {
     # How long the default teacher trains: 20 epochs teach and 150 memorise (stop 26).
     "run_default_10": TeacherSet(RUN_DEFAULTS.teachers, from_run=True, recipe=(("epochs", 10),)),
     "run_default_40": TeacherSet(RUN_DEFAULTS.teachers, from_run=True, recipe=(("epochs", 40),)),
+    # The default teacher with device impulse-response augmentation (p 0.6), as its students
+    # get it: the long-trained sets memorised the split with it, this one stops at 20 epochs.
+    "run_default_dr": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
+                                 recipe=(("device_response_p", 0.6),)),
     # Three of the default teacher, each with a seed of its own, their logits averaged: an
     # ensemble that knows more than any one member, at three times the fitting time.
     "run_default_x3": TeacherSet(RUN_DEFAULTS.teachers * 3, from_run=True),
