@@ -81,7 +81,7 @@ from asc_search.search.objective import (
     evaluation_attrs,
     train_candidate,
 )
-from asc_search.teachers.ensemble import combine_logits, ensemble_logits
+from asc_search.teachers.quality import fit_scored_ensemble
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.train import precision_for, predict
 
@@ -159,25 +159,15 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
     else:
         batch = auto_batch_size(len(data.train)) if chosen.product_batch else 256
         recipe = recipe_for(split, len(data.train), 0, batch).with_(**dict(chosen.recipe))
-    validation_logits: list[Any] = []
-
-    def on_teacher(label: str, fitted: Any) -> None:
-        if fitted.model is not None:
-            validation_logits.append(fitted.predict(data.validation.features,
-                                                    precision=precision))
-
     started = time.process_time()
-    ensemble = ensemble_logits(data.train, teacher_names=list(chosen.teachers), pm=pm,
-                               cache_dir=cache_dir(), recipe=recipe, progress=False,
-                               folds=chosen.folds, precision=precision, on_teacher=on_teacher)
+    scored = fit_scored_ensemble(data, teacher_names=list(chosen.teachers), pm=pm,
+                                 cache_dir=cache_dir(), recipe=recipe, precision=precision,
+                                 progress=False, folds=chosen.folds)
+    ensemble, together = scored.ensemble, scored.qualities[-1]
     if (name, split) not in done_sets:
-        agreement = evaluate(ensemble.logits, data.train.labels, data.train.devices,
-                             interval=False)
         # Only a fit made now has its models (the cache keeps the training logits alone).
-        validation = (evaluation_attrs(evaluate(
-            combine_logits(validation_logits, "mean_logits"), data.validation.labels,
-            data.validation.devices, files=data.validation.files))
-            if validation_logits and len(validation_logits) == len(chosen.teachers) else None)
+        validation = (evaluation_attrs(together.validation) if together.validation is not None
+                      else None)
         append_result(out, {"revision": REVISION, "kind": "teachers", "teacher_set": name,
                             "data": corpus,
                             "split": split, "teachers": list(ensemble.per_teacher),
@@ -185,7 +175,7 @@ def fitted_teachers(name: str, *, data: Any, pm: Any, split: int, out: Path,
                             "recipe": dict(chosen.recipe), "batch_size": recipe.batch_size,
                             "cache_hit": ensemble.cache_hit,
                             "cpu_seconds": round(time.process_time() - started, 1),
-                            "train_agreement": round(agreement.macro_accuracy, 4),
+                            "train_agreement": round(together.train_agreement, 4),
                             "validation": validation})
         done_sets.add((name, split))
     return ensemble.logits

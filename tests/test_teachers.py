@@ -197,6 +197,40 @@ def test_out_of_fold_logits_come_from_fits_that_never_saw_the_clip(tiny_corpus: 
     assert sum(len(everything - seen) for seen in memoriser.fits) == len(everything)
 
 
+def test_teacher_quality_shows_a_memoriser_for_what_it_is(tiny_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    """A teacher that memorised its clips agrees 100 % with their labels and knows nothing of
+    validation clips: the two numbers that say whether KD has anything to pass on."""
+    from asc_search.teachers.quality import ENSEMBLE_ROW, fit_scored_ensemble
+    from asc_search.training.train import precision_for
+
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(Memoriser())
+    data = load_split_data(str(tiny_corpus), 100, pm=pm, cache_dir=tmp_path, progress=False)
+    precise = precision_for("cpu", mixed=False)  # the lookup needs the exact cached rows
+
+    def scored():
+        return fit_scored_ensemble(data, teacher_names=["memoriser"], pm=pm, cache_dir=tmp_path,
+                                   recipe=RECIPE, precision=precise, progress=False)
+
+    fitted = scored()
+    assert [q.name for q in fitted.qualities] == ["memoriser", ENSEMBLE_ROW]
+    for quality in fitted.qualities:
+        assert quality.train_agreement == 1.0
+        # It scores every validation clip as zeros, so it names the first class for all of
+        # them: the macro accuracy of always answering one class.
+        assert quality.validation is not None
+        assert quality.validation.macro_accuracy == pytest.approx(1 / len(SCENES))
+        low, high = quality.validation.macro_interval
+        assert low <= quality.validation.macro_accuracy <= high
+    cached = scored()
+    assert cached.ensemble.cache_hit
+    # From the cache, logits only: agreement is known, validation is not (no model to ask).
+    (together,) = cached.qualities
+    assert together.name == ENSEMBLE_ROW and together.train_agreement == 1.0
+    assert together.validation is None
+
+
 def test_more_folds_than_recordings_is_one_clear_error(tiny_corpus: Path, tmp_path: Path) -> None:
     import dataclasses
 

@@ -94,42 +94,25 @@ def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> 
 def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any, *,
               folds: int = 1) -> Any:
-    """Fit (or load) the ensemble; return it and one row per fitted teacher: name, agreement
-    with the labels on the training clips, validation macro accuracy with its 95 % interval."""
-    from asc_search.teachers.ensemble import combine_logits, ensemble_logits
-    from asc_search.training.evaluate import evaluate
+    """Fit (or load) the ensemble; return it and one row per teacher and the ensemble: name,
+    agreement with the labels on the training clips, validation macro accuracy with its 95 %
+    interval (``asc_search.teachers.quality``)."""
+    from asc_search.teachers.quality import fit_scored_ensemble
 
-    teacher_recipe = teacher_recipe_for(recipe, epochs=teacher_epochs)
-    rows: list[tuple[str, str, str]] = []
-    validation_logits: list[np.ndarray] = []
-
-    def scored(logits: np.ndarray) -> str:
-        result = evaluate(logits, data.validation.labels, data.validation.devices,
-                          files=data.validation.files, classes=data.validation.classes)
-        low, high = result.macro_interval
-        return f"{100 * result.macro_accuracy:.1f} ({100 * low:.1f}–{100 * high:.1f})"
-
-    def report(name: str, fitted: Any) -> None:
-        train_acc = evaluate(fitted.logits, data.train.labels, data.train.devices,
-                             interval=False, classes=data.train.classes).macro_accuracy
+    scored = fit_scored_ensemble(data, teacher_names=teacher_names or DEFAULT_TEACHERS,
+                                 pm=obj.pm, cache_dir=obj.cache,
+                                 recipe=teacher_recipe_for(recipe, epochs=teacher_epochs),
+                                 precision=precision, mode=ensemble, progress=not obj.quiet,
+                                 folds=folds)
+    rows = []
+    for quality in scored.qualities:
         valid = ""
-        if fitted.model is not None:
-            logits = fitted.predict(data.validation.features, precision=precision)
-            validation_logits.append(logits)
-            valid = scored(logits)
-        rows.append((name, f"{100 * train_acc:.1f}", valid))
-
-    result = ensemble_logits(data.train, teacher_names=teacher_names or DEFAULT_TEACHERS, pm=obj.pm,
-                             cache_dir=obj.cache, recipe=teacher_recipe, precision=precision,
-                             mode=ensemble, progress=not obj.quiet, on_teacher=report,
-                             folds=folds)
-    train_acc = evaluate(result.logits, data.train.labels, data.train.devices,
-                         interval=False, classes=data.train.classes).macro_accuracy
-    # The ensemble's validation score needs every member's model (not the logits files').
-    together = (scored(combine_logits(validation_logits, ensemble))
-                if rows and len(validation_logits) == len(rows) else "")
-    rows.append(("ensemble", f"{100 * train_acc:.1f}", together))
-    return result, rows
+        if quality.validation is not None:
+            low, high = quality.validation.macro_interval
+            valid = (f"{100 * quality.validation.macro_accuracy:.1f} "
+                     f"({100 * low:.1f}–{100 * high:.1f})")
+        rows.append((quality.name, f"{100 * quality.train_agreement:.1f}", valid))
+    return scored.ensemble, rows
 
 
 @click.command("train")
