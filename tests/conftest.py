@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -65,10 +66,19 @@ ASC_SEARCH = str(Path(sys.executable).with_name("asc-search"))
 
 def start(*args: str, env: dict[str, str] | None = None,
           **popen: object) -> subprocess.Popen[str]:
-    """Start ``asc-search ARGS`` as its own process, output piped and unbuffered."""
+    """Start ``asc-search ARGS`` as its own process, output piped and unbuffered.
+
+    Ctrl-C is set back to its default in the child first: a shell without job control starts a
+    backgrounded command (``pytest &`` in a script) with SIGINT ignored, every child inherits
+    that, and Python then installs no KeyboardInterrupt handler, so the Ctrl-C tests would
+    see a run that cannot be interrupted (it finishes and exits 0)."""
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([ASC_SEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, **popen)
+                            text=True, env=env, preexec_fn=_default_ctrl_c, **popen)
+
+
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_wav(path: Path, samples: np.ndarray, *, rate: int = 44_100,
