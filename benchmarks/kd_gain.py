@@ -201,16 +201,19 @@ def main() -> None:
     if args.report:
         print(report(args.out, against=args.against))
         if args.plot:
+            # One machine and corpus per figure (the newest row's): others do not compare.
+            rows = [e for e in read_results(args.out)
+                    if e.get("revision") == REVISION and e["kind"] == "student"]
+            where = where_ran(rows[-1]) if rows else ""
             groups: dict[str, list[dict[str, Any]]] = {}
-            for e in read_results(args.out):
-                if e.get("revision") == REVISION and e["kind"] == "student":
+            for e in rows:
+                if where_ran(e) == where:
                     lever = e.get("student_augment", "none")
-                    name = f"{e['split']} %: {e['student']}, teachers {e['teacher_set']}" + (
-                        f", {lever}" if lever != "none" else "") + (
-                        f" [{where_ran(e)}]")
+                    name = f"{e['split']} %: {e['student']}, {e['teacher_set']}" + (
+                        f", {lever}" if lever != "none" else "")
                     groups.setdefault(name, []).append(e)
             print(plot_accuracies(dict(sorted(groups.items())), args.plot,
-                                  title="knowledge distillation and student levers"))
+                                  title=f"knowledge distillation and student levers ({where})"))
         return
     torch.set_num_threads(args.threads)
     if args.epochs:

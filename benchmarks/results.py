@@ -74,6 +74,14 @@ def plot_accuracies(groups: dict[str, list[dict[str, Any]]], path: Path, *, titl
     from asc_search.training.evaluate import mean_sd_interval
 
     figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.8))
+    labelled: set[str] = set()  # each marker's legend entry once, whichever group shows it first
+
+    def label(text: str) -> str | None:
+        if text in labelled:
+            return None
+        labelled.add(text)
+        return text
+
     for x, runs in enumerate(groups.values()):
         runs = sorted(runs, key=lambda e: e["seed"])
         for k, run in enumerate(runs):
@@ -81,17 +89,17 @@ def plot_accuracies(groups: dict[str, list[dict[str, Any]]], path: Path, *, titl
             offset = 0.12 * (k - (len(runs) - 1) / 2)
             axis.errorbar(x + 0.25 + offset, 100 * value, yerr=[[100 * (value - low)],
                           [100 * (high - value)]], fmt="o", ms=3, c="grey", elinewidth=0.8,
-                          label="one seed (95 % bootstrap)" if x == 0 and k == 0 else None)
+                          label=label("one seed (95 % bootstrap)"))
         summary = mean_sd_interval([run[field]["macro"] for run in runs])
         if summary["n"] > 1:
             axis.errorbar(x, 100 * summary["mean"],
                           yerr=[[100 * (summary["mean"] - summary["low"])],
                                 [100 * (summary["high"] - summary["mean"])]],
                           fmt="s", ms=7, c="tab:blue", capsize=4,
-                          label="mean over seeds (95 % t)" if x == 0 else None)
+                          label=label("mean over seeds (95 % t)"))
         else:
             axis.plot(x, 100 * summary["mean"], "s", ms=7, mfc="none", c="tab:blue",
-                      label="one seed only (no interval over seeds)" if x == 0 else None)
+                      label=label("one seed only (no interval over seeds)"))
     axis.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right")
     axis.set_ylabel(f"{field} macro accuracy (%)")
     axis.set_title(title, fontsize=10)
