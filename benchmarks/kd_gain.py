@@ -44,8 +44,8 @@ fitted in this run (not read from the cache), its validation accuracy: KD can on
 the teachers know beyond the student. Runs are appended
 to ``--out`` (default benchmarks/kd_gain.jsonl) and skipped on a rerun on the same machine and
 corpus folder (rows name both; elsewhere they run again, see ``where_ran``); ``--report`` prints
-mean ± sd over seeds and each set's gain over ``none``, paired by seed on one machine and corpus
-folder. Teacher fitting is
+mean ± sd over seeds and each set's gain over ``none`` (or over ``--against SET``), paired by
+seed on one machine and corpus folder. Teacher fitting is
 measured once per set and split (a later run reads the cache). CPU time is process time with
 ``--threads 1``.
 """
@@ -244,7 +244,7 @@ def main() -> None:
             chosen = TEACHER_SETS[name]
             settings = replace(base_settings, recipe=dict(STUDENT_AUGMENTS[augment])
                                | dict(chosen.distill if chosen else ()))
-            if logits is None and TEACHER_SETS[name] is not None:
+            if logits is None and chosen is not None:
                 logits = fitted_teachers(name, data=data, pm=pm, split=args.split,
                                          out=args.out, done_sets=done_sets, corpus=corpus,
                                          precision=precision)
