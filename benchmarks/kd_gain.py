@@ -141,6 +141,16 @@ TEACHER_SETS = {
     # the loss: the same logits with the labels weighted as much as the teacher.
     "run_default_w50": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
                                   distill=(("kd_weight", 0.5),)),
+    # The same logits at another KD temperature than the recipe's 2: softer (4) spreads the
+    # teacher's doubt over more classes, harder (1) is close to its arg-max.
+    "run_default_t1": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
+                                 distill=(("kd_temperature", 1.0),)),
+    "run_default_t4": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
+                                 distill=(("kd_temperature", 4.0),)),
+    # Two architectures, each stopped at the default's 20 epochs: the ensemble of different
+    # models the seed used, without the 150 epochs that made the calibration pair memorise.
+    "run_default_mix": TeacherSet(RUN_DEFAULTS.teachers + ("patchout_transformer",),
+                                  from_run=True),
 }
 
 
