@@ -149,7 +149,7 @@ TEACHER_SETS = {
                                  distill=(("kd_temperature", 4.0),)),
     # Two architectures, each stopped at the default's 20 epochs: the ensemble of different
     # models the seed used, without the 150 epochs that made the calibration pair memorise.
-    "run_default_mix": TeacherSet(RUN_DEFAULTS.teachers + ("patchout_transformer",),
+    "run_default_mix": TeacherSet((*RUN_DEFAULTS.teachers, "patchout_transformer"),
                                   from_run=True),
 }
 

@@ -125,8 +125,9 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
 
 
 def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logits: Any,
-                    done: set[tuple[Any, ...]], epochs: int) -> None:
-    """(b): the search under the CPU budget of (a)'s S1–S3 at the same seed."""
+                    done: set[tuple[Any, ...]], epochs: int, here: str) -> None:
+    """(b): the search under the CPU budget of (a)'s S1–S3 at the same seed, as (a) spent it
+    ``here`` (``where_ran``): CPU time from another machine does not transfer."""
     raw, source = read_space(args.space)
     space = space_from_dict(raw, source=source, pm=pm)
     plan = searched_plan(args.space)
@@ -137,8 +138,6 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     settings = SearchSettings(space=raw, space_source=source, split=args.split,
                               objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs)
     precision = precision_for("cpu")
-    # The budget is what (a) spent here: CPU time from another machine does not transfer.
-    here = where_ran({"machine": machine(), "data": data.root.name})
     seed_runs = [e for e in read_results(args.out)
                  if e.get("revision") == REVISION and e["part"] == "seed"
                  and where_ran(e) == here]
@@ -324,9 +323,13 @@ def main() -> None:
             groups: dict[str, list[dict[str, Any]]] = {}
             order = ["baseline", "S1", "S2", "S3"]  # then the searched plans, by name
             rank = {plan: i for i, plan in enumerate(order)}
-            for e in sorted(entries, key=lambda e: (e["split"], rank.get(e["plan"], len(order)),
-                                                    e["plan"])):
-                groups.setdefault(f"{e['split']} %: {e['plan']}", []).append(e)
+            # Rows of one machine and corpus folder pool; those of others get groups of their
+            # own, named after where they ran, as the report keeps them apart.
+            wheres = sorted({where_ran(e) for e in entries})
+            for e in sorted(entries, key=lambda e: (e["split"], wheres.index(where_ran(e)),
+                                                    rank.get(e["plan"], len(order)), e["plan"])):
+                where = f" ({where_ran(e)})" if len(wheres) > 1 else ""
+                groups.setdefault(f"{e['split']} %: {e['plan']}{where}", []).append(e)
             print(plot_accuracies(groups, args.plot, title="search against the seed plans "
                                   "(embedded corpus)"))
         return
@@ -346,7 +349,7 @@ def main() -> None:
                       epochs=epochs)
     if "search" in args.parts:
         run_search_part(args, pm=pm, data=data, teacher_logits=ensemble.logits, done=done,
-                        epochs=epochs)
+                        epochs=epochs, here=here)
 
 
 if __name__ == "__main__":
