@@ -201,7 +201,7 @@ def test_teacher_quality_shows_a_memoriser_for_what_it_is(tiny_corpus: Path,
                                                           tmp_path: Path) -> None:
     """A teacher that memorised its clips agrees 100 % with their labels and knows nothing of
     validation clips: the two numbers that say whether KD has anything to pass on."""
-    from asc_search.teachers.quality import ENSEMBLE_ROW, fit_scored_ensemble
+    from asc_search.teachers.quality import ENSEMBLE_ROW, fit_scored_ensemble, memorised_note
     from asc_search.training.train import precision_for
 
     pm = build_plugin_manager(load_entry_points=False)
@@ -223,12 +223,24 @@ def test_teacher_quality_shows_a_memoriser_for_what_it_is(tiny_corpus: Path,
         assert quality.validation.macro_accuracy == pytest.approx(1 / len(SCENES))
         low, high = quality.validation.macro_interval
         assert low <= quality.validation.macro_accuracy <= high
+    # Full agreement in fold is memory: the commands that fit teachers warn of it.
+    assert "memorised" in memorised_note(fitted.qualities[-1].train_agreement)
     cached = scored()
     assert cached.ensemble.cache_hit
     # From the cache, logits only: agreement is known, validation is not (no model to ask).
     (together,) = cached.qualities
     assert together.name == ENSEMBLE_ROW and together.train_agreement == 1.0
     assert together.validation is None
+
+
+def test_only_in_fold_full_agreement_counts_as_memorised() -> None:
+    """The default teacher agrees 98.6 % at split 5 and teaches; 100 % in fold is memory; out
+    of fold, full agreement is what the teachers know of clips they never heard."""
+    from asc_search.teachers.quality import memorised_note
+
+    assert memorised_note(0.986) is None
+    assert "--teacher-epochs" in memorised_note(1.0)
+    assert memorised_note(1.0, folds=4) is None
 
 
 def test_more_folds_than_recordings_is_one_clear_error(tiny_corpus: Path, tmp_path: Path) -> None:

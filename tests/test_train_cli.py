@@ -15,14 +15,16 @@ QUICK = ("--epochs", "2", "--batch-size", "32", "--warmup-steps", "2", "--base-c
 
 
 def test_train_with_kd_prints_the_evaluation_and_saves(cli, tiny_corpus: Path, tmp_path: Path) -> None:
+    # In ``teachers fit``, --epochs is the teachers'; the distillation options are not theirs.
     fitted = cli("-q", "teachers", "fit", "--data", tiny_corpus, "--split", "25",
                  "--teacher", "wide_cp_mobile=16", "--epochs", "1", "--batch-size", "32",
-                 "--warmup-steps", "2", "--kd-weight", "0.5")
+                 "--kd-weight", "0.5")
     assert fitted.code == 0, fitted.err
     assert "wide_cp_mobile" in fitted.out and "ensemble logits fitted" in fitted.out
     # Each teacher and the ensemble: agreement on the training clips, validation with its CI.
     assert re.search(r"ensemble\W+\d+\.\d\W+\d+\.\d \(\d+\.\d–\d+\.\d\)", fitted.out), \
         fitted.out
+    # The student's own --epochs and --warmup-steps do not reach its teachers: the same entry.
     out = tmp_path / "student.pt"
     result = cli("-q", "train", "--data", tiny_corpus, "--split", "25", "--kd",
                  "--teacher", "wide_cp_mobile=16", "--teacher-epochs", "1", *QUICK, "--out", out)
@@ -33,6 +35,32 @@ def test_train_with_kd_prints_the_evaluation_and_saves(cli, tiny_corpus: Path, t
     checkpoint = load_checkpoint(out)
     assert checkpoint.spec.base_channels == 16 and checkpoint.metadata["kd"] is True
     assert 0 <= checkpoint.metadata["test_macro_accuracy"] <= 1
+
+
+def test_teachers_fit_fills_the_entry_a_default_run_reads(cli, tiny_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    """With no recipe options, ``teachers fit`` trains the teachers exactly as ``run`` does (the
+    search's batch for the split, 10 % warm-up), so the run finds them cached; and it warns
+    when they have memorised the split."""
+    from asc_search.features.experiment import load_split_data
+    from asc_search.plugin_manager import build_plugin_manager
+    from asc_search.search.objective import SearchSettings
+    from asc_search.teachers.ensemble import ensemble_logits
+
+    fitted = cli("-q", "teachers", "fit", "--data", tiny_corpus, "--split", "25",
+                 "--teacher", "wide_cp_mobile=16", "--teacher-epochs", "1")
+    assert fitted.code == 0, fitted.err
+    run = SearchSettings(space={}, space_source="", teachers=("wide_cp_mobile=16",),
+                         teacher_epochs=1)
+    pm = build_plugin_manager()
+    cache = tmp_path / "cache"
+    data = load_split_data(str(tiny_corpus), 25, pm=pm, cache_dir=cache, progress=False)
+    again = ensemble_logits(data.train, teacher_names=run.teachers, pm=pm, cache_dir=cache,
+                            recipe=run.teacher_recipe(len(data.train)), progress=False)
+    assert again.cache_hit
+    agreement = re.search(r"ensemble\W+(\d+\.\d)", fitted.out)
+    assert agreement, fitted.out
+    assert ("memorised the split" in fitted.out) == (float(agreement.group(1)) >= 99.9)
 
 
 def test_train_help_shows_the_published_recipe(cli) -> None:

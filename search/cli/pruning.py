@@ -76,7 +76,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
                                  progress=not obj.quiet, with_test=False)
     teacher_logits = None
     if kd:
-        result, _ = _ensemble(obj, split_data, recipe, teacher_names, teacher_epochs, ensemble,
+        result, _ = _ensemble(obj, split_data, teacher_names, teacher_epochs, ensemble,
                               precision, folds=teacher_folds)
         teacher_logits = result.logits
 

@@ -17,12 +17,29 @@ from rich.table import Table
 
 from asc_search.cli.main import Context, _stdout, pass_context
 from asc_search.cli.training import _data_options
+from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 
 DEFAULT_STUDY = "asc-search"
 
 
 def _say(line: str) -> None:
     _stdout().print(line, highlight=False, markup=False)
+
+
+def _say_teacher_agreement(resources: Any) -> None:
+    """How much of the training labels the study's teachers agree with, and a note where they
+    have memorised them (``asc_search.teachers.quality``): before minutes go into students."""
+    if resources.teacher_logits is None:
+        return
+    from asc_search.teachers.quality import label_agreement, memorised_note
+
+    settings = resources.settings
+    agreement = label_agreement(resources.train, resources.teacher_logits)
+    _say(f"teachers ({', '.join(settings.teachers)}) agree with {100 * agreement:.1f} % of the "
+         "training labels" + (" (out of fold)" if settings.teacher_folds > 1 else ""))
+    note = memorised_note(agreement, folds=settings.teacher_folds)
+    if note:
+        _say(note)
 
 
 def _storage_options(command: Any) -> Any:
@@ -99,9 +116,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
                    "doubling fine-tunes (successive halving); retrain: each finalist is trained "
                    "again from scratch on the whole budget.")
 @click.option("--teacher", "teacher_names", multiple=True,
-              help="Teacher NAME or NAME=OPTION (repeatable) [default: wide_cp_mobile]; "
+              help="Teacher NAME or NAME=OPTION (repeatable) "
+                   f"[default: {', '.join(DEFAULT_TEACHERS)}]; "
                    "'none': no distillation, students learn from the labels alone.")
-@click.option("--teacher-epochs", type=int, default=20, show_default=True)
+@click.option("--teacher-epochs", type=int, default=DEFAULT_TEACHER_EPOCHS, show_default=True)
 @click.option("--teacher-folds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Out-of-fold teacher logits from K fits (1: logits on clips the teachers saw).")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=None,
@@ -212,6 +230,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     # Data, features and teachers once, here, so parallel workers all find them cached.
     resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
                                device=device, progress=not obj.quiet)
+    _say_teacher_agreement(resources)
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,
                              sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
     if heartbeat is not None:  # workers joining later beat at the same pace

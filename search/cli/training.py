@@ -13,13 +13,14 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from rich.table import Table
 
 from asc_search.cli.main import Context, _stdout, pass_context, spec_from_options, spec_options
 from asc_search.errors import AscSearchError
+from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 from asc_search.training.recipe import TrainingRecipe
 
-DEFAULT_TEACHERS = ("wide_cp_mobile", "patchout_transformer")
 _HELP = {
     "epochs": "Training epochs.",
     "batch_size": "Clips per step.",
@@ -73,7 +74,8 @@ def _teacher_options(command: Callable[..., Any]) -> Callable[..., Any]:
                            help="Teacher NAME or NAME=OPTION (repeatable) "
                                 f"[default: {', '.join(DEFAULT_TEACHERS)}].")(command)
     command = click.option("--teacher-epochs", type=int, default=None,
-                           help="Teacher epochs [default: the student's].")(command)
+                           help="Teacher epochs at the search's batch for the split "
+                                f"[default: {DEFAULT_TEACHER_EPOCHS}, as run].")(command)
     command = click.option("--ensemble", type=click.Choice(["mean_logits", "mean_probs"]),
                            default="mean_logits", show_default=True)(command)
     command = click.option("--teacher-folds", type=click.IntRange(min=1), default=1,
@@ -83,25 +85,43 @@ def _teacher_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def teacher_recipe_for(recipe: TrainingRecipe, *, epochs: int | None = None) -> TrainingRecipe:
-    """The student's recipe minus its distillation settings, which a teacher never uses: so a
-    student that only changes ``kd_weight`` reuses the cached ensemble instead of refitting it."""
-    defaults = TrainingRecipe()
-    return recipe.with_(epochs=epochs or recipe.epochs, kd_weight=defaults.kd_weight,
-                        kd_temperature=defaults.kd_temperature)
+def _given(option: str) -> bool:
+    """Whether the running command's ``option`` was given, not left at its default."""
+    context = click.get_current_context()
+    return option in context.params and context.get_parameter_source(option) not in (
+        None, ParameterSource.DEFAULT)
 
 
-def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tuple[str, ...],
+def teacher_recipe_for(n_train: int, *, epochs: int | None = None) -> TrainingRecipe:
+    """The teachers' recipe, as ``asc-search run`` fits them: the search's teacher recipe
+    (``SearchSettings.teacher_recipe``: batch for the split, ``epochs`` or 20 of them, 10 %
+    warm-up, no distillation settings) with the recipe options given on this command line.
+
+    So ``teachers fit`` with no options fills the very cache entry a default ``run`` reads, and a
+    student that changes only ``--epochs`` or ``--kd-weight`` reuses the ensemble. Teachers no
+    longer train for the student's 150 epochs: so trained, they memorise the split and cost
+    students points (``asc_search.teachers``).
+    """
+    from asc_search.search.objective import SearchSettings
+
+    context = click.get_current_context()
+    given = {f.name: context.params[f.name] for f in fields(TrainingRecipe) if _given(f.name)}
+    settings = SearchSettings(space={}, space_source="", recipe=given,
+                              teacher_epochs=epochs or DEFAULT_TEACHER_EPOCHS)
+    return settings.teacher_recipe(n_train)
+
+
+def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any, *,
               folds: int = 1) -> Any:
     """Fit (or load) the ensemble; return it and one row per teacher and the ensemble: name,
     agreement with the labels on the training clips, validation macro accuracy with its 95 %
-    interval (``asc_search.teachers.quality``)."""
-    from asc_search.teachers.quality import fit_scored_ensemble
+    interval (``asc_search.teachers.quality``). A set that has memorised the split says so."""
+    from asc_search.teachers.quality import fit_scored_ensemble, memorised_note
 
     scored = fit_scored_ensemble(data, teacher_names=teacher_names or DEFAULT_TEACHERS,
                                  pm=obj.pm, cache_dir=obj.cache,
-                                 recipe=teacher_recipe_for(recipe, epochs=teacher_epochs),
+                                 recipe=teacher_recipe_for(len(data.train), epochs=teacher_epochs),
                                  precision=precision, mode=ensemble, progress=not obj.quiet,
                                  folds=folds)
     rows = []
@@ -112,6 +132,9 @@ def _ensemble(obj: Context, data: Any, recipe: TrainingRecipe, teacher_names: tu
             valid = (f"{100 * quality.validation.macro_accuracy:.1f} "
                      f"({100 * low:.1f}–{100 * high:.1f})")
         rows.append((quality.name, f"{100 * quality.train_agreement:.1f}", valid))
+    note = memorised_note(scored.qualities[-1].train_agreement, folds=folds)
+    if note:
+        _stdout().print(note, highlight=False, markup=False)
     return scored.ensemble, rows
 
 
@@ -158,7 +181,7 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
                       f"({data.files.validation_source})", highlight=False)
     teacher_logits = None
     if kd:
-        result, _ = _ensemble(obj, data, recipe, teacher_names, teacher_epochs, ensemble, precision,
+        result, _ = _ensemble(obj, data, teacher_names, teacher_epochs, ensemble, precision,
                               folds=teacher_folds)
         teacher_logits = result.logits
         out_console.print(f"teacher ensemble: {'cache hit' if result.cache_hit else 'fitted'} "
@@ -207,11 +230,13 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
     from asc_search.features.experiment import load_split_data
     from asc_search.training.train import precision_for
 
-    recipe = _recipe(values)
+    recipe = _recipe(values)  # refuses a bad option before any data is read
+    if teacher_epochs is None and _given("epochs"):  # here --epochs can only mean the teachers'
+        teacher_epochs = recipe.epochs
     precision = precision_for(device)
     loaded = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                              progress=not obj.quiet, with_test=False)
-    result, rows = _ensemble(obj, loaded, recipe, teacher_names, teacher_epochs, ensemble,
+    result, rows = _ensemble(obj, loaded, teacher_names, teacher_epochs, ensemble,
                              precision, folds=teacher_folds)
     agreement = ("out-of-fold macro acc % on the training clips" if teacher_folds > 1
                  else "train macro acc %")

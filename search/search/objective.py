@@ -34,6 +34,7 @@ from asc_search.search.budget import StepBudget, report_epochs, step_budget, tra
 from asc_search.search.heartbeat import worker_id
 from asc_search.search.space import Candidate, SearchSpace
 from asc_search.search.storage import scratch
+from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 from asc_search.training.checkpoint import save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate
 from asc_search.training.int8 import (
@@ -70,8 +71,8 @@ class SearchSettings:
     promote_epochs: int = 32
     #: The ensemble every student distils from; empty (``--teacher none``): no distillation,
     #: students learn from the labels alone.
-    teachers: tuple[str, ...] = ("wide_cp_mobile",)
-    teacher_epochs: int = 20
+    teachers: tuple[str, ...] = DEFAULT_TEACHERS
+    teacher_epochs: int = DEFAULT_TEACHER_EPOCHS
     #: Out-of-fold teacher logits from this many fits (1: logits on the clips a teacher saw).
     teacher_folds: int = 1
     ensemble: str = "mean_logits"
@@ -132,7 +133,7 @@ def study_teachers(names: Sequence[str]) -> tuple[str, ...]:
     students 2–3 points on test, while the default's short-trained one added 2.4 over six seeds
     (95 % t +0.8 to +4.0; ``benchmarks/kd_gain.py``)."""
     if NO_TEACHERS not in names:
-        return tuple(names) or SearchSettings.__dataclass_fields__["teachers"].default
+        return tuple(names) or DEFAULT_TEACHERS
     if len(names) > 1:
         raise AscSearchError("--teacher none: it means no distillation, so it cannot be given "
                              "with other teachers")

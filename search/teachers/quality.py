@@ -32,7 +32,7 @@ from asc_search.teachers.ensemble import (
 )
 from asc_search.training.evaluate import Evaluation, evaluate
 from asc_search.training.recipe import TrainingRecipe
-from asc_search.training.train import Precision
+from asc_search.training.train import LabelledSet, Precision
 
 #: The name of the row for the whole ensemble, after one row per teacher.
 ENSEMBLE_ROW = "ensemble"
@@ -79,9 +79,34 @@ def fit_scored_ensemble(split: SplitData, *, teacher_names: Sequence[str],
     return ScoredEnsemble(ensemble, qualities)
 
 
+#: In-fold agreement with the training labels from which a teacher set has memorised them.
+MEMORISED_AGREEMENT = 0.999
+
+
+def label_agreement(train: LabelledSet, logits: np.ndarray) -> float:
+    """Macro accuracy of a teacher set's logits against the training labels."""
+    return evaluate(logits, train.labels, train.devices, interval=False,
+                    classes=train.classes).macro_accuracy
+
+
+def memorised_note(agreement: float, *, folds: int = 1) -> str | None:
+    """A warning when in-fold teachers agree with every training label, else None.
+
+    Such teachers hand the student its hard labels back, and at the recipe's KD weight of 0.98
+    those replace the labels with nothing added: on the embedded corpus every memorising set cost
+    its students 2–3 points against the 20-epoch default (``benchmarks/kd_gain.py``). Out of fold
+    (``folds`` > 1), full agreement is knowledge, not memory, and gets no warning.
+    """
+    if folds > 1 or agreement < MEMORISED_AGREEMENT:
+        return None
+    return (f"note: the teachers agree with {100 * agreement:.1f} % of the training labels: they "
+            "have memorised the split, so their soft labels are its hard labels again and KD "
+            "can cost the students points; fit them shorter (--teacher-epochs, default 20) or "
+            "out of fold (--teacher-folds)")
+
+
 def _agreement(split: SplitData, logits: np.ndarray) -> float:
-    return evaluate(logits, split.train.labels, split.train.devices, interval=False,
-                    classes=split.train.classes).macro_accuracy
+    return label_agreement(split.train, logits)
 
 
 def _validation(split: SplitData, logits: np.ndarray) -> Evaluation:
