@@ -134,6 +134,9 @@ TEACHER_SETS = {
     # get it: the long-trained sets memorised the split with it, this one stops at 20 epochs.
     "run_default_dr": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
                                  recipe=(("device_response_p", 0.6),)),
+    # ...and with mixup (α 0.3), the other augmentation the issue names for teachers.
+    "run_default_mixup": TeacherSet(RUN_DEFAULTS.teachers, from_run=True,
+                                    recipe=(("mixup_alpha", 0.3),)),
     # Three of the default teacher, each with a seed of its own, their logits averaged: an
     # ensemble that knows more than any one member, at three times the fitting time.
     "run_default_x3": TeacherSet(RUN_DEFAULTS.teachers * 3, from_run=True),
