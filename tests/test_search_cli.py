@@ -32,6 +32,9 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     assert result.code == 0, result.err
     assert "trial 0 [dcase-baseline]" in result.out
     assert "finalist trial" in result.out and "report:" in result.out
+    # What the teachers know of the training labels, before any student trains on them.
+    assert re.search(r"teachers \(wide_cp_mobile\) agree with \d+\.\d % of the training labels",
+                     result.out), result.out
     # Every finalist's accuracy carries its bootstrap interval, printed and in the report.
     assert re.search(r"finalist trial \d+ .*: validation \d+\.\d % \(\d+\.\d–\d+\.\d\), "
                      r"test \d+\.\d % \(\d+\.\d–\d+\.\d\)", result.out)
@@ -175,6 +178,7 @@ def test_a_study_without_teachers_fits_none_and_says_so(cli, tiny_corpus: Path,
     study = optuna.load_study(study_name="plain", storage=_storage(tmp_path))
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # the rest stay queued
     assert not list((tmp_path / "cache").glob("teachers/*"))  # no teacher was fitted
+    assert "agree with" not in result.out
     page = (tmp_path / "studies" / "reports" / "plain" / "index.html").read_text()
     assert "Teachers: none" in page and "without distillation" in page
 
