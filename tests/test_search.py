@@ -280,6 +280,28 @@ study.optimize(objective, n_trials=25)
 """
 
 
+def test_teachers_get_device_responses_and_older_studies_keep_theirs() -> None:
+    """New studies' teachers train with device impulse-response augmentation (students keep the
+    published recipe); a study stored before the setting existed reads back without it, so it
+    resumes with the teachers it was made with."""
+    import json
+
+    settings = SearchSettings(space={}, space_source="")
+    assert settings.teacher_recipe(400).device_response_p == 0.6
+    assert settings.base_recipe(400).device_response_p == 0.0
+    assert SearchSettings.from_json(settings.to_json()) == settings
+    older = json.loads(settings.to_json())
+    del older["teacher_device_response_p"]
+    before = SearchSettings.from_json(json.dumps(older))
+    assert before.teacher_device_response_p == 0.0
+    assert before.teacher_recipe(400).device_response_p == 0.0
+    assert before.to_json() == json.dumps(older, sort_keys=True)
+    # 0: the teachers follow the study's recipe, as students do.
+    students_too = SearchSettings(space={}, space_source="", teacher_device_response_p=0.0,
+                                  recipe={"device_response_p": 0.3})
+    assert students_too.teacher_recipe(400).device_response_p == 0.3
+
+
 def test_the_default_storage_takes_four_concurrent_writers() -> None:
     """Four processes asking, beating (every second) and telling at once: no lock errors, and a
     queued trial is taken by exactly one of them (pysqlite's own transactions let two take it)."""

@@ -79,7 +79,8 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     assert "test − hand-made reference, points (95 % CI)" in (report / "index.html").read_text()
     assert "validation % by rung (epochs)" in (report / "index.html").read_text()
     page = (report / "index.html").read_text()
-    assert "Teachers: wide_cp_mobile (1 epochs; ensemble of mean logits" in page
+    assert ("Teachers: wide_cp_mobile (1 epochs; ensemble of mean logits; device impulse-response "
+            "augmentation, p 0.6") in page
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out

@@ -47,7 +47,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
                   importance: str, schedule: str, steps: int, chain: str | None,
                   finetune_epochs: int, final_finetune_epochs: int, round_to: int, kd: bool,
                   teacher_names: tuple[str, ...], teacher_epochs: int | None, ensemble: str,
-                  teacher_folds: int,
+                  teacher_folds: int, teacher_device_response_p: float,
                   data: str | None, split: str, device: str, out: Path | None,
                   **values: Any) -> None:
     """Prune a trained checkpoint to the budget; print MACs, bytes and accuracy before and after."""

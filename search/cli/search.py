@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from asc_search.cli.main import Context, _stdout, pass_context
-from asc_search.cli.training import _data_options
+from asc_search.cli.training import _data_options, _teacher_device_response_option
 from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 
 DEFAULT_STUDY = "asc-search"
@@ -134,12 +134,14 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Device fine-tune settings (epochs, learning rate, layers) tried on "
                    "validation in the device-specific mode.")
 @click.option("--device-response-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Device impulse-response augmentation for teachers, parents, trials and "
-                   "finalists: the probability that a device-a clip gets another device's "
-                   "colouring (0 = off; a space may search it instead).")
+              help="Device impulse-response augmentation for parents, trials and finalists "
+                   "(and teachers, where --teacher-device-response-p is 0): the probability "
+                   "that a device-a clip gets another device's colouring (0 = off; a space may "
+                   "search it instead).")
 @click.option("--device-responses", "device_responses", default="", metavar="DIR",
               help="Folder of device impulse-response WAVs (MicIRP, say) [default: a built-in "
                    "bank of synthetic device responses].")
+@_teacher_device_response_option
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
@@ -149,7 +151,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
                 heartbeat: int | None, device_specific: bool, device_trials: int,
-                device_response_p: float, device_responses: str) -> None:
+                device_response_p: float, device_responses: str,
+                teacher_device_response_p: float) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
 
@@ -194,11 +197,13 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         promote_epochs=promote_epochs,
         teachers=study_teachers(teacher_names), teacher_epochs=teacher_epochs,
         teacher_folds=teacher_folds, device_specific=device_specific, device_trials=device_trials,
+        teacher_device_response_p=teacher_device_response_p,
         recipe={**({} if batch_size is None else {"batch_size": batch_size}),
-                **({"device_response_p": device_response_p, "device_responses": device_responses}
-                   if device_response_p > 0 else {})},
+                **({"device_response_p": device_response_p} if device_response_p > 0 else {}),
+                **({"device_responses": device_responses} if device_responses else {})},
     )
-    if device_response_p > 0:  # a missing folder or a broken file fails here, in one line
+    if device_response_p > 0 or (settings.teachers and teacher_device_response_p > 0):
+        # a missing folder or a broken file fails here, in one line
         from asc_search.training.device_responses import check_responses
 
         settings.base_recipe(1)

@@ -18,7 +18,11 @@ from rich.table import Table
 
 from asc_search.cli.main import Context, _stdout, pass_context, spec_from_options, spec_options
 from asc_search.errors import AscSearchError
-from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
+from asc_search.teachers import (
+    DEFAULT_TEACHER_DEVICE_RESPONSE_P,
+    DEFAULT_TEACHER_EPOCHS,
+    DEFAULT_TEACHERS,
+)
 from asc_search.training.recipe import TrainingRecipe
 
 _HELP = {
@@ -78,11 +82,20 @@ def _teacher_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                 f"[default: {DEFAULT_TEACHER_EPOCHS}, as run].")(command)
     command = click.option("--ensemble", type=click.Choice(["mean_logits", "mean_probs"]),
                            default="mean_logits", show_default=True)(command)
+    command = _teacher_device_response_option(command)
     command = click.option("--teacher-folds", type=click.IntRange(min=1), default=1,
                            show_default=True,
                            help="Out-of-fold logits from K fits per teacher (1: logits on the "
                                 "clips a teacher trained on).")(command)
     return command
+
+
+def _teacher_device_response_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--teacher-device-response-p", type=click.FloatRange(0, 1),
+        default=DEFAULT_TEACHER_DEVICE_RESPONSE_P, show_default=True,
+        help="Device impulse-response augmentation for the teachers (--device-responses gives "
+             "the bank); 0: as the students.")(command)
 
 
 def _given(option: str) -> bool:
@@ -106,8 +119,9 @@ def teacher_recipe_for(n_train: int, *, epochs: int | None = None) -> TrainingRe
 
     context = click.get_current_context()
     given = {f.name: context.params[f.name] for f in fields(TrainingRecipe) if _given(f.name)}
-    settings = SearchSettings(space={}, space_source="", recipe=given,
-                              teacher_epochs=epochs or DEFAULT_TEACHER_EPOCHS)
+    settings = SearchSettings(
+        space={}, space_source="", recipe=given, teacher_epochs=epochs or DEFAULT_TEACHER_EPOCHS,
+        teacher_device_response_p=context.params["teacher_device_response_p"])
     return settings.teacher_recipe(n_train)
 
 
@@ -153,7 +167,7 @@ def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
 def train_command(obj: Context, data: str | None, split: str, device: str, preset: str | None,
                   spec_file: Path | None, kd: bool, teacher_names: tuple[str, ...],
                   teacher_epochs: int | None, ensemble: str, teacher_folds: int,
-                  out: Path | None,
+                  teacher_device_response_p: float, out: Path | None,
                   compile_model: bool, no_test: bool, **values: Any) -> None:
     """Train one network on a split's cached features, optionally with KD, and evaluate it."""
     from asc_search.architecture import build_model
@@ -225,7 +239,7 @@ def teachers_group() -> None:
 @pass_context
 def teachers_fit(obj: Context, data: str | None, split: str, device: str,
                  teacher_names: tuple[str, ...], teacher_epochs: int | None, ensemble: str,
-                 teacher_folds: int, **values: Any) -> None:
+                 teacher_folds: int, teacher_device_response_p: float, **values: Any) -> None:
     """Fit the teachers on the split's training clips only and cache the ensemble logits."""
     from asc_search.features.experiment import load_split_data
     from asc_search.training.train import precision_for

@@ -82,8 +82,10 @@ def _teachers_line(settings: Any) -> str:
     if not settings.teachers:
         return ("<p>Teachers: none (<code>--teacher none</code>): every student learned from the "
                 "labels alone, without distillation.</p>")
+    responses = settings.teacher_device_response_p or settings.recipe.get("device_response_p", 0)
     return (f"<p>Teachers: {html.escape(', '.join(settings.teachers))} ({settings.teacher_epochs}"
             f" epochs; ensemble of {settings.ensemble.replace('_', ' ')}"
+            + (f"; device impulse-response augmentation, p {responses:g}" if responses else "")
             + (f"; out-of-fold logits from {settings.teacher_folds} fits each"
                if settings.teacher_folds > 1 else "") + "), fitted on the split's training "
             "clips only; every trial distils from their cached logits.</p>")

@@ -34,7 +34,11 @@ from asc_search.search.budget import StepBudget, report_epochs, step_budget, tra
 from asc_search.search.heartbeat import worker_id
 from asc_search.search.space import Candidate, SearchSpace
 from asc_search.search.storage import scratch
-from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
+from asc_search.teachers import (
+    DEFAULT_TEACHER_DEVICE_RESPONSE_P,
+    DEFAULT_TEACHER_EPOCHS,
+    DEFAULT_TEACHERS,
+)
 from asc_search.training.checkpoint import save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate
 from asc_search.training.int8 import (
@@ -75,6 +79,8 @@ class SearchSettings:
     teacher_epochs: int = DEFAULT_TEACHER_EPOCHS
     #: Out-of-fold teacher logits from this many fits (1: logits on the clips a teacher saw).
     teacher_folds: int = 1
+    #: The teachers' device impulse-response augmentation; 0: the study recipe's, as students.
+    teacher_device_response_p: float = DEFAULT_TEACHER_DEVICE_RESPONSE_P
     ensemble: str = "mean_logits"
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
     #: DCASE 2025 mode: the best searched finalist also gets one model per training device
@@ -93,7 +99,9 @@ class SearchSettings:
         """Read stored settings; fields this version no longer has are dropped (the stored
         text still differs from the new settings, so resuming such a study is refused, and
         ``dropped_settings`` names them for commands that would train under them)."""
-        data = json.loads(text)
+        # A setting added later is missing from a study made before it: that study ran with
+        # the value that leaves it out, whatever the default is now.
+        data = {**_ADDED_SETTINGS, **json.loads(text)}
         data["teachers"] = tuple(data["teachers"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -114,12 +122,16 @@ class SearchSettings:
         return recipe
 
     def teacher_recipe(self, n_train: int) -> TrainingRecipe:
-        """Teachers train on the split with the base recipe, warm-up 10 % of their steps."""
+        """Teachers train on the split with the base recipe, warm-up 10 % of their steps, and
+        their own device impulse-response augmentation (``teacher_device_response_p``; 0: the
+        study recipe's)."""
         base = self.base_recipe(n_train)
         steps = self.teacher_epochs * math.ceil(n_train / base.batch_size)
         defaults = TrainingRecipe()
         return base.with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
-                          kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature)
+                          kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature,
+                          device_response_p=self.teacher_device_response_p
+                          or base.device_response_p)
 
 
 #: ``--teacher none``: the study distils from nothing.
@@ -147,7 +159,8 @@ def dropped_settings(text: str) -> list[str]:
 
 
 #: Settings newer than the first stored studies, with the value that leaves them out of the JSON.
-_ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6}
+_ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6,
+                                   "teacher_device_response_p": 0.0}
 
 
 def auto_batch_size(n_train: int) -> int:
