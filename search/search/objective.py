@@ -142,8 +142,8 @@ def study_teachers(names: Sequence[str]) -> tuple[str, ...]:
     """The teachers a study's ``--teacher`` options name: the default ensemble when none are
     given, and no teachers at all for ``none``, the control that measures what distillation
     adds. It can take away: on the embedded corpus, teachers trained to memorise the split cost
-    students 2–3 points on test, while the default's short-trained one added 2.4 over six seeds
-    (95 % t +0.8 to +4.0; ``benchmarks/kd_gain.py``)."""
+    students 2–3 points on test, while the default's short-trained one added 3.4 over six seeds
+    (95 % t +2.5 to +4.4; ``benchmarks/kd_gain.py``)."""
     if NO_TEACHERS not in names:
         return tuple(names) or DEFAULT_TEACHERS
     if len(names) > 1:
