@@ -14,6 +14,7 @@ from asc_search.cli.training import (
     _data_options,
     _ensemble,
     _recipe,
+    _say_note,
     _teacher_options,
     recipe_options,
 )
@@ -76,8 +77,9 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
                                  progress=not obj.quiet, with_test=False)
     teacher_logits = None
     if kd:
-        result, _ = _ensemble(obj, split_data, teacher_names, teacher_epochs, ensemble,
-                              precision, folds=teacher_folds)
+        result, _, note = _ensemble(obj, split_data, teacher_names, teacher_epochs, ensemble,
+                                    precision, folds=teacher_folds)
+        _say_note(note)
         teacher_logits = result.logits
 
     def accuracy() -> float:

@@ -130,7 +130,8 @@ def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
               folds: int = 1) -> Any:
     """Fit (or load) the ensemble; return it and one row per teacher and the ensemble: name,
     agreement with the labels on the training clips, validation macro accuracy with its 95 %
-    interval (``asc_search.teachers.quality``). A set that has memorised the split says so."""
+    interval (``asc_search.teachers.quality``); and the note for a set that has memorised the
+    split (``memorised_note``), or None."""
     from asc_search.teachers.quality import fit_scored_ensemble, memorised_note
 
     scored = fit_scored_ensemble(data, teacher_names=teacher_names or DEFAULT_TEACHERS,
@@ -146,10 +147,12 @@ def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
             valid = (f"{100 * quality.validation.macro_accuracy:.1f} "
                      f"({100 * low:.1f}–{100 * high:.1f})")
         rows.append((quality.name, f"{100 * quality.train_agreement:.1f}", valid))
-    note = memorised_note(scored.qualities[-1].train_agreement, folds=folds)
+    return scored.ensemble, rows, memorised_note(scored.qualities[-1].train_agreement, folds=folds)
+
+
+def _say_note(note: str | None) -> None:
     if note:
         _stdout().print(note, highlight=False, markup=False)
-    return scored.ensemble, rows
 
 
 @click.command("train")
@@ -195,8 +198,9 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
                       f"({data.files.validation_source})", highlight=False)
     teacher_logits = None
     if kd:
-        result, _ = _ensemble(obj, data, teacher_names, teacher_epochs, ensemble, precision,
-                              folds=teacher_folds)
+        result, _, note = _ensemble(obj, data, teacher_names, teacher_epochs, ensemble,
+                                    precision, folds=teacher_folds)
+        _say_note(note)
         teacher_logits = result.logits
         out_console.print(f"teacher ensemble: {'cache hit' if result.cache_hit else 'fitted'} "
                           f"({', '.join(result.per_teacher)})", highlight=False)
@@ -250,8 +254,8 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
     precision = precision_for(device)
     loaded = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                              progress=not obj.quiet, with_test=False)
-    result, rows = _ensemble(obj, loaded, teacher_names, teacher_epochs, ensemble,
-                             precision, folds=teacher_folds)
+    result, rows, note = _ensemble(obj, loaded, teacher_names, teacher_epochs, ensemble,
+                                   precision, folds=teacher_folds)
     agreement = ("out-of-fold macro acc % on the training clips" if teacher_folds > 1
                  else "train macro acc %")
     table = Table("teacher", agreement, "validation macro acc % (95 % CI)",
@@ -264,5 +268,6 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
     _stdout().print(f"ensemble logits {'cache hit' if result.cache_hit else 'fitted'}: "
                     f"{result.directory} ({len(result.files):,} clips, "
                     f"{np.asarray(result.logits).shape[1]} classes)", highlight=False)
+    _say_note(note)
     if len(rows) < 2 and not result.cache_hit:
         raise AscSearchError("no teacher reported")
