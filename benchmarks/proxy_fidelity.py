@@ -111,7 +111,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
     raw, source = read_space("sscp_fill")
-    settings = SearchSettings(space=raw, space_source=source, split=5, objective="accuracy")
+    # The teacher its rows were measured with: run's default until stop 28, without device
+    # responses (resumed rows would otherwise pool two teachers).
+    settings = SearchSettings(space=raw, space_source=source, split=5, objective="accuracy",
+                              teacher_device_response_p=0.0)
     folder = cache / "proxy_fidelity"
     resources = load_resources(settings, pm=pm, cache=cache, studies=folder,
                                device="cpu", progress=False)

@@ -107,8 +107,11 @@ def main() -> None:
         raw = {**raw, "dimensions": {**raw["dimensions"], "macs_fraction": {
             "type": "float", "low": 0.2, "high": 1.0}}}
     space = space_from_dict(raw, source=source, pm=pm)
+    # The teacher its rows were measured with: run's default until stop 28, without device
+    # responses (resumed rows would otherwise pool two teachers).
     settings = SearchSettings(space=raw, space_source=source, data=args.data, split=args.split,
-                              proxy_epochs=args.proxy_epochs, teacher_epochs=args.teacher_epochs)
+                              proxy_epochs=args.proxy_epochs, teacher_epochs=args.teacher_epochs,
+                              teacher_device_response_p=0.0)
     for seed in args.seeds:
         for sampler in args.samplers:
             if (args.space, budget, args.proxy_epochs, sampler, seed) in done:
