@@ -78,7 +78,8 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     teacher_logits = None
     if kd:
         result, _, note = _ensemble(obj, split_data, teacher_names, teacher_epochs, ensemble,
-                                    precision, folds=teacher_folds)
+                                    precision, folds=teacher_folds,
+                                    device_response_p=teacher_device_response_p)
         _say_note(note)
         teacher_logits = result.logits
 

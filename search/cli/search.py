@@ -16,7 +16,7 @@ import click
 from rich.table import Table
 
 from asc_search.cli.main import Context, _stdout, pass_context
-from asc_search.cli.training import _data_options, _teacher_device_response_option
+from asc_search.cli.training import _data_options, _say_note, _teacher_device_response_option
 from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 
 DEFAULT_STUDY = "asc-search"
@@ -37,9 +37,7 @@ def _say_teacher_agreement(resources: Any) -> None:
     agreement = label_agreement(resources.train, resources.teacher_logits)
     _say(f"teachers ({', '.join(settings.teachers)}) agree with {100 * agreement:.1f} % of the "
          "training labels" + (" (out of fold)" if settings.teacher_folds > 1 else ""))
-    note = memorised_note(agreement, folds=settings.teacher_folds)
-    if note:
-        _say(note)
+    _say_note(memorised_note(agreement, folds=settings.teacher_folds))
 
 
 def _storage_options(command: Any) -> Any:

@@ -105,7 +105,8 @@ def _given(option: str) -> bool:
         None, ParameterSource.DEFAULT)
 
 
-def teacher_recipe_for(n_train: int, *, epochs: int | None = None) -> TrainingRecipe:
+def teacher_recipe_for(n_train: int, *, epochs: int | None,
+                       device_response_p: float) -> TrainingRecipe:
     """The teachers' recipe, as ``asc-search run`` fits them: the search's teacher recipe
     (``SearchSettings.teacher_recipe``: batch for the split, ``epochs`` or 20 of them, 10 %
     warm-up, no distillation settings) with the recipe options given on this command line.
@@ -121,13 +122,13 @@ def teacher_recipe_for(n_train: int, *, epochs: int | None = None) -> TrainingRe
     given = {f.name: context.params[f.name] for f in fields(TrainingRecipe) if _given(f.name)}
     settings = SearchSettings(
         space={}, space_source="", recipe=given, teacher_epochs=epochs or DEFAULT_TEACHER_EPOCHS,
-        teacher_device_response_p=context.params["teacher_device_response_p"])
+        teacher_device_response_p=device_response_p)
     return settings.teacher_recipe(n_train)
 
 
 def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
               teacher_epochs: int | None, ensemble: str, precision: Any, *,
-              folds: int = 1) -> Any:
+              folds: int, device_response_p: float) -> Any:
     """Fit (or load) the ensemble; return it and one row per teacher and the ensemble: name,
     agreement with the labels on the training clips, validation macro accuracy with its 95 %
     interval (``asc_search.teachers.quality``); and the note for a set that has memorised the
@@ -136,7 +137,8 @@ def _ensemble(obj: Context, data: Any, teacher_names: tuple[str, ...],
 
     scored = fit_scored_ensemble(data, teacher_names=teacher_names or DEFAULT_TEACHERS,
                                  pm=obj.pm, cache_dir=obj.cache,
-                                 recipe=teacher_recipe_for(len(data.train), epochs=teacher_epochs),
+                                 recipe=teacher_recipe_for(len(data.train), epochs=teacher_epochs,
+                                                           device_response_p=device_response_p),
                                  precision=precision, mode=ensemble, progress=not obj.quiet,
                                  folds=folds)
     rows = []
@@ -199,7 +201,8 @@ def train_command(obj: Context, data: str | None, split: str, device: str, prese
     teacher_logits = None
     if kd:
         result, _, note = _ensemble(obj, data, teacher_names, teacher_epochs, ensemble,
-                                    precision, folds=teacher_folds)
+                                    precision, folds=teacher_folds,
+                                    device_response_p=teacher_device_response_p)
         _say_note(note)
         teacher_logits = result.logits
         out_console.print(f"teacher ensemble: {'cache hit' if result.cache_hit else 'fitted'} "
@@ -255,7 +258,8 @@ def teachers_fit(obj: Context, data: str | None, split: str, device: str,
     loaded = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                              progress=not obj.quiet, with_test=False)
     result, rows, note = _ensemble(obj, loaded, teacher_names, teacher_epochs, ensemble,
-                                   precision, folds=teacher_folds)
+                                   precision, folds=teacher_folds,
+                                   device_response_p=teacher_device_response_p)
     agreement = ("out-of-fold macro acc % on the training clips" if teacher_folds > 1
                  else "train macro acc %")
     table = Table("teacher", agreement, "validation macro acc % (95 % CI)",

@@ -82,7 +82,7 @@ def _teachers_line(settings: Any) -> str:
     if not settings.teachers:
         return ("<p>Teachers: none (<code>--teacher none</code>): every student learned from the "
                 "labels alone, without distillation.</p>")
-    responses = settings.teacher_device_response_p or settings.recipe.get("device_response_p", 0)
+    responses = settings.teacher_responses_p
     return (f"<p>Teachers: {html.escape(', '.join(settings.teachers))} ({settings.teacher_epochs}"
             f" epochs; ensemble of {settings.ensemble.replace('_', ' ')}"
             + (f"; device impulse-response augmentation, p {responses:g}" if responses else "")

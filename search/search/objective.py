@@ -130,8 +130,12 @@ class SearchSettings:
         defaults = TrainingRecipe()
         return base.with_(epochs=self.teacher_epochs, warmup_steps=steps // 10,
                           kd_weight=defaults.kd_weight, kd_temperature=defaults.kd_temperature,
-                          device_response_p=self.teacher_device_response_p
-                          or base.device_response_p)
+                          device_response_p=self.teacher_responses_p)
+
+    @property
+    def teacher_responses_p(self) -> float:
+        """The teachers' device-response probability: their own, else the study recipe's."""
+        return self.teacher_device_response_p or self.recipe.get("device_response_p", 0.0)
 
 
 #: ``--teacher none``: the study distils from nothing.

@@ -68,7 +68,8 @@ def fit_scored_ensemble(split: SplitData, *, teacher_names: Sequence[str],
             logits = fitted.predict(split.validation.features, precision=precision)
             validation_logits.append(logits)
             validation = _validation(split, logits)
-        qualities.append(TeacherQuality(name, _agreement(split, fitted.logits), validation))
+        qualities.append(TeacherQuality(name, label_agreement(split.train, fitted.logits),
+                                        validation))
 
     ensemble = ensemble_logits(split.train, teacher_names=teacher_names, pm=pm,
                                cache_dir=cache_dir, recipe=recipe, precision=precision,
@@ -76,7 +77,8 @@ def fit_scored_ensemble(split: SplitData, *, teacher_names: Sequence[str],
     # The ensemble's validation score needs every member's model, not the cached logits.
     together = (_validation(split, combine_logits(validation_logits, mode))
                 if qualities and len(validation_logits) == len(qualities) else None)
-    qualities.append(TeacherQuality(ENSEMBLE_ROW, _agreement(split, ensemble.logits), together))
+    qualities.append(TeacherQuality(ENSEMBLE_ROW, label_agreement(split.train, ensemble.logits),
+                                    together))
     return ScoredEnsemble(ensemble, qualities)
 
 
@@ -104,10 +106,6 @@ def memorised_note(agreement: float, *, folds: int = 1) -> str | None:
             "have memorised the split, so their soft labels are its hard labels again and KD "
             "can cost the students points; fit them shorter (--teacher-epochs, default 20) or "
             "out of fold (--teacher-folds)")
-
-
-def _agreement(split: SplitData, logits: np.ndarray) -> float:
-    return label_agreement(split.train, logits)
 
 
 def _validation(split: SplitData, logits: np.ndarray) -> Evaluation:
