@@ -53,6 +53,26 @@ def where_ran(entry: dict[str, Any]) -> str:
     return f"{entry.get('machine', 'unrecorded')}, {entry.get('data', 'corpus unrecorded')}"
 
 
+def pack_predictions(logits: Any) -> str:
+    """The class a model predicts for each clip (a byte per clip, base64): what a later paired
+    comparison on the same clips needs (which clips it got right, which classes it names), in
+    a few kilobytes per list."""
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.asarray(logits).argmax(axis=1).astype(np.uint8).tobytes()).decode()
+
+
+def unpack_predictions(text: str) -> Any:
+    """The per-clip classes :func:`pack_predictions` stored."""
+    import base64
+
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint8).astype(np.int64)
+
+
 def append_result(path: Path, entry: dict[str, Any]) -> None:
     """Print ``entry``, tagged with the :func:`machine` it ran on, and append it to ``path``."""
     entry = {**entry, "machine": entry.get("machine", machine())}

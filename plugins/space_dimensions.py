@@ -11,7 +11,8 @@ from typing import Any
 from asc_search.architecture import FACTORIZATIONS, architectures, presets
 from asc_search.hookspecs import hookimpl
 from asc_search.pruning.prune import importance_metrics, pruning_schedules
-from asc_search.search.space import DimensionInfo
+from asc_search.search.budget import FINAL_SHARES
+from asc_search.search.space import PARENTS_AS_IS, DimensionInfo
 
 MAX_STAGES = 4
 
@@ -19,8 +20,12 @@ MAX_STAGES = 4
 def _pruned(values: Any) -> bool:
     """The plan prunes only when it trains wider than the final width: a uniform plan with a
     ratio above 1, or a parent-based one (``asc_search.pruning.plans``), which narrows its parent
-    to the budget unless the parent fits as it is."""
-    return values.get("parent") is not None or float(values.get("prune_width_ratio", 1.0)) > 1.0
+    to the budget unless the parent fits as it is (a space under a study's budgets names those
+    parents, ``SearchSpace.under_budgets``)."""
+    parent = values.get("parent")
+    if parent is not None:
+        return parent not in values.get(PARENTS_AS_IS, ())
+    return float(values.get("prune_width_ratio", 1.0)) > 1.0
 
 
 def _stepped(values: Any) -> bool:
@@ -76,13 +81,19 @@ def asc_space_dimensions() -> list[DimensionInfo]:
                       "architecture preset (asc-search plugins list shows them)",
                       allowed=lambda pm: tuple(presets(pm))),
         *(DimensionInfo(name, "plan", f"relative width kept of {what}; the plan is scaled to the "
-                        "largest network that fits the budgets (parent-based plans)")
+                        "largest network that fits the budgets (parent-based plans that prune)",
+                        active_when=_pruned)
           for name, what in (("keep_stem", "the stem's first layer"),
                              ("keep_s1", "stage 1 and the stem's output"),
                              ("keep_s2", "stage 2"), ("keep_s3", "stage 3"), ("keep_s4", "stage 4"),
                              ("keep_expand", "every block's expansion"))),
         DimensionInfo("macs_fraction", "plan", "fraction of the MACs budget a parent-based plan "
                       "fills (for the Pareto mode; 1 = all of it)"),
+        DimensionInfo("final_share", "plan", "share of a pruned plan's training budget given to "
+                      "its final fine-tune, as a fraction such as \"1/3\" (the seed's) or "
+                      "\"1/2\"; the wide parent gets the rest less a tenth for the fine-tunes "
+                      "between pruning steps (pruned plans only)",
+                      allowed=lambda pm: FINAL_SHARES, active_when=_pruned),
     ]
     storage = [
         DimensionInfo("storage", "plan", "dtype the parameters are stored in (float16, or int8: "
@@ -94,6 +105,8 @@ def asc_space_dimensions() -> list[DimensionInfo]:
 
     from asc_search.training.recipe import TrainingRecipe
 
+    # Not ``epochs``: the study's budget sets every candidate's length (asc_search.search.budget),
+    # so a sampled value would be overwritten; nor ``seed``, which the trial number sets.
     training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
-                for f in fields(TrainingRecipe) if f.name != "seed"]
+                for f in fields(TrainingRecipe) if f.name not in ("seed", "epochs")]
     return spec + stages + plan + parent + storage + training

@@ -89,6 +89,13 @@ def _broken_response(corpus: Path, tmp: Path) -> list[str]:
     return ["--device-response-p", "0.5", "--device-responses", str(tmp / "irs")]
 
 
+def _reference(tmp: Path, text: str) -> list[str]:
+    """A ``--reference`` file holding ``text``."""
+    path = tmp / "mine.json"
+    path.write_text(text)
+    return ["--reference", str(path)]
+
+
 Case = tuple[Callable[[Path, Path], list[str]], tuple[str, ...], bool]
 #: id -> (break the corpus copy / make files and return extra run arguments, what the one line
 #: must say, whether the failure comes from the audio, so no features may be cached either)
@@ -108,7 +115,7 @@ CASES: dict[str, Case] = {
     "bytes budget 12 parsecs": (lambda c, t: ["--budget-bytes", "12 parsecs"],
                                 ("--budget-bytes",), True),
     "budget nothing meets": (lambda c, t: ["--budget-macs", "500k"],
-                             ("no network in space 'sscp_fill' fits 500,000 MACs",
+                             ("no network in space 'sscp_joint' fits 500,000 MACs",
                               "smallest counts"), True),
     "unknown space": (lambda c, t: ["--space", "nope"], ("unknown space 'nope'",), True),
     "space extends an unknown space": (lambda c, t: _extending(t, "sscp_fil"),
@@ -139,6 +146,21 @@ CASES: dict[str, Case] = {
         lambda c, t: ["--device-response-p", "0.5", "--device-responses", str(t / "micirp")],
         ("micirp", "device impulse-response folder not found"), True),
     "impulse response not a wav": (_broken_response, ("mic.wav", "not a readable WAV file"), True),
+    "reference not there": (lambda c, t: ["--reference", str(t / "mine.json")],
+                            ("mine.json", "no such file, nor a STUDY:TRIAL"), True),
+    "reference not json": (lambda c, t: _reference(t, "base_channels: 32"),
+                           ("mine.json", "not valid JSON"), True),
+    "reference with an unknown spec field": (
+        lambda c, t: _reference(t, '{"arch": "cp_mobile", "base_chanels": 40}'),
+        ("mine.json", "unknown spec field(s): base_chanels"), True),
+    "reference with an unknown recipe field": (
+        lambda c, t: _reference(t, '{"spec": {"arch": "cp_mobile"}, "training": {"cutmix": 1}}'),
+        ("mine.json", "unknown recipe setting(s): cutmix"), True),
+    "reference over the budget": (
+        lambda c, t: _reference(t, '{"arch": "cp_mobile", "base_channels": 64}'),
+        ("mine.json", "breaks the budget"), True),
+    "reference of a study not there": (lambda c, t: ["--reference", "elsewhere:3"],
+                                       ("elsewhere:3", "no study 'elsewhere'"), True),
 }
 
 

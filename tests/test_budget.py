@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ import asc_search.search.objective as objective
 from asc_search.errors import AscSearchError
 from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.budget import first_shared_report_epoch, report_epochs, step_budget
+from asc_search.search.budget import (
+    FINAL_SHARES,
+    final_share,
+    first_shared_report_epoch,
+    report_epochs,
+    step_budget,
+)
 from asc_search.search.objective import SearchSettings, train_candidate
 from asc_search.search.space import read_space, space_from_dict
 from asc_search.search.study import make_pruner, seed_params
@@ -120,17 +127,28 @@ def test_reports_score_only_the_final_width_network(data) -> None:
 def test_first_shared_report_epoch_matches_every_budget_division() -> None:
     for epochs in range(1, 41):
         for steps_per_epoch in range(1, 60):
-            for pruning_steps in (1, 2, 3, 10):
+            for pruning_steps, share in itertools.product((1, 2, 3, 10), FINAL_SHARES):
                 try:
                     budget = step_budget(epochs, steps_per_epoch=steps_per_epoch,
-                                         pruning_steps=pruning_steps)
+                                         pruning_steps=pruning_steps, final=final_share(share))
                 except AscSearchError:
                     continue
                 start = budget.total - budget.final  # steps before the final fine-tune
                 first = start // steps_per_epoch + 1  # first whole epoch reported after it
                 assert first <= first_shared_report_epoch(epochs), (epochs, steps_per_epoch)
-                if pruning_steps == 2:  # one intermediate step takes the whole tenth: the latest
+                # One intermediate step takes the whole tenth, at the seed's third: the latest.
+                if pruning_steps == 2 and share == "1/3":
                     assert first == first_shared_report_epoch(epochs), (epochs, steps_per_epoch)
+
+
+def test_a_larger_final_share_keeps_the_total_and_starts_the_fine_tune_sooner() -> None:
+    third = step_budget(8, steps_per_epoch=25, pruning_steps=5)
+    half = step_budget(8, steps_per_epoch=25, pruning_steps=5, final=final_share("1/2"))
+    assert third == step_budget(8, steps_per_epoch=25, pruning_steps=5, final=final_share(None))
+    assert half.total == third.total == 200 and half.between == third.between
+    assert half.final >= 100 > third.final and half.wide < third.wide
+    with pytest.raises(AscSearchError, match="final_share '2/3' is not one of"):
+        final_share("2/3")
 
 
 def test_hyperband_starts_its_rungs_where_pruned_plans_first_report() -> None:
@@ -138,10 +156,11 @@ def test_hyperband_starts_its_rungs_where_pruned_plans_first_report() -> None:
     assert pruner._min_resource == first_shared_report_epoch(8) == 6
 
 
-def test_trials_report_at_the_first_shared_epoch_and_the_last() -> None:
-    assert report_epochs(8) == {6, 8}
-    assert report_epochs(32) == {22, 32}
-    assert report_epochs(1) == {1}
+def test_trials_report_at_the_first_shared_epoch_only() -> None:
+    """Never at the last: a stop there saves nothing and leaves a trained network unpromotable."""
+    assert report_epochs(8) == {6}
+    assert report_epochs(32) == {22}
+    assert report_epochs(1) == set()
     for epochs in range(1, 60):
-        assert min(report_epochs(epochs)) == first_shared_report_epoch(epochs)
-        assert max(report_epochs(epochs)) == epochs
+        first = first_shared_report_epoch(epochs)
+        assert report_epochs(epochs) == ({first} if first < epochs else set())

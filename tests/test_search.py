@@ -207,15 +207,16 @@ def test_a_broken_search_stops_after_three_failures(pm, tiny_corpus: Path, monke
 
 
 def test_single_objective_reports_at_its_rungs(pm, tiny_corpus: Path) -> None:
-    settings = _settings(tiny_corpus, pm=pm, objective="accuracy",
+    settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
                          proxy_epochs=4)
-    study, url = _study("single", settings, pm=pm, seed_trials=True)
+    study, url = _study("single", settings, pm=pm)
     assert len(study.directions) == 1
-    run_worker(WorkerJob(study="single", storage_url=url, sampler="tpe", seed=0, n_trials=1,
+    run_worker(WorkerJob(study="single", storage_url=url, sampler="random", seed=0, n_trials=1,
                          timeout=None, pruner="median"), pm=pm)
     trial = optuna.load_study(study_name="single", storage=url).trials[0]
-    # The first epoch every plan reports at (⌊4 × 2/3⌋ + 1 = 3), then the last.
-    assert sorted(trial.intermediate_values) == [3, 4]
+    # The first epoch every plan reports at (⌊4 × 2/3⌋ + 1 = 3), not the last: a stop there
+    # would save nothing.
+    assert sorted(trial.intermediate_values) == [3]
 
 
 def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
@@ -580,3 +581,107 @@ def test_continuing_a_trial_whose_checkpoint_is_elsewhere_names_it(tmp_path: Pat
         _from_checkpoint(trial, resources)
     with pytest.raises(AscSearchError, match="no search checkpoint"):
         _from_checkpoint(optuna.trial.create_trial(value=0.5), resources)
+
+
+# --------------------------------------------------------------------------------------------
+# The joint space, the references and the search phase (issue 30)
+# --------------------------------------------------------------------------------------------
+
+
+def _joint(pm):
+    raw, source = read_space("sscp_joint")
+    return space_from_dict(raw, source=source, pm=pm).under_budgets(
+        pm=pm, max_macs=30_000_000, max_param_bytes=128_000)
+
+
+def test_the_joint_space_holds_every_reference_with_its_published_recipe(pm) -> None:
+    from asc_search.search.study import seed_trials_left_out
+    from asc_search.training.recipe import TrainingRecipe
+
+    space = _joint(pm)
+    assert space.context["parents_as_is"] == ("dcase-baseline",)
+    seeds = seed_params(space)
+    assert set(seeds) == {"dcase-baseline", "seed-S1", "seed-S2", "seed-S3"}
+    assert seed_trials_left_out(space) == {}
+    published = TrainingRecipe()
+    recipe_dims = [d.name for d in space.dimensions if space.infos[d.name].target == "training"]
+    assert len(recipe_dims) >= 8
+    for params in seeds.values():
+        assert {name: params[name] for name in recipe_dims} == \
+            {name: getattr(published, name) for name in recipe_dims}
+    # The baseline trains as it is: nothing of a pruning plan is among its parameters.
+    assert not {"keep_s1", "importance", "schedule", "final_share", "prune_stages"} & \
+        set(seeds["dcase-baseline"])
+    assert seeds["seed-S1"]["final_share"] == "1/3"  # the seed's division of the budget
+
+
+def test_a_parent_that_fits_as_is_samples_no_pruning_dimension(pm) -> None:
+    space = _joint(pm)
+    pruning = {"keep_stem", "keep_s1", "keep_s2", "keep_s3", "keep_expand", "importance",
+               "schedule", "prune_steps", "prune_stages", "final_share"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        seen.add(trial.params["parent"])
+        if trial.params["parent"] == "dcase-baseline":
+            assert not pruning & set(trial.params), trial.params
+            assert not pruning & set(candidate.plan)
+        else:
+            assert {"keep_s1", "importance", "final_share"} <= set(trial.params)
+        assert "device_response_p" in candidate.training  # the recipe is searched for every one
+        study.tell(trial, 0.0)
+    assert seen == {"dcase-baseline", "seed-s1-start", "seed-s2-start"}
+
+
+def test_a_reference_the_space_cannot_express_is_named_with_why(pm) -> None:
+    from asc_search.search.study import seed_trials_left_out
+
+    raw, source = read_space("sscp_joint")
+    raw = {**raw, "dimensions": {**raw["dimensions"], "learning_rate": {
+        "type": "float", "low": 0.006, "high": 0.01}}}
+    space = space_from_dict(raw, source=source, pm=pm)
+    assert seed_params(space) == {}
+    left_out = seed_trials_left_out(space)
+    assert set(left_out) == {"dcase-baseline", "seed-S1", "seed-S2", "seed-S3"}
+    assert left_out["seed-S2"] == "learning_rate's range 0.006–0.01 excludes 0.005"
+
+
+@pytest.mark.slow
+def test_seed_trials_are_never_stopped_by_the_pruner(pm, tiny_corpus: Path, monkeypatch) -> None:
+    """A pruner that stops every trial it is asked about stops the sampled ones only: a seed
+    trial is the hand-made reference (the median rule once stopped S3 in a default run)."""
+    import asc_search.search.study as study_module
+
+    class StopEverything(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    monkeypatch.setattr(study_module, "make_pruner", lambda name, epochs: StopEverything())
+    settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
+                         proxy_epochs=4)  # reports at epoch 3
+    _, url = _study("never-stopped", settings, pm=pm, seed_trials=True)
+    run_worker(WorkerJob(study="never-stopped", storage_url=url, sampler="random", seed=0,
+                         n_trials=6, timeout=None, pruner="median"), pm=pm)
+    study = optuna.load_study(study_name="never-stopped", storage=url)
+    seeds = [t for t in study.trials if "seed_trial" in t.user_attrs]
+    assert len(seeds) == 4 and all(t.user_attrs["status"] == "trained" for t in seeds)
+    assert not any(t.intermediate_values for t in seeds)  # nothing asked of the pruner
+    sampled = [t.user_attrs.get("status") for t in study.trials
+               if "seed_trial" not in t.user_attrs and t.user_attrs.get("status") != "duplicate"]
+    assert sampled and set(sampled) == {"pruned"}
+
+
+def test_the_search_outlives_its_timeout_until_it_trained_sampled_networks(
+        pm, tiny_corpus: Path) -> None:
+    from asc_search.search.study import sampled_trained
+
+    settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy")
+    for name, promised in (("promised-none", 0), ("promised-two", 2)):
+        _, url = _study(name, settings, pm=pm)
+        run_worker(WorkerJob(study=name, storage_url=url, sampler="random", seed=0, n_trials=20,
+                             timeout=1e-6, pruner="none", min_sampled=promised), pm=pm)
+        study = optuna.load_study(study_name=name, storage=url)
+        # Past the timeout the worker starts a trial at a time, and only while one is owed.
+        assert sampled_trained(study) == promised, [t.user_attrs for t in study.trials]

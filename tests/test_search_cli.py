@@ -70,6 +70,13 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
             assert paired["low"] <= paired["difference"] <= paired["high"]
     assert re.search(r"− (dcase-baseline|seed-S\d) on test: [+-]\d+\.\d points "
                      r"\([+-]\d+\.\d to [+-]\d+\.\d, paired", result.out)
+    # One recommended model, chosen on validation (stored before the test was read), and what
+    # validation can resolve here.
+    recommended = study.user_attrs["recommendation"]
+    assert [n for n, r in finalists.items() if r["recommended"]] == \
+        [f"finalist:{recommended['trial']}"]
+    assert f"recommended: trial {recommended['trial']} (" in result.out
+    assert "validation resolution: a model's score is known to ±" in result.out
 
     report = tmp_path / "studies" / "reports" / "e2e"
     for name in ("index.html", "pareto.png", "history.png", "finalists.png"):
@@ -81,9 +88,17 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     page = (report / "index.html").read_text()
     assert ("Teachers: wide_cp_mobile (1 epochs; ensemble of mean logits; device impulse-response "
             "augmentation, p 0.6") in page
+    assert f"recommended: trial {recommended['trial']} (" in page
+    assert "Finalists per class (test %)" in page
 
     shown = cli("studies", "show", "e2e")
     assert shown.code == 0 and "dcase-baseline" in shown.out and "finalists" in shown.out
+    assert f"recommended: trial {recommended['trial']}" in shown.out
+    # Export without --trial writes the recommended model.
+    chosen = cli("-q", "export", "e2e", "--out", tmp_path / "recommended")
+    assert chosen.code == 0, chosen.err
+    assert f"recommended: trial {recommended['trial']}" in chosen.out
+    assert f"exported trial {recommended['trial']} (finalist network" in chosen.out
     assert "e2e" in cli("studies", "list").out
     pareto = cli("studies", "pareto", "e2e")
     assert pareto.code == 0 and "Pareto" in pareto.out

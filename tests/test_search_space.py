@@ -150,6 +150,32 @@ def test_yaml_spaces_work(tmp_path: Path) -> None:
 
 
 def test_a_plugin_adds_a_dimension(tmp_path: Path) -> None:
+    from asc_search.training.recipe import TrainingRecipe
+
+    class AugmentDimension:
+        @hookimpl
+        def asc_space_dimensions(self):
+            def apply(training, value):  # one knob, two recipe fields
+                training["mixstyle_p"] = value
+                training["freq_mask_bins"] = round(64 * value)
+
+            return [DimensionInfo("augment_strength", "training", "augmentation strength",
+                                  apply=apply)]
+
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(AugmentDimension())
+    text = MINIMAL + "[dimensions.augment_strength]\ntype = \"float\"\nlow = 0.2\nhigh = 0.6\n"
+    space = load_space(_write(tmp_path, text), pm=pm)
+    candidate = space.suggest(optuna.create_study().ask())
+    # The sampled value reaches the recipe a trial trains with (it used to fail there).
+    recipe = TrainingRecipe().with_(**candidate.training)
+    assert 0.2 <= recipe.mixstyle_p <= 0.6
+    assert recipe.freq_mask_bins == round(64 * recipe.mixstyle_p)
+    with pytest.raises(SpaceError, match="unknown dimension 'augment_strength'"):
+        load_space(_write(tmp_path, text), pm=PM)
+
+
+def test_a_training_dimension_that_could_never_train_is_refused(tmp_path: Path) -> None:
     class CutmixDimension:
         @hookimpl
         def asc_space_dimensions(self):
@@ -158,24 +184,29 @@ def test_a_plugin_adds_a_dimension(tmp_path: Path) -> None:
     pm = build_plugin_manager(load_entry_points=False)
     pm.register(CutmixDimension())
     text = MINIMAL + "[dimensions.cutmix_p]\ntype = \"float\"\nlow = 0.2\nhigh = 0.6\n"
-    space = load_space(_write(tmp_path, text), pm=pm)
-    study = optuna.create_study()
-    candidate = space.suggest(study.ask())
-    assert 0.2 <= candidate.training["cutmix_p"] <= 0.6
-    with pytest.raises(SpaceError, match="unknown dimension 'cutmix_p'"):
+    with pytest.raises(SpaceError, match="training dimension 'cutmix_p' is not a training-recipe"):
+        load_space(_write(tmp_path, text), pm=pm)
+
+
+def test_epochs_is_not_a_dimension(tmp_path: Path) -> None:
+    """The study's budget sets every candidate's length: a searched epochs would be overwritten."""
+    text = MINIMAL + "[dimensions.epochs]\ntype = \"int\"\nlow = 4\nhigh = 8\n"
+    with pytest.raises(SpaceError, match="unknown dimension 'epochs'"):
         load_space(_write(tmp_path, text), pm=PM)
 
 
 def test_recipe_fields_are_training_dimensions(tmp_path: Path) -> None:
-    text = MINIMAL + ('[dimensions.mixstyle_p]\ntype = "float"\nlow = 0.2\nhigh = 0.6\n'
-                      '[dimensions.kd_weight]\ntype = "categorical"\nchoices = [0.9, 0.98]\n')
+    text = MINIMAL + ('[dimensions.mixstyle_p]\ntype = "float"\nlow = 0.2\nhigh = 0.3\n'
+                      '[dimensions.kd_weight]\ntype = "categorical"\nchoices = [0.5, 0.7]\n')
     space = load_space(_write(tmp_path, text), pm=PM)
     candidate = space.suggest(optuna.create_study().ask())
     assert set(candidate.training) == {"mixstyle_p", "kd_weight"}
     from asc_search.training.recipe import TrainingRecipe
 
+    # Neither range holds the published value, so a dropped sample cannot pass for a kept one.
     recipe = TrainingRecipe().with_(**candidate.training)
-    assert recipe.kd_weight in (0.9, 0.98)
+    assert recipe.kd_weight == candidate.training["kd_weight"] in (0.5, 0.7)
+    assert 0.2 <= recipe.mixstyle_p <= 0.3
 
 
 def test_smallest_candidate_is_no_larger_than_random_ones() -> None:

@@ -9,6 +9,7 @@ distillation and writes the report. ``worker`` joins a study from another proces
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 
 @click.command("run")
 @_data_options
-@click.option("--space", default="sscp_fill", show_default=True,
-              help="Shipped space name or a TOML/YAML file (sscp_fill: budget-filling plans "
-                   "from shared parents; sscp_mobile: uniform plans, for --objective pareto).")
+@click.option("--space", default="sscp_joint", show_default=True,
+              help="Shipped space name or a TOML/YAML file (sscp_joint: budget-filling plans "
+                   "from shared parents and their training recipe; sscp_fill: the plans "
+                   "alone; sscp_mobile: uniform plans, for --objective pareto).")
 @click.option("--budget-macs", default="30M", show_default=True)
 @click.option("--budget-bytes", default="128kB", show_default=True)
 @click.option("--dtype", "storage_dtype", default="float16", show_default=True,
@@ -77,11 +79,15 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               help="Parameter storage type the byte budget counts (int8: every candidate "
                    "ends quantisation-aware and is converted to a real int8 program; a space's "
                    "storage dimension chooses per candidate).")
-@click.option("--trials", "n_trials", type=int, default=16, show_default=True,
+@click.option("--trials", "n_trials", type=int, default=12, show_default=True,
               help="Trials in the study, seed trials included (a rerun tops it up); a "
                    "sampled copy of a network trained already takes no slot.")
 @click.option("--timeout", type=float, default=300, show_default=True,
-              help="Stop starting trials after this many seconds of search (0: no limit).")
+              help="Stop starting trials after this many seconds of search (0: no limit), "
+                   "once --min-sampled sampled networks are trained.")
+@click.option("--min-sampled", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Sampled networks the search trains before --timeout may end it: on a slow "
+                   "machine the seed trials alone can take the whole timeout.")
 @click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True)
 @_storage_options
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), default="tpe",
@@ -90,13 +96,23 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
               show_default=True,
               help="pareto: accuracy and MACs; accuracy: accuracy under the budgets, with early "
                    "stopping.")
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
-              show_default=True, help="Early stopping of poor trials (--objective accuracy).")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="none",
+              show_default=True,
+              help="Early stopping of poor trials (--objective accuracy; seed trials are never "
+                   "stopped). Off by default: the proxy's order does not repeat between two "
+                   "trainings (test-retest τ 0.00–0.28), and a pruned plan reports just after "
+                   "its pruning step, so the median rule ended every sampled plan of a "
+                   "default run.")
 @click.option("--n-jobs", type=int, default=1, show_default=True,
               help="Worker processes on this machine, sharing the storage and the cores.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
+@click.option("--reference", "references", multiple=True, metavar="FILE|STUDY:TRIAL",
+              help="A hand-made network of your own, queued beside the seed trials and trained "
+                   "as it is (repeatable): a spec JSON file (as count --spec reads, or "
+                   "{\"label\", \"spec\", \"training\"}), or a trial of another study in the "
+                   "same storage. The best reference on validation is what the search must beat.")
 @click.option("--proxy-epochs", type=int, default=8, show_default=True,
               help="Training budget of every trial, in epochs with KD; a pruning plan divides "
                    "it (wide network, fine-tunes between steps, final fine-tune).")
@@ -144,8 +160,9 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
                 timeout: float, study_name: str, storage: str | None, studies: Path | None,
-                sampler: str, objective: str, pruner: str, n_jobs: int, seed: int,
-                seed_trials: bool, proxy_epochs: int, batch_size: int | None, top: int,
+                min_sampled: int, sampler: str, objective: str, pruner: str, n_jobs: int,
+                seed: int, seed_trials: bool, references: tuple[str, ...], proxy_epochs: int,
+                batch_size: int | None, top: int,
                 promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
                 heartbeat: int | None, device_specific: bool, device_trials: int,
@@ -161,6 +178,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.pruning.plans import MIN_WIDTH, smallest_settled
     from asc_search.search.heartbeat import set_heartbeat
     from asc_search.search.objective import SearchSettings, study_teachers
+    from asc_search.search.references import read_reference
     from asc_search.search.space import read_space, smallest_candidate, space_from_dict
     from asc_search.search.storage import mask_url, resolve_storage
     from asc_search.search.study import (
@@ -169,6 +187,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         create_or_resume,
         load_resources,
         run_workers,
+        seed_trials_left_out,
         split_threads,
     )
 
@@ -200,6 +219,13 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 **({"device_response_p": device_response_p} if device_response_p > 0 else {}),
                 **({"device_responses": device_responses} if device_responses else {})},
     )
+    parsed = parsed.under_budgets(pm=obj.pm, max_macs=settings.max_macs,
+                                  max_param_bytes=settings.max_param_bytes,
+                                  storage_dtype=storage_dtype)
+    if seed_trials:
+        for label, why in seed_trials_left_out(parsed).items():
+            _say(f"note: the hand-made reference {label} is not in space {parsed.name!r} "
+                 f"({why}): it is not queued, and cannot be the reference")
     if device_response_p > 0 or (settings.teachers and teacher_device_response_p > 0):
         # a missing folder or a broken file fails here, in one line
         from asc_search.training.device_responses import check_responses
@@ -227,6 +253,11 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
             f"{card.macs:,} MACs and {card.param_bytes:,} bytes ({what}); raise the budget or "
             "widen the space")
     url = resolve_storage(storage, studies=folder)
+    if references:  # each read and counted now: a bad one is refused before any training
+        settings = replace(settings, references=tuple(
+            read_reference(given, pm=obj.pm, storage_url=url, max_macs=settings.max_macs,
+                           max_param_bytes=settings.max_param_bytes,
+                           storage_dtype=storage_dtype) for given in references))
     # Refusals first, then the data: a bad --data or teacher leaves no study behind.
     check_resumable(name=study_name, storage_url=url, settings=settings)
     started = time.perf_counter()
@@ -243,7 +274,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
          f"{waiting} queued; data and teachers ready ({time.perf_counter() - started:.0f} s)")
     jobs = [WorkerJob(study=study_name, storage_url=url, sampler=sampler,
                       seed=None if seed is None else seed + index, n_trials=n_trials,
-                      timeout=timeout or None, pruner=pruner,
+                      timeout=timeout or None, pruner=pruner, min_sampled=min_sampled,
                       threads=split_threads(n_jobs) if n_jobs > 1 else None,
                       plugins=tuple(obj.pm_modules), cache=str(obj.cache), studies=str(folder),
                       device=device, progress=not obj.quiet and n_jobs == 1)
@@ -262,9 +293,9 @@ def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
 
     study = load_study(name, url)
     if top > 0 and not ranked_trials(study, searched_only=True):
-        _say("no sampled trial was trained before the search stopped (the seed trials took its "
-             "time): the finalists are the seed plans alone; raise --timeout or --trials to "
-             "compare a searched model with them")
+        _say(f"no sampled trial finished training ({_sampled_outcomes(study)}): the finalists "
+             "are the seed plans alone; raise --trials, --min-sampled or --timeout to compare a "
+             "searched model with them")
     if top > 0 and best_feasible(study) is not None:
         distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=folder, device=device,
                 progress=not obj.quiet, promote_by=promote_by, announce=_say)
@@ -274,12 +305,24 @@ def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
     _say(f"report: {page}")
 
 
+def _sampled_outcomes(study: Any) -> str:
+    """How the study's sampled trials ended, in words: what stood between it and a search."""
+    from collections import Counter
+
+    ended = Counter(t.user_attrs.get("status", t.state.name.lower()) for t in study.trials
+                    if "seed_trial" not in t.user_attrs and t.state.name != "WAITING")
+    words = {"pruned": "stopped early", "duplicate": "copies of a trained network",
+             "infeasible": "over budget", "fail": "failed", "running": "still running"}
+    return ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(ended.items())) or \
+        "none was started before the search stopped"
+
+
 @click.command("worker")
 @click.option("--study", "study_name", required=True)
 @_storage_options
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), default="tpe",
               show_default=True)
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="none",
               show_default=True)
 @click.option("--trials", "n_trials", type=int, default=None,
               help="Stop when the study holds this many trials [default: no limit].")
@@ -351,21 +394,33 @@ def report_command(obj: Context, study_name: str, storage: str | None,
 
 @click.command("export")
 @click.argument("study_name", metavar="STUDY")
-@click.option("--trial", "number", type=int, required=True)
+@click.option("--trial", "number", type=int, default=None,
+              help="The trial to export [default: the study's recommended model, chosen on "
+                   "validation when the study was promoted].")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--label", default="Asc_Search", show_default=True,
               help="DCASE submission label (Lastname_Institution): names the inference package "
                    "<label>_task1 and its module <label>_task1_1.")
 @_storage_options
 @pass_context
-def export_command(obj: Context, study_name: str, number: int, out: Path,
+def export_command(obj: Context, study_name: str, number: int | None, out: Path,
                    storage: str | None, studies: Path | None, label: str) -> None:
     """Write a trial's 16-bit weights, spec, complexity card, DCASE output.csv and the DCASE 2025
-    inference package."""
+    inference package (by default the study's recommended model)."""
+    from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
     from asc_search.report.export import export_trial
+    from asc_search.search.promote import recommendation
 
     study = _open(study_name, storage, studies)
+    if number is None:
+        chosen = recommendation(study)
+        if chosen is None:
+            raise AscSearchError(f"study {study_name!r} has no recommended model yet (its "
+                                 "finalists were not promoted): give --trial N, or run "
+                                 f"asc-search distill {study_name}")
+        number = chosen.trial
+        _say(chosen.headline())
     summary = export_trial(study, number=number, out=out, pm=obj.pm, cache=obj.cache,
                            studies=studies_dir(studies), progress=not obj.quiet, label=label)
     _say(f"exported trial {number} ({'finalist' if summary['finalist'] else 'search'} network,"
@@ -506,11 +561,14 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
 
 
 def _print_finalists(study: Any) -> None:
-    from asc_search.search.promote import finalists
+    from asc_search.search.promote import finalists, recommendation
 
     promoted = finalists(study)
     if not promoted:
         return
+    chosen = recommendation(study)
+    if chosen is not None:
+        _say(chosen.headline())
     table = Table("trial", "kind", "MACs", "bytes", "val %", "test %", "test unseen %",
                   title="finalists (full-length distillation)")
     for number, record in sorted(promoted.items()):
@@ -561,7 +619,12 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
 
     from asc_search.parents.store import trained_parent
     from asc_search.paths import studies_dir
-    from asc_search.search.objective import candidate_budget, parent_recipe, trial_candidate
+    from asc_search.search.objective import (
+        REFERENCE_ATTR,
+        candidate_budget,
+        parent_recipe,
+        trial_candidate,
+    )
     from asc_search.search.study import load_resources, settings_of
 
     study = _open(study_name, storage, studies)
@@ -578,12 +641,14 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
         else:
             continue
         candidate = trial_candidate(loaded.space, params, settings=settings, pm=obj.pm,
-                                    seed_trial="seed_trial" in trial.user_attrs)
+                                    seed_trial="seed_trial" in trial.user_attrs,
+                                    reference=trial.user_attrs.get(REFERENCE_ATTR))
         wide, targets, recipe, budget = candidate_budget(
             candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0)
         if targets:
-            wanted.setdefault(wide.to_json(), (wide, parent_recipe(recipe), budget.wide,
-                                               trial.number))
+            wanted.setdefault(wide.to_json(), (
+                wide, parent_recipe(recipe, candidate, settings=settings,
+                                    n_train=len(loaded.train)), budget.wide, trial.number))
     if not wanted:
         _say(f"study {study_name} has no pruning plan queued or trained: no parents to build")
         return

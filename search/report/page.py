@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from asc_search.data.dataset import DEVICES
-from asc_search.search.promote import finalists
+from asc_search.search.promote import finalists, recommendation
 from asc_search.search.study import feasible, pareto_trials, settings_of
 
 
@@ -31,12 +31,13 @@ def write_report(study: optuna.Study, *, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        sections = [_summary(study)]
+        sections = [_recommendation(study), _summary(study)]
         for title, plot in (("Pareto front", _pareto_plot), ("Optimisation history", _history),
                             ("Parameter importances", _importances),
                             ("Finalists per device (test)", _finalists_plot)):
             sections.append(f"<h2>{title}</h2>" + plot(study, partial))
         sections.append(_finalists_table(study))
+        sections.append(_class_table(study))
         sections.append(_pareto_table(study))
         page = ("<!doctype html><meta charset='utf-8'><title>asc-search: "
                 f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
@@ -72,9 +73,41 @@ def _summary(study: optuna.Study) -> str:
             f"optimiser steps (epochs × steps per epoch at the study's batch size, so the same "
             f"number of samples): {settings.proxy_epochs} epochs in a search trial, "
             f"{settings.promote_epochs} for a finalist. A pruning plan divides its budget: a "
-            f"third for the final fine-tune, a tenth for the fine-tunes between pruning steps, "
-            f"the rest for the wide network. Steps of a wider network cost more; each trial "
-            f"records the training MACs it spent.</p>")
+            f"third (or the share its plan samples) for the final fine-tune, a tenth for the "
+            f"fine-tunes between pruning steps, the rest for the wide network. Steps of a wider "
+            f"network cost more; each trial records the training MACs it spent.</p>")
+
+
+def _recommendation(study: optuna.Study) -> str:
+    """The headline: the one model the study recommends, chosen on validation, and what
+    validation can tell apart here."""
+    chosen = recommendation(study)
+    if chosen is None:
+        return ("<p><strong>No recommendation yet</strong>: the finalists have not been "
+                "promoted (<code>asc-search distill</code>).</p>")
+    notes = "".join(f"<li>{html.escape(line)}</li>" for line in chosen.notes())
+    return (f"<p style='font-size:1.2em'><strong>{html.escape(chosen.headline())}</strong></p>"
+            "<p>Chosen on validation before any test clip was read; <code>asc-search export"
+            "</code> writes this model unless told another trial.</p>"
+            + (f"<ul>{notes}</ul>" if notes else ""))
+
+
+def _class_table(study: optuna.Study) -> str:
+    """Per-class test accuracy of every finalist, beside the per-device figures: a network that
+    never predicts a class shows 0 there."""
+    promoted = finalists(study)
+    classes = sorted({c for r in promoted.values() for c in r["test"].get("per_class", {})})
+    if not classes:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
+    rows = []
+    for number, record in sorted(promoted.items()):
+        cells = "".join(f"<td>{_pct(record['test']['per_class'].get(c))}</td>" for c in classes)
+        missing = ", ".join(record.get("never_predicted", {}).get("test", []))
+        rows.append(f"<tr><td>{number}</td><td>{html.escape(record['label'])}</td>{cells}"
+                    f"<td>{html.escape(missing)}</td></tr>")
+    return ("<h2>Finalists per class (test %)</h2><table><tr><th>trial</th><th>kind</th>"
+            + head + "<th>never predicted</th></tr>" + "".join(rows) + "</table>")
 
 
 def _teachers_line(settings: Any) -> str:
@@ -247,7 +280,8 @@ def _finalists_table(study: optuna.Study) -> str:
     if not promoted:
         return ""
     rows = "".join(
-        f"<tr><td>{n}</td><td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
+        f"<tr><td>{n}{' (recommended)' if r.get('recommended') else ''}</td>"
+        f"<td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
         f"<td>{r['param_bytes']:,}{_storage_note(r)}</td>"
         f"<td>{_with_interval(r['validation'])}</td>"
         f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
@@ -257,11 +291,11 @@ def _finalists_table(study: optuna.Study) -> str:
     return ("<h2>Finalists</h2><p>Macro accuracy with its 95 % bootstrap interval over "
             "recordings (the clips of one recording are not independent). The hand-made "
             "reference is the best seed trial by validation (the DCASE baseline or one of the "
-            "seed's plans). Whether a searched finalist beats it is read from the last "
-            "column: the test difference with its "
-            "<em>paired</em> interval (both models on the same resampled recordings). A "
-            "difference whose interval holds 0 is not shown by this data; two overlapping "
-            "intervals alone do not decide it either way.</p>"
+            "seed's plans). The recommendation above was made on validation; the test "
+            "columns were read once, after it, to report how the finalists fare, not to "
+            "choose among them. The test difference from the reference carries its "
+            "<em>paired</em> interval (both models on the same resampled recordings): a "
+            "difference whose interval holds 0 is not shown by this data.</p>"
             "<table><tr><th>trial</th><th>kind</th><th>MACs</th><th>bytes</th>"
             "<th>validation % (95 % CI)</th><th>test % (95 % CI)</th><th>test seen %</th>"
             "<th>test unseen %</th><th>test − hand-made reference, points (95 % CI)</th>"

@@ -30,8 +30,15 @@ from asc_search.errors import AscSearchError
 from asc_search.parents.store import PARENT_SEED, trained_parent
 from asc_search.pruning.plans import candidate_of, pruning_path, settle
 from asc_search.pruning.prune import PruningPlan, prune
-from asc_search.search.budget import StepBudget, report_epochs, step_budget, training_macs
+from asc_search.search.budget import (
+    StepBudget,
+    final_share,
+    report_epochs,
+    step_budget,
+    training_macs,
+)
 from asc_search.search.heartbeat import worker_id
+from asc_search.search.references import reference_spec
 from asc_search.search.space import Candidate, SearchSpace
 from asc_search.search.storage import scratch
 from asc_search.teachers import (
@@ -87,6 +94,9 @@ class SearchSettings:
     #: (``asc_search.training.device_models``), its fine-tune searched over this many tunings.
     device_specific: bool = False
     device_trials: int = 6
+    #: The user's own hand-made networks (``run --reference``): label, spec and training
+    #: overrides each (``asc_search.search.references``), queued as seed trials.
+    references: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> str:
         # Settings added later enter only when set: a study made before keeps resuming.
@@ -103,6 +113,7 @@ class SearchSettings:
         # the value that leaves it out, whatever the default is now.
         data = {**_ADDED_SETTINGS, **json.loads(text)}
         data["teachers"] = tuple(data["teachers"])
+        data["references"] = tuple(data["references"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -164,7 +175,10 @@ def dropped_settings(text: str) -> list[str]:
 
 #: Settings newer than the first stored studies, with the value that leaves them out of the JSON.
 _ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6,
-                                   "teacher_device_response_p": 0.0}
+                                   "teacher_device_response_p": 0.0, "references": ()}
+#: User attribute of a trial that trains a user's reference (``run --reference``): its label,
+#: spec and training, trained as given instead of sampled from the space.
+REFERENCE_ATTR = "reference"
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -213,9 +227,13 @@ class Outcome:
 
 
 def trial_candidate(space: SearchSpace, params: Mapping[str, Any], *, settings: SearchSettings,
-                    pm: pluggy.PluginManager, seed_trial: bool = False) -> Candidate:
+                    pm: pluggy.PluginManager, seed_trial: bool = False,
+                    reference: Mapping[str, Any] | None = None) -> Candidate:
     """The trainable candidate of a trial's stored ``params`` under the study's budgets: what the
-    trial trained, what promotion trains again and what ``parents build`` prepares."""
+    trial trained, what promotion trains again and what ``parents build`` prepares. A user's
+    ``reference`` (the trial's ``REFERENCE_ATTR``) is its own network, trained as it is."""
+    if reference is not None:
+        return Candidate(spec=reference_spec(reference), training=dict(reference["training"]))
     return candidate_of(space, space.values_of(params), pm=pm, max_macs=settings.max_macs,
                         max_param_bytes=settings.max_param_bytes,
                         storage_dtype=settings.storage_dtype, seed_trial=seed_trial)
@@ -235,15 +253,29 @@ def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train:
     recipe = settings.base_recipe(n_train).with_(**candidate.training, seed=seed)
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
     pruning_steps = len(targets) * int(candidate.plan.get("prune_steps", 1)) if targets else 0
-    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps)
+    budget = step_budget(epochs, steps_per_epoch=steps_per_epoch, pruning_steps=pruning_steps,
+                         final=final_share(candidate.plan.get("final_share")))
     recipe = recipe.with_(epochs=epochs,
                           warmup_steps=min(recipe.warmup_steps, budget.wide // 10))
     return wide, targets, recipe, budget
 
 
-def parent_recipe(recipe: TrainingRecipe, *, parent_seed: int = PARENT_SEED) -> TrainingRecipe:
-    """The recipe a candidate's parent trains with: the parent seed instead of the trial's."""
-    return recipe.with_(seed=derive_seed(parent_seed, 0))
+def parent_recipe(recipe: TrainingRecipe, candidate: Candidate, *, settings: SearchSettings,
+                  n_train: int, parent_seed: int = PARENT_SEED) -> TrainingRecipe:
+    """The recipe a candidate's parent trains with: the study's, not the candidate's searched
+    training values (its batch and warm-up excepted, which set the steps), and the parent seed
+    instead of the trial's.
+
+    A parent is shared by every plan that prunes it (``asc_search.parents.store``, keyed by its
+    recipe): were a candidate's sampled augmentation or learning rate to reach it, every pruned
+    candidate of a joint space would train a wide network of its own, a 96-wide one at nine times
+    a final network's cost per step. Its searched recipe acts on the steps that are its own: the
+    fine-tunes between pruning steps and the final fine-tune, or all of an unpruned candidate's.
+    """
+    study = settings.base_recipe(n_train)
+    shared = {name: getattr(study, name) for name in candidate.training
+              if name not in ("batch_size", "warmup_steps")}
+    return recipe.with_(**shared, seed=derive_seed(parent_seed, 0))
 
 
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
@@ -299,7 +331,8 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     parent_trained, restored_cpu = False, 0.0
     if targets:
         model, cache_hit, restored_cpu = trained_parent(
-            wide, pm=pm, recipe=parent_recipe(recipe, parent_seed=parent_seed),
+            wide, pm=pm, recipe=parent_recipe(recipe, candidate, settings=settings,
+                                              n_train=len(train), parent_seed=parent_seed),
             steps=budget.wide, train=train, teacher_logits=teacher_logits, precision=precision,
             cache=parents, progress=progress)
         parent_trained = not cache_hit
@@ -373,7 +406,7 @@ def run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[f
         # Ctrl-C: Optuna records this trial as FAIL; queue its parameters again so the rerun
         # that resumes the study trains the same candidate (a seed trial stays a seed trial).
         trial.set_user_attr("status", "interrupted")
-        keep = {k: v for k, v in trial.user_attrs.items() if k == "seed_trial"}
+        keep = {k: v for k, v in trial.user_attrs.items() if k in ("seed_trial", REFERENCE_ATTR)}
         trial.study.enqueue_trial(trial.params, user_attrs=keep)
         raise
     except Exception:
@@ -386,11 +419,17 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     settings = resources.settings
     # Which machine and process ran it: the first thing to look at when a trial was lost.
     trial.set_user_attr("worker", worker_id())
-    # A parent-based plan is scaled to fill the budget here; a seed trial is trained as defined.
-    candidate = settle(resources.space.suggest(trial), pm=resources.pm,
-                       max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
-                       storage_dtype=settings.storage_dtype,
-                       seed_trial="seed_trial" in trial.user_attrs)
+    # A parent-based plan is scaled to fill the budget here; a seed trial is trained as defined,
+    # and a user's reference is its own network, not a point of the space.
+    reference = trial.user_attrs.get(REFERENCE_ATTR)
+    if reference is not None:
+        candidate = trial_candidate(resources.space, {}, settings=settings, pm=resources.pm,
+                                    reference=reference)
+    else:
+        candidate = settle(resources.space.suggest(trial), pm=resources.pm,
+                           max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
+                           storage_dtype=settings.storage_dtype,
+                           seed_trial="seed_trial" in trial.user_attrs)
     final = build_model(candidate.spec, pm=resources.pm)
     card = count_complexity(final, storage_dtype=candidate_storage(candidate, settings))
     trial.set_user_attr("spec", candidate.spec.to_dict())
@@ -421,7 +460,11 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
         trial.set_user_attr("train_seconds", 0.0)
         raise optuna.TrialPruned(f"the network of trial {twin.number} as it is")
 
+    # A seed trial is the hand-made reference and is never stopped; without a pruner, reports
+    # cost validation passes and decide nothing.
     reported = report_epochs(settings.proxy_epochs)
+    stoppable = ("seed_trial" not in trial.user_attrs
+                 and not isinstance(trial.study.pruner, optuna.pruners.NopPruner))
 
     def report(model: torch.nn.Module, epoch: int) -> None:
         if epoch not in reported:
@@ -442,7 +485,7 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
         validation=resources.validation, teacher_logits=resources.teacher_logits,
         precision=resources.precision, epochs=settings.proxy_epochs, seed=trial.number,
         progress=resources.progress, final_card=card, parents=resources.cache,
-        on_report=report if settings.objective == "accuracy" else None,
+        on_report=report if settings.objective == "accuracy" and stoppable else None,
     )
     # The pruned network, not the sampled spec, is what would be submitted: constrain that.
     trial.set_constraint("macs", outcome.macs - settings.max_macs)
@@ -490,7 +533,8 @@ def evaluation_attrs(result: Evaluation) -> dict[str, Any]:
             "unseen": result.unseen,
             "per_device": {k: round(v, 4) for k, v in result.per_device.items()},
             "per_device_interval": {k: [round(v, 4) for v in interval]
-                                    for k, interval in result.per_device_interval.items()}}
+                                    for k, interval in result.per_device_interval.items()},
+            "per_class": {k: round(v, 4) for k, v in result.per_class.items()}}
 
 
 def _upload_checkpoint(trial: optuna.Trial, resources: TrialResources, outcome: Outcome) -> None:

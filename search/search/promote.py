@@ -51,11 +51,18 @@ from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
 from asc_search.search.budget import TRAINING_PASSES
 from asc_search.search.objective import (
+    REFERENCE_ATTR,
     TrialResources,
     candidate_storage,
     evaluation_attrs,
     train_candidate,
     trial_candidate,
+)
+from asc_search.search.recommend import (
+    FinalistScore,
+    Recommendation,
+    never_predicted,
+    recommend,
 )
 from asc_search.search.storage import scratch
 from asc_search.search.study import dominates, feasible, load_resources, ranked_trials, settings_of
@@ -71,6 +78,8 @@ from asc_search.training.int8 import (
 from asc_search.training.train import Precision, derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
+#: Study user attribute holding the recommendation (``asc_search.search.recommend``).
+RECOMMENDATION_ATTR = "recommendation"
 
 
 def _with_interval(result: Evaluation) -> str:
@@ -92,6 +101,12 @@ def choose_finalists(study: optuna.Study, *, top: int,
     if not chosen:  # a study of seed trials only, asked for no reference
         chosen = ranked_trials(study)[:top]
     return chosen
+
+
+def recommendation(study: optuna.Study) -> Recommendation | None:
+    """The study's recommended model, if its promotion has run."""
+    stored = study.user_attrs.get(RECOMMENDATION_ATTR)
+    return None if stored is None else Recommendation.from_dict(stored)
 
 
 def finalists(study: optuna.Study) -> dict[int, dict[str, Any]]:
@@ -348,7 +363,8 @@ def _retrained(trial: optuna.trial.FrozenTrial, label: str, *, resources: TrialR
     """A finalist trained again from scratch on the whole promotion budget."""
     settings = resources.settings
     candidate = trial_candidate(resources.space, trial.params, settings=settings,
-                                pm=resources.pm, seed_trial="seed_trial" in trial.user_attrs)
+                                pm=resources.pm, seed_trial="seed_trial" in trial.user_attrs,
+                                reference=trial.user_attrs.get(REFERENCE_ATTR))
     outcome = train_candidate(
         candidate, settings=settings, pm=resources.pm, train=resources.train,
         validation=resources.validation, teacher_logits=resources.teacher_logits,
@@ -398,8 +414,9 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     results = {}
     test_correct: dict[int, np.ndarray] = {}
     data, store = loaded, loaded.artifacts
+    cards, scores = {}, {}
     for finalist in promoted:
-        trial, label = finalist.trial, finalist.label
+        trial = finalist.trial
         card = count_complexity(finalist.model, storage_dtype=finalist.storage)
         if finalist.int8 is not None:  # the converted program's own count, not the bound
             card = replace(card, param_bytes=finalist.int8.stored_bytes)
@@ -407,6 +424,27 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             announce(f"trial {trial.number} skipped: its promoted network does not fit the budget "
                      f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
             continue
+        cards[trial.number] = card
+        logits = predict(finalist.scored, data.validation.features,
+                         precision=scoring_precision(finalist, loaded))
+        finalist.model.to("cpu")
+        scores[trial.number] = FinalistScore(
+            label=finalist.label, validation=finalist.validation,
+            correct=logits.argmax(axis=1) == data.validation.labels, macs=card.macs,
+            param_bytes=card.param_bytes)
+    if not scores:
+        raise AscSearchError(f"study {study.study_name!r}: no promoted finalist fits the budgets")
+    reference = next((t.number for t in seeds if t.number in scores), None) \
+        if with_seed_plan else None
+    # The recommendation is made on validation and stored before any test clip is read.
+    chosen_one = recommend(scores, reference=reference, labels=data.validation.labels,
+                           files=data.validation.files, classes=data.validation.classes)
+    study.set_user_attr(RECOMMENDATION_ATTR, chosen_one.to_dict())
+    for finalist in promoted:
+        trial, label = finalist.trial, finalist.label
+        if trial.number not in cards:
+            continue
+        card = cards[trial.number]
         # Selection is over; only now does the test list get looked at.
         test_logits = predict(finalist.scored, data.test.features,
                               precision=scoring_precision(finalist, loaded))
@@ -437,6 +475,10 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                                             study_or_trial=study)
         record = {
             "trial": trial.number, "label": label, "epochs": finalist.epochs,
+            "recommended": trial.number == chosen_one.trial,
+            "never_predicted": {"validation": never_predicted(finalist.validation,
+                                                              data.validation.classes),
+                                "test": never_predicted(test, data.test.classes)},
             "promoted_by": "continue" if rungs else "retrain", "rungs": finalist.rungs,
             "budget": finalist.budget, "training_macs": finalist.training_macs,
             "validation": evaluation_attrs(finalist.validation),
@@ -452,11 +494,17 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                  f"{card.macs / 1e6:.2f} M MACs, "
                  f"{card.param_bytes:,} B ({finalist.seconds:.0f} s)")
         results[trial.number] = record
-    reference = next((n for n, r in results.items() if r["label"] != "searched"),
-                     None) if with_seed_plan else None
     _compare_with_reference(study, results, test_correct, data.test, reference, announce)
+    announce(chosen_one.headline())
+    for line in chosen_one.notes():
+        announce(line)
+    for number, record in results.items():
+        if record["never_predicted"]["test"]:
+            announce(f"finalist trial {number} never predicts "
+                     f"{', '.join(record['never_predicted']['test'])} on test")
     if settings.device_specific and results:
-        _device_specific(study, results, promoted, resources=loaded, announce=announce)
+        _device_specific(study, results, promoted, resources=loaded, announce=announce,
+                         recommended=chosen_one.trial)
     if kept_rungs is not None:  # the finalists are saved: the rungs that led to them are not needed
         kept_rungs.clear()
     return results
@@ -464,10 +512,11 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
 
 def _device_specific(study: optuna.Study, results: dict[int, dict[str, Any]],
                      promoted: list[Promoted], *, resources: TrialResources,
-                     announce: Callable[[str], None]) -> None:
-    """The DCASE 2025 mode: device models for the best searched finalist (by validation), their
-    tuning searched on validation; then, read once, the test routed by device against the same
-    finalist's general model. Each device model is a study artifact beside the finalist."""
+                     announce: Callable[[str], None], recommended: int) -> None:
+    """The DCASE 2025 mode: device models for the recommended finalist (chosen on validation,
+    the reference when no searched one beats it), their tuning searched on validation; then,
+    read once, the test routed by device against the same finalist's general model. Each device
+    model is a study artifact beside the finalist."""
     from asc_search.training.device_models import (
         known_and_unknown,
         routed_evaluation,
@@ -475,9 +524,7 @@ def _device_specific(study: optuna.Study, results: dict[int, dict[str, Any]],
     )
 
     settings = resources.settings
-    eligible = [p for p in promoted if p.trial.number in results]
-    searched = [p for p in eligible if p.label == "searched"] or eligible
-    chosen = max(searched, key=lambda p: p.validation.macro_accuracy)
+    chosen = next(p for p in promoted if p.trial.number == recommended)
     number = chosen.trial.number
     announce(f"device-specific models for finalist trial {number}: "
              f"{settings.device_trials} tunings searched on validation")

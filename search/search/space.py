@@ -31,7 +31,7 @@ import json
 import math
 import tomllib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,14 @@ from asc_search.architecture import ArchSpec, SpecError, architectures, build_mo
 from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.plugin_manager import collect_named
+from asc_search.training.recipe import TrainingRecipe
 
 TARGETS = ("spec", "plan", "training")
+#: Context key (not a dimension) under which a space placed under a study's budgets
+#: (``SearchSpace.under_budgets``) tells conditions which ``parent`` presets fit as they are: a
+#: plan from such a parent trains that network unpruned, so its keep ratios and pruning
+#: dimensions change nothing and are not sampled.
+PARENTS_AS_IS = "parents_as_is"
 
 
 class SpaceError(AscSearchError):
@@ -61,7 +67,9 @@ class DimensionInfo:
     description: str
     #: Values a categorical choice may take, given the plugin manager (None: any).
     allowed: Callable[[pluggy.PluginManager], Collection[Any]] | None = None
-    #: Applies a sampled value to the spec fields (spec dimensions whose name is not a field).
+    #: Applies a sampled value to the spec fields (spec dimensions whose name is not a field),
+    #: or to the training recipe's fields (training dimensions whose name is not a field: a
+    #: plugin's ``augment_strength`` may set ``mixstyle_p`` and ``freq_mask_bins`` together).
     apply: Callable[[dict[str, Any], Any], None] | None = None
     #: Whether the dimension has any effect, given the other values of the candidate (fixed and
     #: sampled so far); an inactive dimension is not sampled (None: always active). Sampling a
@@ -133,6 +141,29 @@ class SearchSpace:
     infos: dict[str, DimensionInfo]
     #: Every architecture preset, by name: what a ``parent`` dimension's choices name.
     presets: Mapping[str, ArchSpec] = field(default_factory=dict)
+    #: What conditions may read besides the candidate's values (``PARENTS_AS_IS``).
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def under_budgets(self, *, pm: pluggy.PluginManager, max_macs: int, max_param_bytes: int,
+                      storage_dtype: str = "float16") -> SearchSpace:
+        """This space with the ``parent`` presets that fit the budgets as they are named in its
+        context, so a plan from one of them samples no keep ratio or pruning dimension.
+
+        In the default run 9 of 21 sampled trials were the DCASE baseline's parent with keep
+        ratios that did nothing: copies of the baseline seed trial, drawn again and again. A
+        space that searches ``macs_fraction`` narrows even a fitting parent, so none is named.
+        """
+        names = next((d.choices for d in self.dimensions if d.name == "parent"),
+                     (self.fixed["parent"],) if "parent" in self.fixed else ())
+        as_is: list[str] = []
+        if names and not any(d.name == "macs_fraction" for d in self.dimensions):
+            for name in names:
+                probe = self.candidate({"parent": name} if "parent" not in self.fixed else {})
+                card = count_complexity(build_model(probe.spec, pm=pm),
+                                        storage_dtype=storage_dtype)
+                if card.macs <= max_macs and card.param_bytes <= max_param_bytes:
+                    as_is.append(name)
+        return replace(self, context={**self.context, PARENTS_AS_IS: tuple(as_is)})
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         """Sample every active dimension through ``trial`` and assemble the candidate.
@@ -148,7 +179,7 @@ class SearchSpace:
             else:
                 waiting.append(dimension)
         while waiting:
-            known = {**self.fixed, **values}
+            known = {**self.context, **self.fixed, **values}
             ready = [d for d in waiting if self._decidable(d, known)]
             if not ready:  # conditions on each other: decide them on what is known
                 ready = waiting[:1]
@@ -161,7 +192,7 @@ class SearchSpace:
     def active(self, name: str, values: Mapping[str, Any]) -> bool:
         """Whether dimension ``name`` has an effect given ``values`` (fixed and sampled)."""
         condition = self.infos[name].active_when
-        return condition is None or bool(condition(values))
+        return condition is None or bool(condition({**self.context, **values}))
 
     def _decidable(self, dimension: Dimension, known: Mapping[str, Any]) -> bool:
         """A conditional dimension is decided once no other waiting dimension could change its
@@ -179,25 +210,31 @@ class SearchSpace:
     def params_for(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """Trial params that make ``suggest`` return ``values`` (a seed trial), or None when
         a value lies outside the space: a fixed field that differs, or a choice it lacks."""
+        params, _ = self.params_or_why(values)
+        return params
+
+    def params_or_why(self, values: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """``params_for``, and when a value lies outside the space, which one and why."""
         params: dict[str, Any] = {}
         for name, value in values.items():
             dimension = next((d for d in self.dimensions if d.name == name), None)
             if dimension is None:
                 if name in self.fixed and self.fixed[name] != value:
-                    return None
+                    return None, f"{name} is fixed at {self.fixed[name]!r}, not {value!r}"
                 continue
             if dimension.kind == "categorical":
                 encoded = json.dumps(value) if isinstance(value, list | dict) else value
                 choices = [json.dumps(c) if isinstance(c, list | dict) else c
                            for c in dimension.choices]
                 if encoded not in choices:
-                    return None
+                    return None, f"{name} offers no {value!r}"
                 params[name] = encoded
             else:
                 if not dimension.low <= value <= dimension.high:
-                    return None
+                    return None, (f"{name}'s range {dimension.low:g}–{dimension.high:g} "
+                                  f"excludes {value:g}")
                 params[name] = value
-        return params
+        return params, ""
 
     def candidate(self, values: Mapping[str, Any]) -> Candidate:
         """Assemble a candidate from dimension values (sampled, or a seed trial's)."""
@@ -213,6 +250,8 @@ class SearchSpace:
                     spec_fields[name] = value
             elif info.target == "plan":
                 plan[name] = value
+            elif info.apply is not None:  # a plugin's dimension that sets recipe fields
+                info.apply(training, value)
             else:
                 training[name] = value
         try:
@@ -230,6 +269,7 @@ class SearchSpace:
 
 
 _SPEC_FIELDS = frozenset(ArchSpec.__dataclass_fields__)
+_RECIPE_FIELDS = frozenset(TrainingRecipe.__dataclass_fields__)
 
 
 class _Recording(dict):
@@ -364,6 +404,12 @@ def _validated(data: dict[str, Any], *, source: str, pm: pluggy.PluginManager) -
             )
         if name in fixed:
             raise SpaceError(f"{source}: {name!r} is both fixed and searched")
+        if (infos[name].target == "training" and infos[name].apply is None
+                and name not in _RECIPE_FIELDS):
+            # It would be sampled, then refused by the recipe when the trial trains.
+            raise SpaceError(
+                f"{source}: training dimension {name!r} is not a training-recipe field and its "
+                "plugin gives no apply() that sets recipe fields, so it could never train")
         dimension = _dimension(name, spec, source=source)
         if dimension.kind == "categorical":
             _check_allowed(infos[name], dimension.choices, source=source, pm=pm)

@@ -29,7 +29,13 @@ from asc_search.search.heartbeat import (
     settle_dead_local_trials,
     taken_as_lost,
 )
-from asc_search.search.objective import SearchSettings, TrialResources, dropped_settings, run_trial
+from asc_search.search.objective import (
+    REFERENCE_ATTR,
+    SearchSettings,
+    TrialResources,
+    dropped_settings,
+    run_trial,
+)
 from asc_search.search.storage import artifact_store, check_study_name, mask_url, open_storage
 from asc_search.training.recipe import TrainingRecipe
 
@@ -81,7 +87,7 @@ PARENT_SEED_TRIALS: dict[str, dict[str, Any]] = {
     **{
         name: {"parent": parent, **dict.fromkeys(
                    ("keep_stem", "keep_s1", "keep_s2", "keep_s3", "keep_expand"), keep),
-               "importance": "l2", **plan}
+               "importance": "l2", "final_share": "1/3", **plan}
         for name, (parent, keep, plan) in {
             "seed-S1": ("seed-s1-start", 0.5, {"schedule": "agp", "prune_steps": 5,
                                                 "prune_stages": 1}),
@@ -96,14 +102,25 @@ PARENT_SEED_TRIALS: dict[str, dict[str, Any]] = {
 
 def seed_params(space: Any) -> dict[str, dict[str, Any]]:
     """The seed trials this space can express, as trial params (a space without a dimension the
-    seed needs, or whose range excludes its value, skips that seed)."""
+    seed needs, or whose range excludes its value, skips that seed: ``seed_trials_left_out``
+    says which and why)."""
+    return _seed_params(space)[0]
+
+
+def seed_trials_left_out(space: Any) -> dict[str, str]:
+    """The seed trials (hand-made references) this space cannot express, each with the value
+    that lies outside it: a run says so rather than drop a reference without a word."""
+    return _seed_params(space)[1]
+
+
+def _seed_params(space: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     parent_based = any(d.name == "parent" for d in space.dimensions)
     # A searched recipe field: the seed plans train with the published recipe's value (the
     # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
     published = TrainingRecipe()
     recipe = {d.name: getattr(published, d.name) for d in space.dimensions
               if space.infos[d.name].target == "training"}
-    found = {}
+    found, left_out = {}, {}
     for name, values in (PARENT_SEED_TRIALS if parent_based else SEED_TRIALS).items():
         arch = values.get("arch", space.fixed.get("arch", "cp_mobile"))
         if space.fixed.get("arch", "cp_mobile") != arch and "arch" not in {
@@ -111,17 +128,20 @@ def seed_params(space: Any) -> dict[str, dict[str, Any]]:
             # The baseline is CP-Mobile; in an SSCP space it is the all-plain SSCP network,
             # which builds the same layers (a test checks the count is identical).
             if name != "dcase-baseline":
+                left_out[name] = f"the space's architecture is {space.fixed.get('arch')}"
                 continue
             values = {k: v for k, v in values.items() if k != "arch"}
         if any(d.name == "storage" for d in space.dimensions):
             values = {**values, "storage": "float16"}  # the seed's 16-bit weights, as defined
         values = {**recipe, **values}
-        params = space.params_for(values)
-        if params is not None:
-            # Only what acts: the baseline has no pruning plan, so no importance or stages.
-            context = {**space.fixed, **values}
-            found[name] = {k: v for k, v in params.items() if space.active(k, context)}
-    return found
+        params, why = space.params_or_why(values)
+        if params is None:
+            left_out[name] = why
+            continue
+        # Only what acts: the baseline has no pruning plan, so no importance or stages.
+        context = {**space.fixed, **values}
+        found[name] = {k: v for k, v in params.items() if space.active(k, context)}
+    return found, left_out
 
 
 def make_sampler(name: str, *, seed: int | None, n_trials: int | None = None) -> optuna.samplers.BaseSampler:
@@ -226,6 +246,11 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
             for label, params in seed_params(space).items():
                 study.enqueue_trial(params, user_attrs={"seed_trial": label},
                                     skip_if_exists=True)
+        # The user's own references: seed trials that are their own networks, not points of
+        # the space (``asc_search.search.references``).
+        for reference in settings.references:
+            study.enqueue_trial({}, user_attrs={"seed_trial": reference["label"],
+                                                REFERENCE_ATTR: reference})
     return study
 
 
@@ -259,13 +284,15 @@ class WorkerJob:
     seed: int | None
     n_trials: int | None  # total for the study, seed trials included
     timeout: float | None
-    pruner: str = "median"
+    pruner: str = "none"
     threads: int | None = None
     plugins: tuple[str, ...] = ()
     cache: str | None = None
     studies: str | None = None
     device: str = "cpu"
     progress: bool = False
+    #: Sampled networks the study trains before ``timeout`` may end this worker.
+    min_sampled: int = 0
 
 
 def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: Path | None,
@@ -279,7 +306,9 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     from asc_search.teachers.ensemble import ensemble_logits
     from asc_search.training.train import precision_for
 
-    space = space_from_dict(settings.space, source=settings.space_source, pm=pm)
+    space = space_from_dict(settings.space, source=settings.space_source, pm=pm).under_budgets(
+        pm=pm, max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
+        storage_dtype=settings.storage_dtype)
     data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
                            progress=progress, with_test=with_test)
     precision = precision_for(device)
@@ -339,15 +368,26 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     if job.n_trials is not None:
         callbacks.append(_TrialBudget(job.n_trials))
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
+
+    def time_left() -> bool:
+        # Past the timeout a study goes on, a trial at a time, until it has trained the
+        # sampled networks it was promised: the seed trials alone took a whole 300-s search
+        # phase on a busy 2-core machine, and the run then compared nothing with them.
+        return (deadline is None or time.monotonic() < deadline
+                or sampled_trained(study) < job.min_sampled)
+
     waiting = False
-    while deadline is None or time.monotonic() < deadline:
+    while time_left():
         if _wanted(study, job.n_trials):
             waiting = False
+            over = deadline is not None and time.monotonic() >= deadline
             try:
                 # No n_trials here: _TrialBudget ends the run when the study (all workers,
                 # failed trials and copies not counted) holds enough trials.
-                study.optimize(lambda trial: run_trial(trial, resources), n_trials=None,
-                               timeout=None if deadline is None else deadline - time.monotonic(),
+                study.optimize(lambda trial: run_trial(trial, resources),
+                               n_trials=1 if over else None,
+                               timeout=None if deadline is None or over
+                               else deadline - time.monotonic(),
                                callbacks=callbacks, catch=(Exception,), gc_after_trial=True,
                                show_progress_bar=False)
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
@@ -370,6 +410,13 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
             break
         fail_stale_trials(study)
     return progress.finished
+
+
+def sampled_trained(study: optuna.Study) -> int:
+    """Sampled (not seed) trials of the study that trained a network to the end."""
+    return sum(t.user_attrs.get("status") == "trained" and "seed_trial" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False,
+                                         states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _wanted(study: optuna.Study, n_trials: int | None) -> bool:
