@@ -1,35 +1,46 @@
-"""Does the search beat the seed's hand-made plans at equal compute? (issue 12)
+"""Does the search beat the hand-made plans at equal compute? (issues 12 and 30)
 
 One command: ``python benchmarks/search_vs_seed.py [--split 5] [--seeds 0 1 2] [--parts seed search]``.
-On the embedded corpus, with the teacher ensemble of ``calibrate_corpus.py`` (cached), per seed:
+On the embedded corpus, with the product's default teacher (what ``asc-search run`` fits: one
+``wide_cp_mobile``, 20 epochs, device responses; cached, so ``asc-search teachers fit --split N``
+fills it beforehand), per seed:
 
-- part ``seed`` (a): the DCASE baseline and the seed's S1, S2, S3, each trained by the product's
-  own path (``train_candidate``, as promotion trains a finalist) for the calibration's epochs at
-  the split (150 at 5 %, 50 at 25 %), at the product's batch for the split (n // 25 clips, 16 at
-  the corpus's 5 %; the published 256 gives 400 clips two steps per epoch). S2 and S3 share their
-  96-wide parent, as the product shares it; every parent of a seed is trained with that seed, so
-  a seed repeats the whole experiment. Parents resume across sessions (``fit(resume=)``).
-- part ``search`` (b): the product's search (default space ``sscp_fill``, accuracy objective,
-  TPE seeded by the seed, median early stopping, the same batch), given as its CPU budget what
-  S1, S2 and S3 took
-  together at that seed in (a). The budget covers its parents, its trials and the promotion of its
-  winner to the same length as (a). Trials train for a fifth of that length (30 epochs at 5 %);
-  promotion is the product's: the best trials continue from their own checkpoints through rungs
-  of doubling fine-tunes (60, 120, 150 epochs; 4, 2 and 1 trials), keeping the better half
-  (``asc_search.search.promote.climb_rungs``). New trials start while the CPU spent plus the longest
-  trial so far leaves room for those rungs, reserved at what an epoch of the baseline cost in
-  (a). Its parents start from an empty folder of their own, so nothing trained for (a) is free
-  for (b); seed trials are not queued (the question is whether sampling finds better, not
-  whether it recognises S1–S3). The search's study is an SQLite file in that folder, with the
-  CPU spent so far: an interrupted search resumes (a trial cut short is not counted).
+- part ``seed`` (a): the DCASE baseline and the seed's S1, S2, S3, each with its published recipe
+  and trained by the product's own path (``train_candidate``, as promotion trains a finalist) for
+  the calibration's epochs at the split (150 at 5 %, 50 at 25 %), at the product's batch for the
+  split (n // 25 clips, 16 at the corpus's 5 %; the published 256 gives 400 clips two steps per
+  epoch). S2 and S3 share their 96-wide parent, as the product shares it; every parent of a seed
+  is trained with that seed, so a seed repeats the whole experiment. Parents resume across
+  sessions (``fit(resume=)``). Each row keeps its per-clip predictions on validation and test.
+- part ``search`` (b): the product's search (default space ``sscp_joint``, accuracy objective,
+  TPE seeded by the seed, the product's pruner, none by default, the same batch), given as its
+  CPU budget what S1, S2 and S3 took together at that seed in (a). The budget covers its parents,
+  its trials and the promotion of its winner to the same length as (a). Trials train for a fifth
+  of that length (30 epochs at 5 %); promotion is the product's: the best trials continue from
+  their own checkpoints through rungs of doubling fine-tunes (60, 120, 150 epochs; 4, 2 and 1
+  trials), keeping the better half (``asc_search.search.promote.climb_rungs``). New trials start
+  while the CPU spent plus the longest trial so far leaves room for those rungs, reserved at what
+  an epoch of the baseline cost in (a). Its parents start from an empty folder of their own, so
+  nothing trained for (a) is free for (b); seed trials are not queued (the question is whether
+  sampling finds better, not whether it recognises S1–S3). The search's study is an SQLite file
+  in that folder, with the CPU spent so far: an interrupted search resumes (a trial cut short is
+  not counted).
+
+The **reference** of a seed is the plan of (a) best on *validation* at that seed, as the product
+chooses it; a row of (b) records it, the winner's test difference from it paired on the same
+recordings, and what the product would recommend between the two (``asc_search.search.recommend``:
+the winner only where its paired validation difference has an interval above 0). ``--report``
+gives searched − reference and searched − baseline paired by seed, what the recommendation
+gives, and each side's CPU-minutes and training MACs.
 
 ``--space SPACE`` runs part (b) in another space at the same budget (its rows are the plan
-``searched (SPACE)``): ``sscp_fill_recipe`` also searches device impulse-response augmentation,
-which the seed's recipe lacks.
+``searched (SPACE)``). Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
+joint space, reference by validation); earlier rows (calibration teachers, ``sscp_fill``) stay in
+the jsonl and ``--report`` shows the current revisions only.
 
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
-the table. CPU time is wall time × threads on an otherwise idle core (``--threads 1``).
+the table. CPU time is process time (``--threads 1``).
 """
 
 from __future__ import annotations
