@@ -37,6 +37,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from results import append_result, read_results
@@ -106,7 +107,14 @@ def main() -> None:
                         help="budget of --repeat's trials [default: the proxy's]")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).with_name("proxy_fidelity.jsonl"))
+    parser.add_argument("--resolution", action="store_true",
+                        help="print, from --out alone, the smallest difference each length "
+                        "resolves (test-retest pairs), and stop")
     args = parser.parse_args()
+    if args.resolution:
+        entries = [e for e in read_results(args.out) if (e["n"], e["seed"]) == (args.n, args.seed)]
+        print("\n".join(resolution(entries)))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
@@ -270,6 +278,54 @@ def _report_repeats(*, entries: list[dict], proxy: dict, promoted: list[dict],
     for ((r1, e1), a), ((r2, e2), b) in itertools.combinations(sorted(runs.items()), 2):
         if e1 == e2:
             print(f"  repeats {r1} and {r2} ({e1} epochs): tau {tau(a, b):.2f} (test-retest)")
+
+
+#: The lengths of the stage's runs: the default run's proxy and promotion budgets.
+PROXY_EPOCHS, PROMOTE_EPOCHS = SearchSettings.proxy_epochs, SearchSettings.promote_epochs
+
+
+def measurements(entries: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[int, float]]:
+    """Every measurement of the candidates in ``entries`` (one ``--n``/``--seed`` stage): by
+    (promotion mode, run, epochs), each candidate's validation score. Runs are the proxy, each
+    ``--repeat`` and the promoted scores; a candidate's score in two runs of the same length is a
+    test-retest pair (other training seeds, or another lineage for the promoted ones)."""
+    runs: dict[tuple[str, str, int], dict[int, float]] = {}
+    for e in entries:
+        mode = e.get("promote_by", "retrain")
+        if e["stage"] == "proxy":
+            runs[mode, "proxy", PROXY_EPOCHS] = {
+                t["trial"]: t["validation"] for t in e["trials"]
+                if t["validation"] is not None and t.get("status", "trained") == "trained"}
+        elif e["stage"] == "repeat":
+            runs.setdefault((mode, f"repeat {e['repeat']}", e["epochs"]), {})[e["trial"]] = \
+                e["validation"]
+        elif e["stage"] == "promoted":
+            runs.setdefault((mode, "promoted", PROMOTE_EPOCHS), {})[e["trial"]] = e["validation"]
+    return runs
+
+
+def resolution(entries: list[dict[str, Any]]) -> list[str]:
+    """The smallest difference one training of each of two candidates resolves, per length.
+
+    For every test-retest pair of runs of the same length, d = the same candidate's score in the
+    one minus the other: its spread is the training noise of a *difference* of two single
+    measurements (var d = 2σ², as for two different candidates measured once each), so two
+    candidates whose scores differ by less than 1.96 · sd(d) are not told apart at 95 %. The
+    validation list's own noise is part of it (the same clips score both runs).
+    """
+    runs = measurements(entries)
+    lines = []
+    for (a, first), (b, second) in itertools.combinations(sorted(runs.items()), 2):
+        shared = sorted(set(first) & set(second))
+        if a[2] != b[2] or len(shared) < 5:
+            continue
+        d = np.array([first[t] - second[t] for t in shared])
+        lines.append(f"  {a[2]} epochs, {a[1]} ({a[0]}) against {b[1]} ({b[0]}), "
+                     f"{len(shared)} candidates: sd of the retest difference "
+                     f"{100 * d.std(ddof=1):.1f} points; differences below "
+                     f"{196 * d.std(ddof=1):.1f} points are not resolved at 95 %; mean shift "
+                     f"{100 * d.mean():+.1f}")
+    return lines
 
 
 def _counted(study: optuna.Study, promote_by: str) -> int:
