@@ -146,6 +146,9 @@ CASES: dict[str, Case] = {
         lambda c, t: ["--device-response-p", "0.5", "--device-responses", str(t / "micirp")],
         ("micirp", "device impulse-response folder not found"), True),
     "impulse response not a wav": (_broken_response, ("mic.wav", "not a readable WAV file"), True),
+    "study-wide device responses in a space that searches them": (
+        lambda c, t: ["--device-response-p", "0.5"],
+        ("--device-response-p 0.5", "searches device_response_p"), True),
     "reference not there": (lambda c, t: ["--reference", str(t / "mine.json")],
                             ("mine.json", "no such file, nor a STUDY:TRIAL"), True),
     "reference not json": (lambda c, t: _reference(t, "base_channels: 32"),

@@ -95,6 +95,7 @@ def test_a_collapsed_finalist_is_flagged_by_class_and_not_recommended(validation
     chosen = _recommend({0: _finalist("dcase-baseline", *validation, 0.5, seed=0),
                          5: collapsed}, validation)
     assert chosen.trial == 0 and chosen.never_predicted == {5: [SCENES[4], SCENES[9]]}
+    assert "every searched finalist is collapsed" in chosen.why
     assert any("never predicts park, tram" in line for line in chosen.notes())
 
 

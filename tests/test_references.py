@@ -40,7 +40,7 @@ def test_a_structured_file_carries_its_label_and_recipe(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "needle"), [
     ('{"spec": {"base_channels": 24}, "notes": "x"}', "unknown key(s) notes"),
-    ('{"spec": {"base_channels": 24}, "training": {"epochs": 0}}', "epochs and batch size"),
+    ('{"spec": {"base_channels": 24}, "training": {"batch_size": 0}}', "epochs and batch size"),
     ('{"spec": [1, 2]}', "spec and training must be JSON objects"),
     ('[1, 2]', "expected a JSON object"),
     ('{"arch": "resnet9"}', "resnet9"),
@@ -52,6 +52,21 @@ def test_a_reference_that_cannot_train_is_refused_naming_it(tmp_path: Path, text
     with pytest.raises(ReferenceError, match=r"reference .*mine\.json") as caught:
         _read(str(path))
     assert needle in str(caught.value)
+
+
+def test_a_reference_takes_the_study_classes_and_may_not_set_its_length(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"spec": {"base_channels": 24}}))
+    reference = read_reference(str(path), pm=PM, storage_url=None, fixed={"n_classes": 3},
+                               **BUDGET)
+    assert reference["spec"]["n_classes"] == 3  # the head the study's data needs
+    path.write_text(json.dumps({"spec": {"base_channels": 24, "n_classes": 10}}))
+    with pytest.raises(ReferenceError, match="its n_classes is 10, the study's data has 3"):
+        read_reference(str(path), pm=PM, storage_url=None, fixed={"n_classes": 3}, **BUDGET)
+    for field in ("seed", "epochs"):
+        path.write_text(json.dumps({"spec": {"base_channels": 24}, "training": {field: 3}}))
+        with pytest.raises(ReferenceError, match=f"training sets {field}, which the study sets"):
+            _read(str(path))
 
 
 def test_a_trial_of_another_study_is_its_trained_network(tmp_path: Path) -> None:

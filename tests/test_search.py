@@ -648,6 +648,43 @@ def test_a_reference_the_space_cannot_express_is_named_with_why(pm) -> None:
     assert left_out["seed-S2"] == "learning_rate's range 0.006–0.01 excludes 0.005"
 
 
+def test_a_plugin_knob_without_a_published_value_leaves_the_references_out(pm, tmp_path) -> None:
+    from asc_search.hookspecs import hookimpl
+    from asc_search.plugin_manager import build_plugin_manager
+    from asc_search.search.space import DimensionInfo
+    from asc_search.search.study import seed_trials_left_out
+
+    class Knob:
+        @hookimpl
+        def asc_space_dimensions(self):
+            return [DimensionInfo("augment_strength", "training", "one knob",
+                                  apply=lambda training, value: training.update(mixstyle_p=value))]
+
+    with_knob = build_plugin_manager(load_entry_points=False)
+    with_knob.register(Knob())
+    raw, source = read_space("sscp_fill")
+    raw = {**raw, "dimensions": {**raw["dimensions"], "augment_strength": {
+        "type": "float", "low": 0.1, "high": 0.5}}}
+    space = space_from_dict(raw, source=source, pm=with_knob)
+    assert seed_params(space) == {}
+    assert all("augment_strength" in why for why in seed_trials_left_out(space).values())
+
+
+def test_parents_as_is_fit_at_every_offered_dtype_and_only_at_full_macs(pm) -> None:
+    raw, source = read_space("sscp_fill_storage")
+    budgets = {"pm": pm, "max_macs": 30_000_000, "max_param_bytes": 128_000}
+    assert space_from_dict(raw, source=source, pm=pm).under_budgets(**budgets).context[
+        "parents_as_is"] == ("dcase-baseline",)
+    # 122,296 bytes at float16: at float32 the baseline does not fit, so it is pruned there.
+    raw32 = {**raw, "dimensions": {**raw["dimensions"], "storage": {
+        "type": "categorical", "choices": ["float16", "float32"]}}}
+    assert space_from_dict(raw32, source=source, pm=pm).under_budgets(**budgets).context[
+        "parents_as_is"] == ()
+    fixed = {**raw, "fixed": {**raw["fixed"], "macs_fraction": 0.5}}
+    assert space_from_dict(fixed, source=source, pm=pm).under_budgets(**budgets).context[
+        "parents_as_is"] == ()
+
+
 @pytest.mark.slow
 def test_seed_trials_are_never_stopped_by_the_pruner(pm, tiny_corpus: Path, monkeypatch) -> None:
     """A pruner that stops every trial it is asked about stops the sampled ones only: a seed

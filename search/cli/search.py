@@ -8,6 +8,7 @@ distillation and writes the report. ``worker`` joins a study from another proces
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -226,7 +227,15 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         for label, why in seed_trials_left_out(parsed).items():
             _say(f"note: the hand-made reference {label} is not in space {parsed.name!r} "
                  f"({why}): it is not queued, and cannot be the reference")
-    if device_response_p > 0 or (settings.teachers and teacher_device_response_p > 0):
+    searched_recipe = {d.name for d in parsed.dimensions
+                       if parsed.infos[d.name].target == "training"}
+    if device_response_p > 0 and "device_response_p" in searched_recipe:
+        raise AscSearchError(
+            f"--device-response-p {device_response_p:g}: space {parsed.name!r} searches "
+            "device_response_p per candidate, so the option would reach only the parents; "
+            "leave it out, or give a space that does not search it (--space sscp_fill)")
+    if (device_response_p > 0 or (settings.teachers and teacher_device_response_p > 0)
+            or (device_responses and "device_response_p" in searched_recipe)):
         # a missing folder or a broken file fails here, in one line
         from asc_search.training.device_responses import check_responses
 
@@ -256,8 +265,9 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     if references:  # each read and counted now: a bad one is refused before any training
         settings = replace(settings, references=tuple(
             read_reference(given, pm=obj.pm, storage_url=url, max_macs=settings.max_macs,
-                           max_param_bytes=settings.max_param_bytes,
-                           storage_dtype=storage_dtype) for given in references))
+                           max_param_bytes=settings.max_param_bytes, storage_dtype=storage_dtype,
+                           fixed=raw.get("fixed", {}) | {"n_classes": len(classes)})
+            for given in references))
     # Refusals first, then the data: a bad --data or teacher leaves no study behind.
     check_resumable(name=study_name, storage_url=url, settings=settings)
     started = time.perf_counter()
@@ -646,9 +656,12 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
         wide, targets, recipe, budget = candidate_budget(
             candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0)
         if targets:
-            wanted.setdefault(wide.to_json(), (
-                wide, parent_recipe(recipe, candidate, settings=settings,
-                                    n_train=len(loaded.train)), budget.wide, trial.number))
+            # A parent is its network, its steps and its recipe (the cache's key): plans of
+            # another final_share train the same network for other steps.
+            shared = parent_recipe(recipe, candidate, settings=settings,
+                                   n_train=len(loaded.train))
+            key = (wide.to_json(), budget.wide, json.dumps(shared.to_dict(), sort_keys=True))
+            wanted.setdefault(key, (wide, shared, budget.wide, trial.number))
     if not wanted:
         _say(f"study {study_name} has no pruning plan queued or trained: no parents to build")
         return

@@ -83,8 +83,9 @@ def _recommendation(study: optuna.Study) -> str:
     validation can tell apart here."""
     chosen = recommendation(study)
     if chosen is None:
-        return ("<p><strong>No recommendation yet</strong>: the finalists have not been "
-                "promoted (<code>asc-search distill</code>).</p>")
+        return ("<p><strong>No recommendation</strong>: the finalists have not been promoted, "
+                "or were promoted by a version that made none, or none fitted the budgets "
+                "(<code>asc-search distill</code> promotes and recommends).</p>")
     notes = "".join(f"<li>{html.escape(line)}</li>" for line in chosen.notes())
     return (f"<p style='font-size:1.2em'><strong>{html.escape(chosen.headline())}</strong></p>"
             "<p>Chosen on validation before any test clip was read; <code>asc-search export"
@@ -102,7 +103,8 @@ def _class_table(study: optuna.Study) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
     rows = []
     for number, record in sorted(promoted.items()):
-        cells = "".join(f"<td>{_pct(record['test']['per_class'].get(c))}</td>" for c in classes)
+        per_class = record["test"].get("per_class", {})  # none in records made before it
+        cells = "".join(f"<td>{_pct(per_class.get(c))}</td>" for c in classes)
         missing = ", ".join(record.get("never_predicted", {}).get("test", []))
         rows.append(f"<tr><td>{number}</td><td>{html.escape(record['label'])}</td>{cells}"
                     f"<td>{html.escape(missing)}</td></tr>")

@@ -90,7 +90,7 @@ class SearchSettings:
     teacher_device_response_p: float = DEFAULT_TEACHER_DEVICE_RESPONSE_P
     ensemble: str = "mean_logits"
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the published recipe
-    #: DCASE 2025 mode: the best searched finalist also gets one model per training device
+    #: DCASE 2025 mode: the recommended finalist also gets one model per training device
     #: (``asc_search.training.device_models``), its fine-tune searched over this many tunings.
     device_specific: bool = False
     device_trials: int = 6

@@ -433,7 +433,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
             correct=logits.argmax(axis=1) == data.validation.labels, macs=card.macs,
             param_bytes=card.param_bytes)
     if not scores:
-        raise AscSearchError(f"study {study.study_name!r}: no promoted finalist fits the budgets")
+        announce("no promoted finalist fits the budgets: nothing to recommend or test")
+        return {}
     reference = next((t.number for t in seeds if t.number in scores), None) \
         if with_seed_plan else None
     # The recommendation is made on validation and stored before any test clip is read.

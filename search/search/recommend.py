@@ -136,8 +136,9 @@ def recommend(finalists: Mapping[int, FinalistScore], *, reference: int | None,
     challenger = max(searched, key=lambda n: (accuracy(n), -finalists[n].macs)) \
         if searched else None
     if challenger is None:
-        why = ("the hand-made reference; no searched finalist to compare"
-               if reference in eligible else "every searched finalist is collapsed")
+        anyone = any(f.label == "searched" for f in finalists.values())
+        why = ("the hand-made reference; every searched finalist is collapsed" if anyone
+               else "the hand-made reference; no searched finalist to compare")
         return Recommendation(trial=reference, label=finalists[reference].label, why=why,
                               **common)
     paired = paired_difference(labels, finalists[challenger].correct,

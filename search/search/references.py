@@ -35,12 +35,19 @@ class ReferenceError(AscSearchError):
     """A ``--reference`` that cannot be used."""
 
 
+#: Recipe fields a reference may not set: the study's budget sets every network's length, and
+#: the trial its seed.
+NOT_A_REFERENCE_SETTING = ("epochs", "seed")
+
+
 def read_reference(given: str, *, pm: pluggy.PluginManager, storage_url: str | None,
-                   max_macs: int, max_param_bytes: int,
-                   storage_dtype: str = "float16") -> dict[str, Any]:
+                   max_macs: int, max_param_bytes: int, storage_dtype: str = "float16",
+                   fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The reference ``given`` names (a JSON file, or ``STUDY:TRIAL`` in ``storage_url``) as plain
     data (``label``, ``spec``, ``training``), checked: it builds, its recipe overrides are
-    recipe fields, and it fits both budgets."""
+    recipe fields the study lets a candidate set, and it fits both budgets. ``fixed``: the
+    study's ``n_classes`` and ``in_channels`` (from its data), which a spec that leaves them
+    out takes and one that names others is refused for."""
     path = Path(given)
     if path.exists():
         reference = _from_file(path)
@@ -49,10 +56,21 @@ def read_reference(given: str, *, pm: pluggy.PluginManager, storage_url: str | N
     else:
         raise ReferenceError(f"reference {given}: no such file, nor a STUDY:TRIAL")
     where = f"reference {given}"
+    kept = sorted(set(reference["training"]) & set(NOT_A_REFERENCE_SETTING))
+    if kept:
+        raise ReferenceError(f"{where}: training sets {', '.join(kept)}, which the study sets "
+                             "for every network (its budget and the trial's seed)")
     try:
         TrainingRecipe().with_(**reference["training"])
     except AscSearchError as exc:
         raise ReferenceError(f"{where}: {exc}") from None
+    for name, value in (fixed or {}).items():
+        if name not in ("n_classes", "in_channels"):
+            continue
+        given_value = reference["spec"].setdefault(name, value)
+        if given_value != value:
+            raise ReferenceError(f"{where}: its {name} is {given_value}, the study's data "
+                                 f"has {value}")
     try:
         spec = ArchSpec.from_dict(reference["spec"])
         card = count_complexity(build_model(spec, pm=pm), storage_dtype=storage_dtype)

@@ -151,18 +151,24 @@ class SearchSpace:
 
         In the default run 9 of 21 sampled trials were the DCASE baseline's parent with keep
         ratios that did nothing: copies of the baseline seed trial, drawn again and again. A
-        space that searches ``macs_fraction`` narrows even a fitting parent, so none is named.
+        space that searches ``macs_fraction`` (or fixes it below 1) narrows even a fitting
+        parent, so none is named; a space that searches ``storage`` names a parent only if it
+        fits at every dtype it offers.
         """
         names = next((d.choices for d in self.dimensions if d.name == "parent"),
                      (self.fixed["parent"],) if "parent" in self.fixed else ())
+        # A candidate may store its parameters at a dtype of its own: fit at every one offered.
+        dtypes = next((d.choices for d in self.dimensions if d.name == "storage"),
+                      (self.fixed.get("storage", storage_dtype),))
+        narrowed = any(d.name == "macs_fraction" for d in self.dimensions) or \
+            float(self.fixed.get("macs_fraction", 1.0)) < 1.0
         as_is: list[str] = []
-        if names and not any(d.name == "macs_fraction" for d in self.dimensions):
-            for name in names:
-                probe = self.candidate({"parent": name} if "parent" not in self.fixed else {})
-                card = count_complexity(build_model(probe.spec, pm=pm),
-                                        storage_dtype=storage_dtype)
-                if card.macs <= max_macs and card.param_bytes <= max_param_bytes:
-                    as_is.append(name)
+        for name in () if narrowed else names:
+            model = build_model(self.candidate(
+                {"parent": name} if "parent" not in self.fixed else {}).spec, pm=pm)
+            cards = [count_complexity(model, storage_dtype=str(dtype)) for dtype in dtypes]
+            if all(c.macs <= max_macs and c.param_bytes <= max_param_bytes for c in cards):
+                as_is.append(name)
         return replace(self, context={**self.context, PARENTS_AS_IS: tuple(as_is)})
 
     def suggest(self, trial: optuna.Trial) -> Candidate:

@@ -119,9 +119,17 @@ def _seed_params(space: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]
     # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
     published = TrainingRecipe()
     recipe = {d.name: getattr(published, d.name) for d in space.dimensions
-              if space.infos[d.name].target == "training"}
+              if space.infos[d.name].target == "training" and hasattr(published, d.name)}
+    # A plugin's own training knob (one that sets recipe fields through apply()) has no
+    # published value: the seed trials cannot say what they would have used.
+    knobs = [d.name for d in space.dimensions if space.infos[d.name].target == "training"
+             and d.name not in recipe]
     found, left_out = {}, {}
     for name, values in (PARENT_SEED_TRIALS if parent_based else SEED_TRIALS).items():
+        if knobs:
+            left_out[name] = (f"the space searches {', '.join(knobs)}, which the published "
+                              "recipe has no value for")
+            continue
         arch = values.get("arch", space.fixed.get("arch", "cp_mobile"))
         if space.fixed.get("arch", "cp_mobile") != arch and "arch" not in {
                 d.name for d in space.dimensions}:
@@ -237,6 +245,7 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
     if stored is not None and stored != settings.to_json():
         # Nothing ran under the old settings (say, a first run with a wrong --data): replace them.
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        _queue_references(study, settings)
     elif stored is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         with warnings.catch_warnings():  # experimental in Optuna 5, and harmless
@@ -246,12 +255,20 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
             for label, params in seed_params(space).items():
                 study.enqueue_trial(params, user_attrs={"seed_trial": label},
                                     skip_if_exists=True)
-        # The user's own references: seed trials that are their own networks, not points of
-        # the space (``asc_search.search.references``).
-        for reference in settings.references:
-            study.enqueue_trial({}, user_attrs={"seed_trial": reference["label"],
-                                                REFERENCE_ATTR: reference})
+        _queue_references(study, settings)
     return study
+
+
+def _queue_references(study: optuna.Study, settings: SearchSettings) -> None:
+    """Queue the user's own references (``asc_search.search.references``): seed trials that are
+    their own networks, not points of the space. Each label is queued once, also when a first
+    run's settings are replaced before anything ran (its queued references stay)."""
+    wanted = {reference["label"]: reference for reference in settings.references}
+    there = {t.user_attrs[REFERENCE_ATTR]["label"] for t in study.get_trials(deepcopy=False)
+             if REFERENCE_ATTR in t.user_attrs}
+    for label, reference in wanted.items():
+        if label not in there:
+            study.enqueue_trial({}, user_attrs={"seed_trial": label, REFERENCE_ATTR: reference})
 
 
 def settings_of(study: optuna.Study, *, to_train: bool = True) -> SearchSettings:
@@ -432,9 +449,10 @@ def counted_trials(study: optuna.Study) -> tuple[int, int]:
 
     A copy (status ``duplicate``: a sampled plan whose parent fits the budgets as it is, so it *is*
     a network the study trained already) trains nothing and costs no compute, so it takes no slot:
-    ``--trials 16`` trains 16 networks. In the default space every sampled baseline is one, and
-    while the baseline seed trial leads, TPE keeps drawing it (8 of 12 sampled trials of a default
-    run were copies when they counted, so the search trained four networks of its own). Copies
+    ``--trials 16`` trains 16 networks. In ``sscp_fill`` every sampled baseline is one, and
+    while the baseline seed trial leads, TPE kept drawing it (8 of 12 sampled trials of a default
+    run were copies when they counted, so the search trained four networks of its own); the
+    joint space's searched recipe makes every baseline plan a network of its own. Copies
     end pruned, which turns TPE away from them, though slowly: in the tests' tiny space six of
     eleven trials were copies. A space that offers nothing else still ends, once its copies reach
     ``COPIES_PER_SLOT`` times ``--trials``.
