@@ -199,10 +199,11 @@ def weights_url() -> str:
     return _package("hear21passt.models.passt").default_cfgs[ARCH]["url"]
 
 
-def downloaded_weights() -> Path:
-    """The release file, fetched once into the cache folder (written whole, then renamed)."""
+def downloaded_weights(cache: Path | None = None) -> Path:
+    """The release file, fetched once into the run's cache folder (``cache``, the ``--cache``
+    given; else the default one), written whole, then renamed."""
     url = weights_url()
-    target = cache_dir() / "downloads" / "passt" / Path(url).name
+    target = cache_dir(cache) / "downloads" / "passt" / Path(url).name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,11 +218,12 @@ def downloaded_weights() -> Path:
     return target
 
 
-def passt_teacher_network(option: str | None, *, n_classes: int, seed: int) -> nn.Module:
-    """PaSST-S with AudioSet weights (``option`` a path, or None to download) or random ones
-    (``scratch``), its heads replaced for ``n_classes``."""
+def passt_teacher_network(option: str | None, *, n_classes: int, seed: int,
+                          cache: Path | None = None) -> nn.Module:
+    """PaSST-S with AudioSet weights (``option`` a path, or None to download into ``cache``) or
+    random ones (``scratch``), its heads replaced for ``n_classes``."""
     path = None if option == "scratch" else (
-        Path(option).expanduser() if option else downloaded_weights())
+        Path(option).expanduser() if option else downloaded_weights(cache))
     state = read_weights(path) if path is not None else None  # refuse a bad file before building
     model = build_passt(n_classes=n_classes, seed=seed)
     if state is not None:
@@ -237,7 +239,8 @@ def passt_teacher_network(option: str | None, *, n_classes: int, seed: int) -> n
 def fit_passt(context: TeacherContext) -> TeacherFit:
     front_end = PasstFrontEndSettings()
     n_classes = len(context.train.classes)
-    model = passt_teacher_network(context.option, n_classes=n_classes, seed=context.recipe.seed)
+    model = passt_teacher_network(context.option, n_classes=n_classes, seed=context.recipe.seed,
+                                  cache=context.cache)
     train = context.train
     features = train.features.computed_with(front_end)
     passt_train = LabelledSet(files=train.files, features=features, labels=train.labels,

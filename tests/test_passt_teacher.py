@@ -117,6 +117,23 @@ def test_passt_without_weights_or_network_says_where_they_come_from(
     _no_teacher_left(tmp_path / "cache")
 
 
+def test_passt_weights_are_downloaded_into_the_cache_given(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cache DIR`` is where the download goes, not $ASC_SEARCH_CACHE (issue 31)."""
+    fetched = []
+
+    def download(url: str, target: str, progress: bool = False) -> None:
+        fetched.append(url)
+        Path(target).write_bytes(b"weights")
+
+    monkeypatch.setattr(passt.torch.hub, "download_url_to_file", download)
+    monkeypatch.setenv("ASC_SEARCH_CACHE", str(tmp_path / "elsewhere"))
+    target = passt.downloaded_weights(tmp_path / "given")
+    assert target.is_relative_to(tmp_path / "given") and target.read_bytes() == b"weights"
+    assert passt.downloaded_weights(tmp_path / "given") == target and len(fetched) == 1
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_passt_without_its_package_says_how_to_install_it(
         cli, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for module in ("hear21passt", "hear21passt.models", "hear21passt.models.passt",

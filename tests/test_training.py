@@ -163,6 +163,22 @@ def test_cpu_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, capabiliti
     assert not precision_for("cpu", mixed=False).channels_last
 
 
+def test_cuda_gets_bf16_only_where_the_gpu_computes_it(monkeypatch) -> None:
+    """A V100 or T4 reports bf16 when emulation counts (issue 31); fp16 with a scaler is its
+    fast path. No GPU is needed: only the choice is checked."""
+    import torch
+
+    def emulating_gpu(including_emulation: bool = True) -> bool:  # a V100's answers
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_gpu)
+    old_gpu = precision_for("cuda")
+    assert (old_gpu.autocast_dtype, old_gpu.scale_gradients) == (torch.float16, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    native = precision_for("cuda")
+    assert (native.autocast_dtype, native.scale_gradients) == (torch.bfloat16, False)
+
+
 def test_fit_learns_and_is_deterministic(split_data) -> None:
     recipe = TrainingRecipe(epochs=6, batch_size=32, warmup_steps=3, learning_rate=0.01)
     first = build_model(SMALL, pm=PM, seed=0)

@@ -58,6 +58,9 @@ class TeacherContext:
     #: A file for ``fit(resume=)`` that outlives an interrupted fit (``workdir`` does not): a
     #: teacher fit cut short continues from its last epoch when the ensemble is asked for again.
     resume: Path | None = None
+    #: The run's cache folder (``--cache``), for what a teacher keeps between runs, such as
+    #: downloaded weights; None: the default one (``asc_search.paths.cache_dir``).
+    cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def ensemble_logits(
             context = TeacherContext(train=train, recipe=_member_recipe(recipe, parsed, index),
                                      precision=precision, workdir=workdir, option=option,
                                      progress=progress,
-                                     resume=resumes / label / "fit.resume")
+                                     resume=resumes / label / "fit.resume", cache=cache_dir)
             fitted = (known[name].fit(context) if folds == 1 else
                       _fit_out_of_fold(known[name], context, folds=folds))
             logits = np.asarray(fitted.logits, dtype=np.float32)
@@ -252,7 +255,7 @@ def _fit_out_of_fold(teacher: Teacher, context: TeacherContext, *, folds: int) -
             recipe=context.recipe.with_(seed=derive_seed(context.recipe.seed, fold)),
             option=context.option, progress=context.progress,
             resume=None if context.resume is None
-            else context.resume.with_name(f"fold{fold}.resume")))
+            else context.resume.with_name(f"fold{fold}.resume"), cache=context.cache))
         if fitted.model is None:  # logits given, not learned: nothing is memorised
             return teacher.fit(context)
         held_logits = fitted.predict(train.features.subset(held), precision=context.precision)

@@ -113,7 +113,9 @@ def precision_for(device: str | torch.device = "cpu", *, mixed: bool = True) -> 
     if not mixed:
         return Precision(device, None, False, False)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        # Without the flag, V100 and T4 report bf16 by emulation, which runs many times slower
+        # than fp16 there (issue 31): only a GPU that computes bf16 natively gets it.
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return Precision(device, torch.bfloat16, True, False)
         return Precision(device, torch.float16, True, True)
     return Precision(device, torch.bfloat16 if cpu_has_native_bf16() else None, True, False)
