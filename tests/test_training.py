@@ -360,3 +360,32 @@ def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> 
     fit(other, split_data.train, shorter, teacher_logits=teacher, progress=False, resume=resume)
     for (name, a), b in zip(fresh.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_resumed_fit_restores_the_gpu_generators_too(split_data, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """Issue 31: only the CPU generator was kept. Checked without a GPU: the saved state of
+    two pretended GPUs is written and handed back on resume."""
+    import torch
+
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    recipe = TrainingRecipe(epochs=2, batch_size=32, warmup_steps=0)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_one(epoch: int, loss: float) -> None:
+        if epoch == 1:
+            raise Killed
+
+    resume = tmp_path / "run.resume"
+    with pytest.raises(Killed):
+        fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, progress=False,
+            resume=resume, on_epoch=die_after_one)
+    fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, progress=False,
+        resume=resume)
+    assert len(restored) == 1
+    assert all(torch.equal(a, b) for a, b in zip(restored[0], states, strict=True))

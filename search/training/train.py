@@ -347,8 +347,8 @@ class FitState:
     """A ``fit``'s state after an epoch, in one tensor-only file (written whole, then renamed).
 
     It holds what the next epoch depends on: weights, optimiser moments, the schedule's step,
-    the gradient scaler, the augmentation generator, torch's global generator and the numpy
-    generators (batch order, mixup), so continuing from it is the same run. ``identity``
+    the gradient scaler, the augmentation generator, torch's global generators (CPU and every
+    GPU's) and the numpy generators (batch order, mixup), so continuing from it is the same run. ``identity``
     (recipe, steps, clips, KD) must match, or the file is another run's and is ignored.
     """
 
@@ -364,6 +364,9 @@ class FitState:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            # Every GPU's generator too (none on a CPU machine): dropout and any CUDA-side
+            # draw would otherwise restart, and a resumed GPU run would not be the same run.
+            "cuda_rng": list(torch.cuda.get_rng_state_all()),
             "rngs": json.dumps({name: rng.bit_generator.state for name, rng in rngs.items()}),
             "losses": list(history.losses), "seconds": list(history.seconds),
             "cpu_seconds": list(history.cpu_seconds), "samples": history.samples,
@@ -389,6 +392,8 @@ class FitState:
             scaler.load_state_dict(payload["scaler"])
             generator.set_state(payload["generator"])
             torch.set_rng_state(payload["torch_rng"])
+            if payload.get("cuda_rng"):  # files of CPU runs, and older files, hold none
+                torch.cuda.set_rng_state_all(payload["cuda_rng"])
             for name, saved in json.loads(payload["rngs"]).items():
                 rngs[name].bit_generator.state = saved
         except (OSError, RuntimeError, ValueError, KeyError, TypeError,
