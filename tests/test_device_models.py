@@ -82,6 +82,10 @@ def test_run_in_the_2025_mode_reports_and_exports_device_models(cli, tiny_corpus
     finalists = {k: v for k, v in study.user_attrs.items() if k.startswith("finalist:")}
     with_devices = [r for r in finalists.values() if "device_specific" in r]
     assert len(with_devices) == 1
+    # The device models are the recommended finalist's (the reference when no searched one
+    # beats it on validation), not the best searched one's.
+    assert with_devices[0]["trial"] == study.user_attrs["recommendation"]["trial"]
+    assert with_devices[0]["recommended"]
     record = with_devices[0]["device_specific"]
     assert set(record["devices"]) <= {"a", "b", "c", "s1", "s2", "s3"} and "a" in record["devices"]
     assert len(record["tried"]) == 2
