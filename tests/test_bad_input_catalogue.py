@@ -86,7 +86,8 @@ def _nan(corpus: Path, tmp: Path) -> list[str]:
 def _broken_response(corpus: Path, tmp: Path) -> list[str]:
     (tmp / "irs").mkdir()
     (tmp / "irs" / "mic.wav").write_text("not audio\n")
-    return ["--device-response-p", "0.5", "--device-responses", str(tmp / "irs")]
+    # The default space searches device_response_p, so a folder given is checked up front.
+    return ["--device-responses", str(tmp / "irs")]
 
 
 def _reference(tmp: Path, text: str) -> list[str]:
@@ -143,7 +144,7 @@ CASES: dict[str, Case] = {
     "unusable sqlite path": (lambda c, t: ["--storage", f"sqlite:///{t / 'a-file' / 'x.db'}"],
                              ("cannot open study storage",), True),
     "missing impulse-response folder": (
-        lambda c, t: ["--device-response-p", "0.5", "--device-responses", str(t / "micirp")],
+        lambda c, t: ["--device-responses", str(t / "micirp")],
         ("micirp", "device impulse-response folder not found"), True),
     "impulse response not a wav": (_broken_response, ("mic.wav", "not a readable WAV file"), True),
     "study-wide device responses in a space that searches them": (
