@@ -326,6 +326,23 @@ def test_training_with_device_responses_changes_the_fit_and_stays_deterministic(
     assert torch.equal(first.state_dict()[name], second.state_dict()[name])
 
 
+def _fit_killed_after(epoch: int, train, recipe: TrainingRecipe, *, resume: Path,
+                      **kwargs) -> None:
+    """A fit of the small network (seed 0) that dies at the end of ``epoch``, as a killed
+    process would, leaving its ``resume`` file behind."""
+
+    class Killed(Exception):
+        pass
+
+    def die(done: int, loss: float) -> None:
+        if done == epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(build_model(SMALL, pm=PM, seed=0), train, recipe, progress=False, resume=resume,
+            on_epoch=die, **kwargs)
+
+
 def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> None:
     """Killed after epoch 2 and started again with ``resume``, a fit (mixup, masks, MixStyle
     and KD all drawing random numbers) ends with the uninterrupted run's weights."""
@@ -335,17 +352,8 @@ def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> 
     whole = build_model(SMALL, pm=PM, seed=0)
     expected = fit(whole, split_data.train, recipe, teacher_logits=teacher, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def die_after_two(epoch: int, loss: float) -> None:
-        if epoch == 2:
-            raise Killed
-
     resume = tmp_path / "run.resume"
-    with pytest.raises(Killed):
-        fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, teacher_logits=teacher,
-            progress=False, resume=resume, on_epoch=die_after_two)
+    _fit_killed_after(2, split_data.train, recipe, resume=resume, teacher_logits=teacher)
     assert resume.is_file()
     again = build_model(SMALL, pm=PM, seed=0)
     history = fit(again, split_data.train, recipe, teacher_logits=teacher, progress=False,
@@ -374,17 +382,8 @@ def test_a_resumed_fit_restores_the_gpu_generators_too(split_data, tmp_path: Pat
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
     recipe = TrainingRecipe(epochs=2, batch_size=32, warmup_steps=0)
 
-    class Killed(Exception):
-        pass
-
-    def die_after_one(epoch: int, loss: float) -> None:
-        if epoch == 1:
-            raise Killed
-
     resume = tmp_path / "run.resume"
-    with pytest.raises(Killed):
-        fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, progress=False,
-            resume=resume, on_epoch=die_after_one)
+    _fit_killed_after(1, split_data.train, recipe, resume=resume)
     fit(build_model(SMALL, pm=PM, seed=0), split_data.train, recipe, progress=False,
         resume=resume)
     assert len(restored) == 1

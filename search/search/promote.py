@@ -198,6 +198,9 @@ class Promoted:
     macs: int
     epochs: int  # budget trained so far, in epochs of the study's batch
     validation: Evaluation | None  # after the last rung climbed (None before the first)
+    #: Per validation clip, right or wrong, as ``validation`` scored it (the recommendation's
+    #: paired comparison reads it; None where the network was scored elsewhere, by a retrain).
+    validation_correct: np.ndarray | None = None
     seconds: float = 0.0  # spent by promotion (the search's share is the trial's)
     training_macs: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
@@ -314,11 +317,12 @@ def scoring_precision(contender: Promoted, resources: TrialResources) -> Precisi
 
 
 def _validation(contender: Promoted, resources: TrialResources) -> Evaluation:
-    validation = evaluate(
-        predict(contender.scored, resources.validation.features,
-                precision=scoring_precision(contender, resources)),
-        resources.validation.labels, resources.validation.devices,
-        files=resources.validation.files, classes=resources.validation.classes)
+    """The contender's validation score; its per-clip answers are kept on it as well."""
+    logits = predict(contender.scored, resources.validation.features,
+                     precision=scoring_precision(contender, resources))
+    validation = evaluate(logits, resources.validation.labels, resources.validation.devices,
+                          files=resources.validation.files, classes=resources.validation.classes)
+    contender.validation_correct = logits.argmax(axis=1) == resources.validation.labels
     contender.model.to("cpu")
     return validation
 
@@ -425,13 +429,11 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                      f"({card.macs:,} MACs, {card.param_bytes:,} bytes)")
             continue
         cards[trial.number] = card
-        logits = predict(finalist.scored, data.validation.features,
-                         precision=scoring_precision(finalist, loaded))
-        finalist.model.to("cpu")
+        if finalist.validation_correct is None:  # a retrained finalist: scored inside training
+            finalist.validation = _validation(finalist, loaded)
         scores[trial.number] = FinalistScore(
             label=finalist.label, validation=finalist.validation,
-            correct=logits.argmax(axis=1) == data.validation.labels, macs=card.macs,
-            param_bytes=card.param_bytes)
+            correct=finalist.validation_correct, macs=card.macs, param_bytes=card.param_bytes)
     if not scores:
         announce("no promoted finalist fits the budgets: nothing to recommend or test")
         return {}

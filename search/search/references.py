@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pluggy
 
 from asc_search.architecture import ArchSpec, SpecError, build_model
@@ -107,16 +106,15 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 
 def _from_study(given: str, *, storage_url: str | None) -> dict[str, Any]:
-    from asc_search.search.storage import open_storage
+    from asc_search.search.storage import load_study
 
     name, number = given.rsplit(":", 1)
     if storage_url is None:
         raise ReferenceError(f"reference {given}: no storage to find study {name!r} in")
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage_url),
-                                  sampler=optuna.samplers.RandomSampler())
-    except KeyError:
-        raise ReferenceError(f"reference {given}: no study {name!r} in this storage") from None
+        study = load_study(name, storage_url)
+    except AscSearchError as exc:  # a study not there, or a name with / or ..
+        raise ReferenceError(f"reference {given}: {exc}") from None
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     trial = trials.get(int(number))
     if trial is None:
