@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import soundfile as sf
 from joblib import Parallel, delayed
 
+from asc_search.cache_entries import PARTIAL_SUFFIX, clean_leftovers, entry_lock, resumable
 from asc_search.data.dataset import (
     DEVICES,
     SCENES,
@@ -46,11 +46,14 @@ from asc_search.data.dataset import (
 )
 from asc_search.errors import DataError
 from asc_search.hookspecs import hookimpl
+from asc_search.parallel import default_workers
 
 #: Bump whenever the rendered audio changes; it is part of the cache folder's name.
 GENERATOR_VERSION = 2
 SAMPLE_RATE = 44_100
 MARKER = "corpus.json"
+_PLAN = "plan.json"
+_DONE = "chunks.done"
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon",
           "milan", "paris", "prague", "stockholm", "vienna")
 MINOR_DEVICES = ("b", "c", "s1", "s2", "s3")
@@ -84,6 +87,13 @@ SIZES: dict[str, CorpusSize] = {
     # Validation: 8 recordings per scene and seen device (2,400 clips, 480 recordings), so a
     # validation accuracy's 95 % interval over recordings is about ±2.5 points, not ±5.5.
     "default": CorpusSize(120, 8, 5, 4, 2, 2, extra_validation_recordings_per_device=6),
+    # TAU22 at its real scale (scale tests on machines without the real data): 10-s recordings,
+    # split 100 = 13,960 recordings (139,600 clips; the real fold has 139,620) of which device a
+    # 102,100 (real 102,150) and b, c, s1-s3 7,500 each (real 7,370-7,560); test 33 recordings
+    # per scene and device, 29,700 clips (real 29,680, 3,290-3,300 per device); 400 training
+    # locations (the real split 50 has 365). Validation: 8 recordings per scene and seen device
+    # (4,800 clips). About 23 GB of 24-bit WAV.
+    "full": CorpusSize(1021, 75, 10, 33, 8, 4),
     "small": CorpusSize(20, 2, 3, 1, 1, 1),
     "tiny": CorpusSize(3, 1, 2, 1, 1, 1),
 }
@@ -504,13 +514,26 @@ def render_recording(plan: CorpusPlan, recording: Recording) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _render_many(plan: CorpusPlan, recordings: list[Recording], audio_dir: Path) -> int:
+def _render_chunk(plan: CorpusPlan, recordings: list[Recording], audio_dir: Path,
+                  index: int) -> tuple[int, int]:
+    """Render and write one chunk's recordings; returns (chunk index, recordings written)."""
     for recording in recordings:
         clips = render_recording(plan, recording)
         for name, clip in zip(recording.clip_names(plan.size.clips_per_recording), clips,
                               strict=True):
             sf.write(str(audio_dir / Path(name).name), clip, SAMPLE_RATE, subtype="PCM_24")
-    return len(recordings)
+    return index, len(recordings)
+
+
+def _rendered_chunks(partial: Path, manifest: dict[str, object]) -> set[int] | None:
+    """The chunks an interrupted writer of the same corpus finished, or None: start afresh."""
+    try:
+        if json.loads((partial / _PLAN).read_text()) != json.loads(json.dumps(manifest)):
+            return None
+        lines = (partial / _DONE).read_text().split("\n")
+        return {int(line) for line in lines if line.strip()}
+    except (OSError, ValueError):
+        return None
 
 
 def _split_lists(plan: CorpusPlan) -> dict[int, list[tuple[str, str]]]:
@@ -568,8 +591,11 @@ def write_corpus(
 ) -> Path:
     """Write the embedded corpus to ``out`` (which must not exist or be an empty folder).
 
-    The corpus is rendered into a temporary sibling folder and renamed into place, so ``out`` either
-    holds a complete corpus or nothing. ``progress(done, total)`` is called as recordings finish.
+    The corpus is rendered into a sibling folder ``.NAME.partial`` and renamed into place, so
+    ``out`` either holds a complete corpus or nothing. Finished chunks of recordings are recorded
+    as they are written: a writer that is killed or interrupted (the full size takes tens of
+    minutes) is resumed by the next call with the same seed and size. ``progress(done, total)`` is
+    called as recordings finish.
     """
     if size not in SIZES:
         raise DataError(f"corpus size {size!r}: unknown, choose one of {', '.join(SIZES)}")
@@ -577,20 +603,35 @@ def write_corpus(
         raise DataError(f"{out}: already exists and is not empty; choose a new folder")
     plan = make_plan(seed=seed, size=SIZES[size])
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    manifest = corpus_manifest(seed=seed, size=size)
+    partial = out.parent / f".{out.name}{PARTIAL_SUFFIX}"
+    done = _rendered_chunks(partial, manifest)
+    if done is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "audio").mkdir(parents=True)
+        (partial / _PLAN).write_text(json.dumps(manifest))
+        done = set()
+    # Rendered chunks are kept for the next call with the same settings (a full-size corpus takes
+    # tens of minutes); a failure other than an interruption is not resumable.
+    with resumable(partial):
         audio_dir = partial / "audio"
-        audio_dir.mkdir()
         # Chunks of one location's recordings share the cached room transfer function.
         ordered = sorted(plan.recordings, key=lambda r: (r.location_id, r.device))
         chunks = [ordered[i : i + 6] for i in range(0, len(ordered), 6)]
-        done = 0
-        runner = Parallel(n_jobs=n_jobs if len(chunks) > 2 else 1,
+        finished = sum(len(chunks[k]) for k in done)
+        if finished and progress is not None:
+            progress(finished, len(plan.recordings))
+        todo = [k for k in range(len(chunks)) if k not in done]
+        runner = Parallel(n_jobs=default_workers(n_jobs) if len(todo) > 2 else 1,
                           return_as="generator_unordered")
-        for count in runner(delayed(_render_many)(plan, chunk, audio_dir) for chunk in chunks):
-            done += count
-            if progress is not None:
-                progress(done, len(plan.recordings))
+        with (partial / _DONE).open("a") as record:
+            for index, count in runner(delayed(_render_chunk)(plan, chunks[k], audio_dir, k)
+                                       for k in todo):
+                record.write(f"{index}\n")  # its files are written and closed: it counts
+                record.flush()
+                finished += count
+                if progress is not None:
+                    progress(finished, len(plan.recordings))
         clips = plan.size.clips_per_recording
         meta_rows = [
             (name, r.scene, f"{r.city}-{r.location_id}", r.device)
@@ -605,12 +646,12 @@ def write_corpus(
             rows = sorted((name, r.scene) for r in plan.recordings if r.fold == fold
                           for name in r.clip_names(clips))
             write_table(partial / file_name, rows, header=("filename", "scene_label"))
-        (partial / MARKER).write_text(json.dumps(corpus_manifest(seed=seed, size=size), indent=2))
+        for name in (_PLAN, _DONE):
+            (partial / name).unlink()
+        (partial / MARKER).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
@@ -620,16 +661,14 @@ def cached_corpus(cache_dir: Path, *, seed: int = 0, size: str = "default",
     folder = cache_dir / "corpus" / f"embedded-{size}-seed{seed}-v{GENERATOR_VERSION}"
     if is_complete(folder, seed=seed, size=size):
         return folder
-    if folder.exists():
-        shutil.rmtree(folder)  # left by an older or interrupted writer without its marker
-    try:
-        return write_corpus(folder, seed=seed, size=size, progress=progress)
-    except (DataError, OSError):
-        # Another process finished first: write_corpus refuses the now non-empty folder
-        # (DataError) or the final rename fails (OSError). Its complete corpus is as good as ours.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(folder):  # workers started together write it once; the others wait
         if is_complete(folder, seed=seed, size=size):
             return folder
-        raise
+        if folder.exists():
+            shutil.rmtree(folder)  # left by an older writer without its marker (and no lock)
+        clean_leftovers(folder.parent, keep=folder.name)
+        return write_corpus(folder, seed=seed, size=size, progress=progress)
 
 
 @hookimpl

@@ -84,6 +84,58 @@ def test_default_size_mirrors_the_real_device_mix() -> None:
     assert set(recordings.values()) == {SIZES["default"].clips_per_recording}
 
 
+# The public DCASE 2024 lists (../shared/dcase2024/README.md; the 100 % fold: DESIGN.md §11).
+REAL_SPLITS = {5: 6_980, 10: 13_960, 25: 34_900, 50: 69_800, 100: 139_620}
+REAL_SPLIT5_DEVICES = {"a": 5_080, "b": 380, "c": 380, "s1": 380, "s2": 380, "s3": 380}
+REAL_TEST_PER_DEVICE = 3_300
+
+
+def test_full_size_has_the_real_counts_per_split_device_and_fold() -> None:
+    plan = make_plan(seed=0, size=SIZES["full"])
+    lists = _split_lists(plan)
+    clips = SIZES["full"].clips_per_recording
+    lists[100] = [(n, r.scene) for r in plan.recordings if r.fold == "train"
+                  for n in r.clip_names(clips)]
+    for percent, real in REAL_SPLITS.items():
+        assert len(lists[percent]) == pytest.approx(real, rel=0.005), percent
+    devices = Counter(name.rsplit("-", 1)[1].removesuffix(".wav") for name, _ in lists[5])
+    for device, real in REAL_SPLIT5_DEVICES.items():
+        assert devices[device] == pytest.approx(real, rel=0.01), device
+    test = Counter(r.device for r in plan.recordings if r.fold == "test")
+    assert set(test) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+    assert all(n * clips == pytest.approx(REAL_TEST_PER_DEVICE, rel=0.005) for n in test.values())
+    locations = {r.location_id for r in plan.recordings if r.fold == "train"}
+    assert 330 <= len(locations) <= 450  # the real split 50 holds 365
+
+
+def test_an_interrupted_writer_resumes_from_its_finished_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asc_search.plugins import embedded_corpus
+
+    real, rendered = embedded_corpus._render_chunk, []
+
+    def render(plan, recordings, audio_dir, index):
+        if len(rendered) == 3:
+            raise KeyboardInterrupt  # Ctrl-C after three chunks
+        rendered.append(index)
+        return real(plan, recordings, audio_dir, index)
+
+    monkeypatch.setattr(embedded_corpus, "_render_chunk", render)
+    with pytest.raises(KeyboardInterrupt):
+        write_corpus(tmp_path / "c", seed=0, size="tiny", n_jobs=1)
+    assert not (tmp_path / "c").exists() and (tmp_path / ".c.partial").is_dir()
+    first = list(rendered)
+    resumed: list[int] = []
+    monkeypatch.setattr(embedded_corpus, "_render_chunk",
+                        lambda plan, recs, audio, index: resumed.append(index)
+                        or real(plan, recs, audio, index))
+    folder = write_corpus(tmp_path / "c", seed=0, size="tiny", n_jobs=1)
+    assert not set(first) & set(resumed), "finished chunks were rendered again"
+    fresh = write_corpus(tmp_path / "fresh", seed=0, size="tiny", n_jobs=1)
+    assert _digest(folder) == _digest(fresh)
+    assert not (tmp_path / ".c.partial").exists()
+
+
 def test_confusable_pairs_are_closer_than_unrelated_scenes() -> None:
     def distance(a: str, b: str) -> float:
         x, y = SCENE_RECIPES[a].strengths, SCENE_RECIPES[b].strengths

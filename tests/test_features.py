@@ -74,6 +74,20 @@ def test_rows_equal_the_front_end_and_batches_keep_order(tiny_corpus: Path, file
     assert features.index[files[30]] == 30
 
 
+def test_batches_of_subsets_read_the_same_rows_as_the_map(tiny_corpus: Path, files: list[str],
+                                                          tmp_path: Path) -> None:
+    """Batches are read with pread (no growing resident set); they must equal the map's rows."""
+    features = build_features(files, root=tiny_corpus, cache_dir=tmp_path, n_jobs=1)
+    rows = np.random.default_rng(0).integers(0, 40, 64)
+    expected = np.asarray(features.array)[rows]
+    np.testing.assert_array_equal(features.gather(rows), expected)
+    np.testing.assert_array_equal(features.gather(np.arange(5, 25)), np.asarray(features.array)[5:25])
+    inner = features.subset(np.arange(3, 40, 2)).subset(np.array([0, 4, 5, 6, 17]))
+    np.testing.assert_array_equal(inner.gather([4, 0, 4, 2]),
+                                  np.asarray(features.array)[[37, 3, 37, 13]])
+    assert inner.batch([1]).shape == (1, 1, 256, 65)
+
+
 def test_parallel_build_equals_serial(tiny_corpus: Path, tmp_path: Path) -> None:
     files = list(load_dataset(tiny_corpus).split(100).train)  # 160 > 4 chunks: goes parallel
     serial = build_features(files, root=tiny_corpus, cache_dir=tmp_path / "a", n_jobs=1)

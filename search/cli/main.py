@@ -138,9 +138,12 @@ def data_group() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="New folder to write [default: the cache folder, reused when present].")
 @click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives the same bytes.")
-@click.option("--size", type=click.Choice(["default", "small", "tiny"]), default="default",
-              help="default: 8,000 training clips; small and tiny are for quick trials and tests.")
-@click.option("--jobs", type=int, default=-1, help="Worker processes (-1: one per core).")
+@click.option("--size", type=click.Choice(["default", "full", "small", "tiny"]), default="default",
+              help="default: 8,000 training clips; full: TAU22's real counts (139,600 training "
+                   "and 29,700 test clips, about 23 GB); small and tiny are for quick trials "
+                   "and tests.")
+@click.option("--jobs", type=int, default=-1,
+              help="Worker processes (-1: one per usable core, at most 8).")
 @pass_context
 def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) -> None:
     """Write the embedded TAU22-layout corpus (meta.csv, audio/, split lists, test, validation)."""
@@ -168,7 +171,8 @@ def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) 
 @click.option("--lists", type=click.Path(path_type=Path), default=None,
               help="Folder holding split lists [default: FOLDER or FOLDER/split_setup].")
 @click.option("--quick", is_flag=True, help="Check lists only; do not decode the audio.")
-@click.option("--jobs", type=int, default=-1, help="Worker processes for decoding.")
+@click.option("--jobs", type=int, default=-1,
+              help="Worker processes for decoding (-1: one per usable core, at most 8).")
 @pass_context
 def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: bool, jobs: int) -> None:
     """Count clips per list × device and name every problem (default: the embedded corpus)."""
@@ -224,7 +228,8 @@ def features_group() -> None:
 @features_group.command("build")
 @click.option("--data", default=None, help="Data folder or source name [default: embedded].")
 @click.option("--split", type=click.Choice(["5", "10", "25", "50", "100"]), default="5")
-@click.option("--jobs", type=int, default=-1, help="Worker processes (-1: one per core).")
+@click.option("--jobs", type=int, default=-1,
+              help="Worker processes (-1: one per usable core, at most 8).")
 @pass_context
 def features_build(obj: Context, data: str | None, split: str, jobs: int) -> None:
     """Compute (or find cached) log-mels for a split's train, validation and test lists."""
@@ -232,14 +237,15 @@ def features_build(obj: Context, data: str | None, split: str, jobs: int) -> Non
     from asc_search.features.logmel import build_features
 
     root = resolve_data(data, pm=obj.pm, cache_dir=obj.cache)
-    files = load_dataset(root).split(int(split))
+    dataset = load_dataset(root)
+    files = dataset.split(int(split))
     table = Table("list", "clips", "seconds", "cache", "folder")
     for name, listed in (("train", files.train), ("validation", files.validation),
                          ("test", files.test)):
         started = time.perf_counter()
         with progress_bar(f"log-mel {name}", total=len(listed), enabled=not obj.quiet) as advance:
             features = build_features(listed, root=root, cache_dir=obj.cache, n_jobs=jobs,
-                                      progress=advance)
+                                      progress=advance, stats=dataset.file_stats)
         table.add_row(name, f"{len(listed):,}", f"{time.perf_counter() - started:.2f}",
                       "hit" if features.cache_hit else "built", str(features.directory))
     _stdout().print(table)

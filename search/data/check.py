@@ -24,6 +24,7 @@ from asc_search.data.dataset import (
     split_list_name,
 )
 from asc_search.errors import DataError
+from asc_search.parallel import default_workers
 
 
 @dataclass
@@ -155,8 +156,8 @@ def _check_audio(
     listed = set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ())
     paths = [dataset.audio_path(name) for name in sorted(listed)]
     paths = [path for path in paths if path.is_file()]  # missing files are reported once, above
-    runner = Parallel(n_jobs=n_jobs if len(paths) > 200 else 1, return_as="generator",
-                      batch_size=64)
+    runner = Parallel(n_jobs=default_workers(n_jobs) if len(paths) > 200 else 1,
+                      return_as="generator", batch_size=64)
     for problem, note in runner(delayed(_decode_one)(path) for path in paths):
         if problem:
             report.problems.append(problem)

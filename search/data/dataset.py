@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asc_search.data.fingerprints import FileStat, stat_files
 from asc_search.errors import DataError
 
 SPLITS: tuple[int, ...] = (5, 10, 25, 50, 100)
@@ -161,6 +162,9 @@ class TAU22Dataset:
     #: Rows a list repeats (list file name -> the repeated clip names, once each): loading keeps
     #: each clip once; ``data check`` names them.
     repeated: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Size and modification time of every audio file ``require_audio`` has seen: the one stat
+    #: pass a start makes, handed on to the feature cache (``build_features(stats=)``).
+    file_stats: dict[str, FileStat] = field(default_factory=dict, repr=False)
 
     def audio_path(self, filename: str) -> Path:
         return self.root / filename
@@ -205,7 +209,7 @@ class TAU22Dataset:
             )
         if not self.test:
             raise DataError(f"{self.lists_dir / TEST_LIST}: test list not found")
-        self.require_audio(listed)
+        self.require_audio((*listed, *(self.validation or ())))
         if self.validation is not None:
             validation = self.validation
             held = set(validation)
@@ -222,11 +226,10 @@ class TAU22Dataset:
                           test=self.test, validation_source=source)
 
     def require_audio(self, filenames: Iterable[str]) -> None:
-        """Fail with the first missing file's name (and how many more) before any work starts."""
-        missing = [name for name in filenames if not self.audio_path(name).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(f"{self.audio_path(missing[0])}: listed but not found{more}")
+        """Fail with the first missing file's name (and how many more) before any work starts;
+        each file is stat'ed once per dataset (``file_stats``)."""
+        unseen = [name for name in dict.fromkeys(filenames) if name not in self.file_stats]
+        self.file_stats.update(stat_files(self.root, unseen))
 
     def device_counts(self, filenames: Iterable[str]) -> Counter[str]:
         return Counter(self.clips[name].device for name in filenames)

@@ -42,7 +42,8 @@ def load_split_data(data: str | None, split: int, *, pm: pluggy.PluginManager, c
         lists["test"] = files.test
     for name, listed in lists.items():
         with progress_bar(f"log-mel {name}", total=len(listed), enabled=progress) as advance:
-            features = build_features(listed, root=root, cache_dir=cache_dir, progress=advance)
+            features = build_features(listed, root=root, cache_dir=cache_dir, progress=advance,
+                                      stats=dataset.file_stats)
         sets[name] = labelled_set(dataset, features)
     return SplitData(root=root, dataset=dataset, files=files, train=sets["train"],
                      validation=sets["validation"], test=sets.get("test"))

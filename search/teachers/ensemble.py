@@ -11,6 +11,8 @@ training clips are near one-hot and teach the student little beyond the labels. 
 every teacher is fitted K times, each time without one K-th of the clips (whole recordings, scenes
 balanced), and each clip gets the logits of the fit that did not see it: out-of-fold logits, what
 the teacher really knows about a clip it has not memorised. It costs K fits of (K − 1)/K of the data.
+An ensemble is fitted under a lock (``asc_search.cache_entries``): workers that start together fit it
+once, the others wait and read it.
 Teachers without a model (``logits_file``) keep their given logits.
 """
 
@@ -21,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import pluggy
 import torch
 from torch import nn
 
+from asc_search.cache_entries import clean_leftovers, entry_lock, partial_folder, set_aside
 from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError, CacheError, PluginError
 from asc_search.features.logmel import FeatureSet, FrontEnd
@@ -158,11 +160,35 @@ def ensemble_logits(
     if directory.exists():
         try:
             return _load(directory, train)
-        except CacheError as exc:
-            log.warning("teacher cache %s is unusable (%s); refitting", directory, exc)
-            shutil.rmtree(directory, ignore_errors=True)
+        except CacheError:
+            pass  # looked at again, and reported, under the lock
     directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=directory.parent))
+    # Workers started together fit once: the others wait here and read the saved ensemble.
+    with entry_lock(directory):
+        if directory.exists():
+            try:
+                return _load(directory, train)
+            except CacheError as exc:
+                log.warning("teacher cache %s is unusable (%s); refitting", directory, exc)
+                set_aside(directory)
+        clean_leftovers(directory.parent, keep=key)
+        _fit_all(train, parsed=parsed, known=known, recipe=recipe, precision=precision,
+                 mode=mode, folds=folds, progress=progress, on_teacher=on_teacher,
+                 directory=directory, resumes=resumes, cache_dir=cache_dir, key=key)
+    result = _load(directory, train)
+    return EnsembleLogits(files=result.files, logits=result.logits, per_teacher=result.per_teacher,
+                          directory=directory, cache_hit=False)
+
+
+def _fit_all(train: LabelledSet, *, parsed: list[tuple[str, str | None]],
+             known: Mapping[str, Teacher], recipe: TrainingRecipe, precision: Precision,
+             mode: str, folds: int, progress: bool,
+             on_teacher: Callable[[str, TeacherFit], None] | None, directory: Path,
+             resumes: Path, cache_dir: Path, key: str) -> None:
+    """Fit every teacher into the entry's partial folder and rename it into place."""
+    partial = partial_folder(directory)  # an earlier fit's, killed: teachers resume elsewhere
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
     try:
         per_teacher: dict[str, np.ndarray] = {}
         for index, (name, option) in enumerate(parsed):
@@ -198,9 +224,6 @@ def ensemble_logits(
         shutil.rmtree(resumes, ignore_errors=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    result = _load(directory, train)
-    return EnsembleLogits(files=result.files, logits=result.logits, per_teacher=result.per_teacher,
-                          directory=directory, cache_hit=False)
 
 
 class FoldAverage(nn.Module):
