@@ -2,6 +2,11 @@
 
 All of them act on cached features, so training never touches audio. Each is switched off by a zero
 setting in the recipe, which is how a search can treat their strengths as dimensions.
+
+They run on the device the batch is on. Every random draw comes from the fit's CPU generator (so a
+run is the same run on any device, and resumable from its saved state); the few small tensors
+drawn (shifts, mixing weights, permutations) are sent to the device without a host sync, and the
+work on the batch itself happens there.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from asc_search.training.batches import to_device
 from asc_search.training.device_responses import DeviceResponses
 from asc_search.training.recipe import TrainingRecipe
 
@@ -21,7 +27,7 @@ def time_roll(x: torch.Tensor, max_frames: int, generator: torch.Generator) -> t
         return x
     batch, frames = x.shape[0], x.shape[-1]
     shifts = torch.randint(-max_frames, max_frames + 1, (batch, 1), generator=generator)
-    index = (torch.arange(frames).unsqueeze(0) - shifts) % frames
+    index = to_device((torch.arange(frames).unsqueeze(0) - shifts) % frames, x.device)
     return torch.gather(x, -1, index.view(batch, 1, 1, frames).expand_as(x))
 
 
@@ -42,8 +48,8 @@ def freq_mixstyle(x: torch.Tensor, *, p: float, alpha: float, generator: torch.G
     # torch's Beta sampler takes no generator; seed numpy's from ours to stay deterministic.
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, batch))
-    lam = lam.view(batch, 1, 1, 1).to(x.dtype)
-    perm = torch.randperm(batch, generator=generator)
+    lam = to_device(lam.view(batch, 1, 1, 1).to(x.dtype), x.device)
+    perm = to_device(torch.randperm(batch, generator=generator), x.device)
     mixed_mean = lam * mean + (1 - lam) * mean[perm]
     mixed_std = lam * std + (1 - lam) * std[perm]
     return normed * mixed_std + mixed_mean
@@ -54,14 +60,15 @@ def mask_along(x: torch.Tensor, *, max_width: int, axis: int, generator: torch.G
     """Set one random band of up to ``max_width`` bins along ``axis`` (2 = mels, 3 = frames) to
     ``value``, independently per clip: torchaudio's SpecAugment mask, drawn from ``generator``.
 
-    torchaudio samples from the global RNG, so it runs under a forked RNG seeded from ours.
+    torchaudio samples from the global RNG (on the batch's device), so it runs under a forked RNG
+    seeded from ours.
     """
     if max_width <= 0:
         return x
     import torchaudio
 
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
         return torchaudio.functional.mask_along_axis_iid(x, max_width, value, axis)
 

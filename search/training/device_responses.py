@@ -32,6 +32,7 @@ import torch
 from asc_search.data.audio import read_clip
 from asc_search.errors import DataError
 from asc_search.features.logmel import ClipResampler, FrontEnd
+from asc_search.training.batches import to_device
 
 #: The recipe value that selects the built-in synthetic bank.
 SYNTHETIC = ""
@@ -63,6 +64,13 @@ class DeviceResponses:
         which = torch.randint(0, len(self), (batch,), generator=generator)
         if not bool(chosen.any()):
             return x
+        if x.device.type != "cpu":
+            # Every clip is computed and the chosen ones kept: indexing by a mask on the device
+            # would make the host wait for the mask's count at every step.
+            gains = to_device(self.gains[which].view(batch, 1, -1, 1).to(x.dtype), x.device)
+            power = torch.expm1((x - silence) / log_scale).clamp_min(0.0)
+            return torch.where(to_device(chosen.view(batch, 1, 1, 1), x.device),
+                               silence + log_scale * torch.log1p(power * gains), x)
         gains = self.gains[which[chosen]].view(-1, 1, self.gains.shape[1], 1).to(x.dtype)
         picked = x[chosen]
         power = torch.expm1((picked - silence) / log_scale).clamp_min(0.0)

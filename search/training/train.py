@@ -1,8 +1,10 @@
 """Training a network on cached log-mel features, with optional distillation from teacher logits.
 
 This is where a search spends its compute, so the loop does nothing but gather a batch from the
-memory-mapped cache, augment it, and take a step: no audio, no spectrograms, no teacher forward
-passes (teachers' ensemble logits are computed once and passed in). On CPU it trains under bf16
+cached features, augment it, and take a step: no audio, no spectrograms, no teacher forward
+passes (teachers' ensemble logits are computed once and passed in). On an accelerator the
+features, labels and teacher logits live on the device and the loop never waits for it
+(``asc_search.training.batches``). On CPU it trains under bf16
 autocast with channels-last tensors, which more than doubles throughput on this kind of machine; on
 CUDA it uses the native bf16 (or fp16 with a gradient scaler) autocast path.
 """
@@ -30,6 +32,7 @@ from asc_search.errors import AscSearchError
 from asc_search.features.logmel import FeatureSet, FrontEnd, FrontEndSettings
 from asc_search.progress import progress_bar
 from asc_search.training.augment import augment
+from asc_search.training.batches import DeviceBatches, to_device
 from asc_search.training.device_responses import device_responses, eligible_rows
 from asc_search.training.recipe import TrainingRecipe
 
@@ -245,8 +248,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total=total, warmup=warmup))
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scale_gradients)
-    labels_all = torch.from_numpy(train.labels)
-    teachers_all = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32)) \
+    device = precision.device
+    on_host = device.type == "cpu"
+    batches = DeviceBatches(train.features, device)
+    labels_all = to_device(train.labels, device)
+    teachers_all = to_device(np.asarray(teacher_logits, dtype=np.float32), device) \
         if teacher_logits is not None else None
     responses, eligible = None, None
     if recipe.device_response_p > 0:
@@ -272,6 +278,11 @@ def fit(
         for epoch in range(first, epochs + 1):
             started, cpu_started, running, seen = time.perf_counter(), time.process_time(), 0.0, 0
             order = order_rng.permutation(len(train))
+            # On an accelerator the loop never waits for the device: the epoch's order is sent
+            # once, and the loss is summed and checked there, read back once per epoch.
+            order_on_device = to_device(order, device)
+            summed = torch.zeros((), dtype=torch.float64, device=device)
+            finite = torch.ones((), dtype=torch.bool, device=device)
             for start in range(0, len(order), recipe.batch_size):
                 if taken == total:
                     break
@@ -282,7 +293,8 @@ def fit(
                     if on_step is not None:
                         on_step(taken)
                     continue
-                x = augment(train.features.batch(rows), recipe, generator=generator,
+                rows_on_device = order_on_device[start:start + recipe.batch_size]
+                x = augment(batches(rows, rows_on_device), recipe, generator=generator,
                             frames_per_second=frames_per_second, silence=settings.silence,
                             log_scale=settings.log_scale, responses=responses,
                             eligible=None if eligible is None else eligible[torch.from_numpy(rows)])
@@ -292,30 +304,33 @@ def fit(
                 if recipe.mixup_alpha > 0:
                     blend = float(mix_rng.beta(recipe.mixup_alpha, recipe.mixup_alpha))
                     partner = mix_rng.permutation(len(rows))
-                    x = blend * x + (1.0 - blend) * x[torch.from_numpy(partner)]
-                x = x.to(precision.device, non_blocking=True)
+                    x = blend * x + (1.0 - blend) * x[to_device(partner, device)]
                 if precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with precision.autocast():
                     logits = step_model(x)
                 logits = logits.float()
-                loss = _loss(logits, rows, labels_all, teachers_all, recipe, precision.device)
+                loss = _loss(logits, rows_on_device, labels_all, teachers_all, recipe)
                 if partner is not None:
                     loss = blend * loss + (1.0 - blend) * _loss(
-                        logits, rows[partner], labels_all, teachers_all, recipe, precision.device)
-                if not torch.isfinite(loss):
-                    raise AscSearchError(f"{label}: loss became {loss.item()} at epoch {epoch}; "
-                                         "lower the learning rate")
+                        logits, rows_on_device[to_device(partner, device)], labels_all,
+                        teachers_all, recipe)
+                if on_host and not torch.isfinite(loss):
+                    raise _diverged(label, float(loss), epoch)
+                finite &= torch.isfinite(loss)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                running += loss.item() * len(rows)
+                summed += loss.detach().double() * len(rows)
                 seen += len(rows)
                 advance(1)
                 if on_step is not None:
                     on_step(taken)
+            if not bool(finite):
+                raise _diverged(label, float("nan"), epoch)
+            running = float(summed)
             mean_loss = running / max(seen, 1)
             history.losses.append(mean_loss)
             history.seconds.append(time.perf_counter() - started)
@@ -332,15 +347,19 @@ def fit(
     return history
 
 
-def _loss(logits: torch.Tensor, rows: np.ndarray, labels: torch.Tensor,
-          teachers: torch.Tensor | None, recipe: TrainingRecipe,
-          device: torch.device) -> torch.Tensor:
-    """Cross-entropy against the rows' labels, or the KD loss when there are teacher logits."""
-    y = labels[rows].to(device)
+def _loss(logits: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
+          teachers: torch.Tensor | None, recipe: TrainingRecipe) -> torch.Tensor:
+    """Cross-entropy against the rows' labels, or the KD loss when there are teacher logits
+    (``rows``, labels and logits all on the training device)."""
+    y = labels[rows]
     if teachers is None:
         return F.cross_entropy(logits, y)
-    return kd_loss(logits, y, teachers[rows].to(device), temperature=recipe.kd_temperature,
+    return kd_loss(logits, y, teachers[rows], temperature=recipe.kd_temperature,
                    weight=recipe.kd_weight)
+
+
+def _diverged(label: str, loss: float, epoch: int) -> AscSearchError:
+    return AscSearchError(f"{label}: loss became {loss} at epoch {epoch}; lower the learning rate")
 
 
 class FitState:
