@@ -173,7 +173,10 @@ def prune(
     else:
         chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
         targets = [stage_widths(spec, base) for base in chain]
-    example = torch.zeros(1, spec.in_channels, 256, 65)
+    # Scoring, pruning and fine-tuning all happen on the training device; the network moves to
+    # the CPU once, at the end, where it is counted, saved and exported.
+    device = precision.device
+    example = torch.zeros(1, spec.in_channels, 256, 65, device=device)
     steps: list[PruningStep] = []
     card: ComplexityCard | None = None
     current = _model_widths(model)
@@ -185,13 +188,14 @@ def prune(
         _check_ratios(plan.schedule, ratios, ratio)
         fractions = [min(1.0, r / ratio) for r in ratios[1:]]
         fractions[-1] = 1.0
-        model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        model.to(device).to(memory_format=torch.contiguous_format).eval()
         # One dependency graph per stage: it follows the network through its pruning steps.
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         for step, widths in enumerate(step_targets(current, target, fractions), start=1):
-            model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+            model.to(memory_format=torch.contiguous_format).eval()
             if metric.needs_gradients:
-                _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches)
+                _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches,
+                                      device=device)
             _prune_to_widths(model, graph, widths, importance=metric.make())
             model.zero_grad(set_to_none=True)
             card = count_complexity(model, storage_dtype=plan.storage_dtype)
@@ -209,7 +213,7 @@ def prune(
                     steps=plan.finetune_steps, teacher_logits=teacher_logits,
                     precision=precision, progress=progress,
                     label=f"fine-tune stage {stage} step {step}")
-                model.to("cpu").to(memory_format=torch.contiguous_format)
+                model.to(memory_format=torch.contiguous_format)
         current = target
     assert card is not None
     if train is not None and plan.final_finetune_epochs > 0:
@@ -217,7 +221,7 @@ def prune(
                                        seed=derive_seed(recipe.seed, len(targets) + 1)),
             teacher_logits=teacher_logits, precision=precision, progress=progress,
             label="final fine-tune")
-        model.to("cpu").to(memory_format=torch.contiguous_format)
+    model.to("cpu").to(memory_format=torch.contiguous_format)
     new_spec = spec.with_(channel_overrides=read_widths(model, spec))
     # Fine-tuning changes weights, not shapes: the last step's count is the final network's.
     if _over(card, plan):
@@ -349,25 +353,28 @@ def _head(model: nn.Module) -> nn.Module:
 
 def _accumulate_gradients(model: nn.Module, train: LabelledSet | None,
                           teacher_logits: np.ndarray | None, recipe: TrainingRecipe,
-                          batches: int) -> None:
+                          batches: int, *, device: torch.device | None = None) -> None:
     """Fill ``.grad`` for first-order Taylor importance from a few training batches.
 
     The batches run in training mode, as the gradients of training would, but they are not
     training: batch-norm running statistics are put back afterwards, so scoring channels leaves
-    the network exactly as it was apart from ``.grad``.
+    the network exactly as it was apart from ``.grad``. They run on ``device``, where the
+    network trains (default: where its parameters are).
     """
     if train is None:
         raise PruningError("the taylor importance needs training data for its gradients")
+    device = device or next(model.parameters()).device
     rng = np.random.default_rng(recipe.seed)
     buffers = {name: value.clone() for name, value in model.named_buffers()}
     model.train()
     model.zero_grad(set_to_none=True)
     for _ in range(batches):
         rows = rng.choice(len(train), size=min(recipe.batch_size, len(train)), replace=False)
-        logits = model(train.features.batch(rows))
-        labels = torch.from_numpy(train.labels[rows])
+        logits = model(train.features.batch(rows).to(device))
+        labels = torch.from_numpy(train.labels[rows]).to(device)
         if teacher_logits is not None:
-            target = torch.from_numpy(np.asarray(teacher_logits[rows], dtype=np.float32))
+            target = torch.from_numpy(np.asarray(teacher_logits[rows],
+                                                 dtype=np.float32)).to(device)
             loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True,
                             reduction="batchmean")
         else:

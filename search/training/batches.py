@@ -42,23 +42,27 @@ def to_device(values: np.ndarray | torch.Tensor, device: torch.device) -> torch.
 class DeviceBatches:
     """A split's features, batched on ``device`` (see the module docstring)."""
 
-    def __init__(self, features: FeatureSet, device: torch.device) -> None:
+    def __init__(self, features: FeatureSet, device: torch.device, *,
+                 resident: bool | None = None) -> None:
+        """``resident`` None: on CUDA when the features fit (``RESIDENT_SHARE``), never on other
+        devices; True or False forces the choice (tests run the resident path on the CPU)."""
         self.features, self.device = features, device
         self.store: torch.Tensor | None = None
-        if device.type == "cuda":
-            shape = features.array.shape
-            dtype = torch.from_numpy(np.empty(0, dtype=features.array.dtype)).dtype
+        shape = features.array.shape
+        dtype = torch.from_numpy(np.empty(0, dtype=features.array.dtype)).dtype
+        if resident is None and device.type == "cuda":
             needed = int(np.prod(shape)) * dtype.itemsize
             free, _ = torch.cuda.mem_get_info(device)
-            if needed <= RESIDENT_SHARE * free:
-                self.store = torch.empty(shape, dtype=dtype, device=device)
-                for start in range(0, shape[0], _UPLOAD_ROWS):
-                    rows = np.arange(start, min(start + _UPLOAD_ROWS, shape[0]))
-                    self.store[start:start + len(rows)] = to_device(features.gather(rows), device)
-            else:
+            resident = needed <= RESIDENT_SHARE * free
+            if not resident:
                 log.info("the split's features (%.1f GB) do not fit in half the device's free "
                          "memory (%.1f GB); batches are copied from the host",
                          needed / 1e9, free / 1e9)
+        if resident:
+            self.store = torch.empty(shape, dtype=dtype, device=device)
+            for start in range(0, shape[0], _UPLOAD_ROWS):
+                rows = np.arange(start, min(start + _UPLOAD_ROWS, shape[0]))
+                self.store[start:start + len(rows)] = to_device(features.gather(rows), device)
 
     @property
     def resident(self) -> bool:
