@@ -583,6 +583,33 @@ def test_continuing_a_trial_whose_checkpoint_is_elsewhere_names_it(tmp_path: Pat
         _from_checkpoint(optuna.trial.create_trial(value=0.5), resources)
 
 
+def test_promotion_by_continuing_names_missing_checkpoints_and_their_workers_first(
+        tmp_path: Path) -> None:
+    """Workers that share no disk: the promotion says at once which trials' checkpoints it
+    lacks and where they ran, before it loads any data (issue 31)."""
+    from optuna.artifacts import upload_artifact
+
+    from asc_search.search.promote import require_checkpoints
+    from asc_search.search.storage import artifact_store
+
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(b"a checkpoint")
+    study = optuna.create_study()
+    present = upload_artifact(artifact_store=artifact_store(tmp_path), file_path=str(kept),
+                              study_or_trial=study)
+    here = optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint_artifact": present,
+                                                            "worker": "host-a:11"})
+    away = [optuna.trial.create_trial(value=0.4, user_attrs={"checkpoint_artifact": f"gone{k}",
+                                                             "worker": f"host-b:{k}"})
+            for k in range(2)]
+    require_checkpoints([here], studies=tmp_path)  # all present: nothing to say
+    with pytest.raises(AscSearchError) as refused:
+        require_checkpoints([here, *away], studies=tmp_path)
+    line = str(refused.value)
+    assert "\n" not in line and "run on host-b)" in line and "host-a" not in line
+    assert "--promote-by retrain" in line and str(tmp_path / "artifacts") in line
+
+
 # --------------------------------------------------------------------------------------------
 # The joint space, the references and the search phase (issue 30)
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from asc_search.search.recommend import (
     never_predicted,
     recommend,
 )
-from asc_search.search.storage import scratch
+from asc_search.search.storage import artifact_store, scratch
 from asc_search.search.study import dominates, feasible, load_resources, ranked_trials, settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate, paired_difference, recordings
@@ -282,6 +282,32 @@ def _ranked(contenders: list[Promoted], *, pareto: bool) -> list[Promoted]:
                                              c.macs))
 
 
+def require_checkpoints(trials: Sequence[optuna.trial.FrozenTrial], *,
+                        studies: Path | None) -> None:
+    """Refuse, in one line, a promotion by continuing whose trials' search checkpoints are not
+    in this studies folder: workers on machines that share no disk keep their artifacts at home.
+    The line names the trials and the workers that ran them, and the two ways out."""
+    store = artifact_store(studies)
+    missing: dict[int, str] = {}
+    for trial in trials:
+        artifact = trial.user_attrs.get("checkpoint_artifact")
+        try:
+            if artifact is None:
+                raise ArtifactNotFound(f"trial {trial.number} kept no checkpoint")
+            store.open_reader(artifact).close()
+        except ArtifactNotFound:
+            worker = str(trial.user_attrs.get("worker", "")).rpartition(":")[0]
+            missing[trial.number] = worker or "an unrecorded worker"
+    if missing:
+        where = sorted(set(missing.values()))
+        raise AscSearchError(
+            f"promoting by continuing needs the search checkpoints of trial(s) "
+            f"{', '.join(map(str, sorted(missing)))}, which are not in "
+            f"{studies_dir(studies) / 'artifacts'} (run on {', '.join(where)}): copy that "
+            "folder from there, share the studies folder, or promote with --promote-by retrain "
+            "(it needs only the study)")
+
+
 def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources) -> Promoted:
     """The network a trial left: its search checkpoint artifact, read tensor-only."""
     artifact = trial.user_attrs.get("checkpoint_artifact")
@@ -399,6 +425,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                             progress=progress, with_test=True)
     searched = [t for t in chosen if "seed_trial" not in t.user_attrs]
     seeds = [t for t in chosen if "seed_trial" in t.user_attrs]
+    if rungs:  # before the data and teachers are loaded: say at once what is missing
+        require_checkpoints([*(searched or seeds)[:width], *seeds[:1]], studies=studies)
     kept_rungs = RungStore(studies_dir(studies) / "promotion" / study.study_name) if rungs else None
     if rungs:
         announce(f"promoting by successive halving from the trials' checkpoints: "
