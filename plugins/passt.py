@@ -187,8 +187,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PluginError(f"{path}: not a tensor-only PaSST state dict, refused unread "
                           f"({first[:160]})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # a training checkpoint; DeiT-style releases
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PluginError(f"{path}: not a PaSST state dict (expected names mapped to tensors)")
     return state
@@ -227,6 +228,9 @@ def passt_teacher_network(option: str | None, *, n_classes: int, seed: int,
     state = read_weights(path) if path is not None else None  # refuse a bad file before building
     model = build_passt(n_classes=n_classes, seed=seed)
     if state is not None:
+        # The package's own adaptation of a release file (its old flat patch projection, an
+        # ImageNet position embedding), as its pretrained path applies it after loading.
+        state = _package("hear21passt.models.passt").checkpoint_filter_fn(state, model)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -54,6 +54,32 @@ def test_passt_loads_a_tensor_only_state_dict_and_replaces_its_heads(tmp_path: P
     assert logits.shape == (2, 10)
 
 
+@pytest.mark.parametrize("layout", ["plain", "wrapped_with_flat_projection"])
+def test_passt_loads_a_release_file_as_the_package_itself_loads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """The release layout is what hear21passt's pretrained path accepts: its key names and
+    shapes, optionally under "model", the patch projection optionally flat (older files). Each
+    is loaded by the package's own path and by ours; the weights must agree."""
+    from hear21passt.models import passt as package
+    from hear21passt.models.helpers import vit_helpers
+
+    state = passt.build_passt(n_classes=10, seed=3).state_dict()
+    if layout != "plain":
+        weight = state["patch_embed.proj.weight"]
+        state["patch_embed.proj.weight"] = weight.reshape(weight.shape[0], -1)
+    path = tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt"
+    torch.save(state if layout == "plain" else {"model": state}, path)
+    monkeypatch.setattr(vit_helpers, "download_cached_file", lambda *a, **k: str(path))
+    package.first_RUN = False
+    theirs = package.get_model(arch=passt.ARCH, pretrained=True, n_classes=527, in_channels=1,
+                               fstride=10, tstride=10, input_fdim=128,
+                               input_tdim=passt.PRETRAINED_FRAMES, s_patchout_t=0,
+                               s_patchout_f=passt.FREQUENCY_PATCHOUT).state_dict()
+    ours = passt.passt_teacher_network(str(path), n_classes=10, seed=0).passt.state_dict()
+    shared = [k for k in theirs if not k.startswith(("head.1", "head_dist"))]
+    assert len(shared) > 100 and all(torch.equal(ours[k], theirs[k]) for k in shared)
+
+
 @pytest.mark.slow
 def test_passt_fine_tunes_and_joins_the_cached_ensemble(tiny_corpus: Path, tmp_path: Path) -> None:
     data = load_split_data(str(tiny_corpus), 25, pm=PM, cache_dir=tmp_path, progress=False)
