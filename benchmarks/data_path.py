@@ -3,15 +3,16 @@
 One command: ``python benchmarks/data_path.py [--data NAME|DIR] [--split 5] [--batches 40]``.
 In one process, on one split's cached training features (built first if needed), batch 256:
 
-(a) gather: random rows read from the cache the way ``fit`` reads them (``pread``), and the same
-    rows through the memory map (how batches were read before);
+(a) gather: random rows read from the cache the way ``fit`` reads them (through the map, whose
+    pages are given back above ``MAPPED_BYTES_KEPT``), and the same rows read with ``pread``
+    (an alternative: no resident growth at all, but a system call per row);
 (b) gather + augment + mixup with a full recipe: device responses (p 0.6), roll, frequency and
     time masks, Freq-MixStyle, mixup; everything ``fit`` does before the model;
 (c) the DCASE baseline's training step (forward, backward, AdamW) at asc-search's precision on a
     batch already in memory;
-(d) resident set: how much the process grows over one pass over every row, read by ``pread``
-    and through the memory map (a map's touched pages count in the process; at TAU22's split 100
-    that is the whole 4.65 GB file in every training process).
+(d) resident set: how much the process's file-backed resident set grows over one pass over
+    every row, read as ``fit`` reads them (a map's touched pages count in the process; at
+    TAU22's split 100 that would be the whole 4.65 GB file without the give-back).
 
 Prints (c)/(b): the issue's target is ≥ 20, a data path fast enough to feed a GPU 20 times faster
 than this CPU's step. Appends one row per run to ``data_path.jsonl``, tagged with the machine.
@@ -31,7 +32,7 @@ from results import add_result_options, append_result
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.data.dataset import load_dataset
 from asc_search.data.source import resolve_data
-from asc_search.features.logmel import FrontEndSettings, build_features
+from asc_search.features.logmel import MAPPED_BYTES_KEPT, FrontEndSettings, build_features
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.training.augment import augment
@@ -44,9 +45,10 @@ RECIPE = TrainingRecipe(device_response_p=0.6, roll_seconds=0.1, freq_mask_bins=
                         time_mask_frames=20, mixstyle_p=0.4, mixstyle_alpha=0.3, mixup_alpha=0.3)
 
 
-def resident_mb() -> float:
+def resident_file_mb() -> float:
+    """The process's file-backed resident set (mapped cache pages among them)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssFile:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -84,12 +86,16 @@ def main() -> None:
     def rows() -> np.ndarray:
         return rng.choice(len(train), size=min(BATCH, len(train)), replace=False)
 
-    def gather_pread() -> None:
+    def gather() -> None:
         features.batch(rows())
 
-    def gather_map() -> None:
+    def gather_pread() -> None:
         picked = np.sort(rows())
-        torch.from_numpy(np.asarray(features.array[picked])).float()
+        out = np.empty((len(picked), *features.array.shape[1:]), dtype=features.array.dtype)
+        row_bytes = out[0].nbytes
+        with open(features.directory / "features.npy", "rb") as handle:
+            for k, row in enumerate(picked):
+                os.preadv(handle.fileno(), [out[k]], features.array.offset + int(row) * row_bytes)
 
     def data_path() -> None:
         picked = rows()
@@ -114,26 +120,23 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    seconds = {"gather_pread": timed(gather_pread, args.batches),
-               "gather_map": timed(gather_map, args.batches),
+    seconds = {"gather": timed(gather, args.batches),
+               "gather_pread": timed(gather_pread, args.batches),
                "data_path": timed(data_path, args.batches),
                "model_step": timed(step, max(5, args.batches // 4))}
     every = np.arange(len(train))
-    before = resident_mb()
+    before = resident_file_mb()
     for start in range(0, len(every), BATCH):
         features.batch(every[start:start + BATCH])
-    grown_pread = resident_mb() - before
-    before = resident_mb()
-    for start in range(0, len(every), BATCH):
-        np.asarray(features.array[every[start:start + BATCH]])
-    grown_map = resident_mb() - before
+    grown = resident_file_mb() - before
     row = {"data": args.data, "split": args.split, "clips": len(train),
            "array_mb": round(features.array.shape[0] * int(np.prod(features.array.shape[1:]))
                              * features.array.dtype.itemsize / 2**20, 1),
            "threads": args.threads, "batch": BATCH,
            "ms_per_batch": {k: round(v * 1000, 2) for k, v in seconds.items()},
            "step_over_data_path": round(seconds["model_step"] / seconds["data_path"], 1),
-           "rss_growth_mb": {"pread": round(grown_pread, 1), "map": round(grown_map, 1)},
+           "mapped_bytes_kept_mb": MAPPED_BYTES_KEPT / 2**20,
+           "file_rss_growth_mb": round(grown, 1),
            # Timings are only comparable on an idle machine: the load says whether it was.
            "load_average": round(os.getloadavg()[0], 2), "cores": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d")}

@@ -74,9 +74,38 @@ def test_rows_equal_the_front_end_and_batches_keep_order(tiny_corpus: Path, file
     assert features.index[files[30]] == 30
 
 
+def _file_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_a_large_cache_gives_its_pages_back_as_batches_are_read(
+        tiny_corpus: Path, files: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map keeps every page a process touched in its resident set (at TAU22's split 100 the
+    whole 4.65 GB); above the limit, gathering gives them back as it reads on."""
+    from asc_search.features import logmel
+
+    every = np.arange(40)
+    kept = build_features(files, root=tiny_corpus, cache_dir=tmp_path / "a", n_jobs=1)
+    before = _file_rss_kb()
+    for start in range(0, 40, 4):
+        kept.gather(every[start:start + 4])
+    grown_kept = _file_rss_kb() - before  # under the limit: stays mapped, the fast path
+    monkeypatch.setattr(logmel, "MAPPED_BYTES_KEPT", 200_000)  # the array is 1.33 MB
+    given = build_features(files, root=tiny_corpus, cache_dir=tmp_path / "b", n_jobs=1)
+    before = _file_rss_kb()
+    for start in range(0, 40, 4):
+        given.gather(every[start:start + 4])
+    grown_given = _file_rss_kb() - before
+    assert grown_kept > 1000 and grown_given < 500, (grown_kept, grown_given)
+    np.testing.assert_array_equal(given.gather(every), np.asarray(kept.array))
+
+
 def test_batches_of_subsets_read_the_same_rows_as_the_map(tiny_corpus: Path, files: list[str],
                                                           tmp_path: Path) -> None:
-    """Batches are read with pread (no growing resident set); they must equal the map's rows."""
     features = build_features(files, root=tiny_corpus, cache_dir=tmp_path, n_jobs=1)
     rows = np.random.default_rng(0).integers(0, 40, 64)
     expected = np.asarray(features.array)[rows]
