@@ -252,6 +252,39 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_corpus: Path,
                                                        for t in done}
 
 
+@pytest.mark.slow
+def test_two_machines_without_a_shared_disk_make_one_study(cli, tiny_corpus: Path,
+                                                           postgres_url: str, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """Each "machine" has its own cache and studies folder; only the PostgreSQL study is
+    shared. The study comes out whole, and promotion on a machine without the other's trial
+    checkpoints says so at once, in one line, and retrains when asked to (issue 31)."""
+    monkeypatch.setenv("ASC_SEARCH_STORAGE", postgres_url)
+
+    def machine(name: str) -> None:
+        monkeypatch.setenv("ASC_SEARCH_CACHE", str(tmp_path / name / "cache"))
+        monkeypatch.setenv("ASC_SEARCH_STUDIES", str(tmp_path / name / "studies"))
+
+    machine("one")
+    first = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "2", "--no-seed-trials",
+                "--promote", "0", "--study", "far", "--min-sampled", "0")
+    assert first.code == 0, first.err
+    machine("two")
+    second = cli("-q", "worker", "--study", "far", "--trials", "4")
+    assert second.code == 0, second.err
+    trials = optuna.load_study(study_name="far", storage=postgres_url).trials
+    assert _slots(trials) == 4 and all(_finished(t) for t in trials)
+    assert len({t.number for t in trials}) == len(trials)
+    assert (tmp_path / "two" / "cache" / "features").is_dir()  # built there, not borrowed
+    machine("three")  # holds no trial's checkpoint
+    refused = cli("distill", "far", "--top", "1")
+    one_line_error(refused, "needs the search checkpoints of trial(s)", "--promote-by retrain")
+    assert str(tmp_path / "three" / "studies" / "artifacts") in refused.err
+    assert not (tmp_path / "three" / "cache" / "teachers").exists()  # refused before any work
+    retrained = cli("-q", "distill", "far", "--top", "1", "--promote-by", "retrain")
+    assert retrained.code == 0, retrained.err
+
+
 def test_dashboard_without_optuna_dashboard(cli, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if absent
     one_line_error(cli("dashboard"), "optuna-dashboard is not installed")

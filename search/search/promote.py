@@ -421,12 +421,12 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
     chosen = choose_finalists(study, top=width, with_seed_plan=with_seed_plan)
     if not chosen:
         raise AscSearchError(f"study {study.study_name!r} has no feasible trained trial to promote")
-    loaded = load_resources(settings, pm=pm, cache=cache, studies=studies, device=device,
-                            progress=progress, with_test=True)
     searched = [t for t in chosen if "seed_trial" not in t.user_attrs]
     seeds = [t for t in chosen if "seed_trial" in t.user_attrs]
     if rungs:  # before the data and teachers are loaded: say at once what is missing
         require_checkpoints([*(searched or seeds)[:width], *seeds[:1]], studies=studies)
+    loaded = load_resources(settings, pm=pm, cache=cache, studies=studies, device=device,
+                            progress=progress, with_test=True)
     kept_rungs = RungStore(studies_dir(studies) / "promotion" / study.study_name) if rungs else None
     if rungs:
         announce(f"promoting by successive halving from the trials' checkpoints: "
