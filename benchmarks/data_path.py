@@ -32,7 +32,12 @@ from results import add_result_options, append_result
 from asc_search.architecture import ArchSpec, build_model
 from asc_search.data.dataset import load_dataset
 from asc_search.data.source import resolve_data
-from asc_search.features.logmel import MAPPED_BYTES_KEPT, FrontEndSettings, build_features
+from asc_search.features.logmel import (
+    MAPPED_BYTES_KEPT,
+    READ_BETWEEN_RELEASES,
+    FrontEndSettings,
+    build_features,
+)
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.training.augment import augment
@@ -136,6 +141,7 @@ def main() -> None:
            "ms_per_batch": {k: round(v * 1000, 2) for k, v in seconds.items()},
            "step_over_data_path": round(seconds["model_step"] / seconds["data_path"], 1),
            "mapped_bytes_kept_mb": MAPPED_BYTES_KEPT / 2**20,
+           "read_between_releases_mb": READ_BETWEEN_RELEASES / 2**20,
            "file_rss_growth_mb": round(grown, 1),
            # Timings are only comparable on an idle machine: the load says whether it was.
            "load_average": round(os.getloadavg()[0], 2), "cores": os.cpu_count(),

@@ -95,6 +95,7 @@ def test_a_large_cache_gives_its_pages_back_as_batches_are_read(
         kept.gather(every[start:start + 4])
     grown_kept = _file_rss_kb() - before  # under the limit: stays mapped, the fast path
     monkeypatch.setattr(logmel, "MAPPED_BYTES_KEPT", 200_000)  # the array is 1.33 MB
+    monkeypatch.setattr(logmel, "READ_BETWEEN_RELEASES", 100_000)
     given = build_features(files, root=tiny_corpus, cache_dir=tmp_path / "b", n_jobs=1)
     before = _file_rss_kb()
     for start in range(0, 40, 4):

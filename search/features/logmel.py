@@ -251,10 +251,11 @@ class FeatureSet:
         """The stored rows (B, mels, frames), in their stored dtype, read through the map.
 
         Pages a process touches through a map stay in its resident set: an epoch over TAU22's
-        split 100 would grow every training process by the whole 4.65 GB file. Above
-        ``MAPPED_BYTES_KEPT`` the process gives the pages back as it reads on (the kernel's page
-        cache keeps them, shared by every worker); smaller arrays stay mapped, where a batch is a
-        memory copy (2 ms for 256 clips here, against 35 ms to fault them in or ``pread`` them).
+        split 100 would grow every training process by the whole 4.65 GB file. An array above
+        ``MAPPED_BYTES_KEPT`` gives its pages back every ``READ_BETWEEN_RELEASES`` read (the
+        kernel's page cache keeps them, shared by every worker); smaller arrays stay mapped, where
+        a batch is a memory copy (2 ms for 256 clips here, against 35 ms to fault them in or to
+        ``pread`` them).
         """
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")  # sorted reads are kinder to the page cache
@@ -264,8 +265,12 @@ class FeatureSet:
         return gathered
 
 
-#: Bytes of a cached array a process keeps mapped before it gives them back (``gather``).
+#: A cached array up to this size stays mapped whole (``gather``): a batch is a memory copy.
 MAPPED_BYTES_KEPT = 1 << 30
+#: A larger one gives its pages back after every this many bytes read through it. The pages
+#: mapped are about twice the bytes read (rows do not start on page boundaries, and the kernel
+#: maps the pages around a fault): at TAU22's split 100 (4.65 GB) 1 GiB read held 1.4 GB.
+READ_BETWEEN_RELEASES = 256 << 20
 #: Bytes read through each large map since its pages were last given back, by map.
 _READ_SINCE_RELEASE: dict[int, int] = {}
 
@@ -277,7 +282,7 @@ def _count_mapped(array: np.ndarray | _RowView, nbytes: int) -> None:
     if not isinstance(mapping, mmap.mmap) or array.nbytes <= MAPPED_BYTES_KEPT:
         return
     read = _READ_SINCE_RELEASE.get(id(mapping), 0) + nbytes
-    if read > MAPPED_BYTES_KEPT:
+    if read > READ_BETWEEN_RELEASES:
         mapping.madvise(mmap.MADV_DONTNEED)  # read-only: the pages stay in the page cache
         read = 0
     _READ_SINCE_RELEASE[id(mapping)] = read
