@@ -268,8 +268,9 @@ class FeatureSet:
 #: A cached array up to this size stays mapped whole (``gather``): a batch is a memory copy.
 MAPPED_BYTES_KEPT = 1 << 30
 #: A larger one gives its pages back after every this many bytes read through it. The pages
-#: mapped are about twice the bytes read (rows do not start on page boundaries, and the kernel
-#: maps the pages around a fault): at TAU22's split 100 (4.65 GB) 1 GiB read held 1.4 GB.
+#: mapped are about 2.5 times the bytes read (rows do not start on page boundaries, and the
+#: kernel maps the pages around a fault): at TAU22's split 100 (4.65 GB) a 1 GiB step let the
+#: map reach 2 GB; this one keeps it between 0.1 and 0.65 GB.
 READ_BETWEEN_RELEASES = 256 << 20
 #: Bytes read through each large map since its pages were last given back, by map.
 _READ_SINCE_RELEASE: dict[int, int] = {}
