@@ -34,7 +34,14 @@ import numpy as np
 import soundfile as sf
 from joblib import Parallel, delayed
 
-from asc_search.cache_entries import PARTIAL_SUFFIX, clean_leftovers, entry_lock, resumable
+from asc_search.cache_entries import (
+    PARTIAL_SUFFIX,
+    clean_leftovers,
+    entry_lock,
+    record_chunk,
+    recorded_chunks,
+    resumable,
+)
 from asc_search.data.dataset import (
     DEVICES,
     SCENES,
@@ -530,8 +537,7 @@ def _rendered_chunks(partial: Path, manifest: dict[str, object]) -> set[int] | N
     try:
         if json.loads((partial / _PLAN).read_text()) != json.loads(json.dumps(manifest)):
             return None
-        lines = (partial / _DONE).read_text().split("\n")
-        return {int(line) for line in lines if line.strip()}
+        return recorded_chunks(partial / _DONE)
     except (OSError, ValueError):
         return None
 
@@ -627,8 +633,7 @@ def write_corpus(
         with (partial / _DONE).open("a") as record:
             for index, count in runner(delayed(_render_chunk)(plan, chunks[k], audio_dir, k)
                                        for k in todo):
-                record.write(f"{index}\n")  # its files are written and closed: it counts
-                record.flush()
+                record_chunk(record, index)  # its files are written and closed: it counts
                 finished += count
                 if progress is not None:
                     progress(finished, len(plan.recordings))

@@ -21,11 +21,13 @@ It is renamed aside (``.KEY.stale-…``) and deleted a day later.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from filelock import FileLock, Timeout
 
@@ -75,6 +77,19 @@ def resumable(partial: Path) -> Iterator[None]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def recorded_chunks(record: Path) -> set[int]:
+    """The chunk indices a resumable build recorded as finished (``record_chunk``)."""
+    return {int(line) for line in record.read_text().split("\n") if line.strip()}
+
+
+def record_chunk(record: IO[str], index: int) -> None:
+    """Record chunk ``index`` as finished, on disk before the call returns: only written, closed
+    or flushed work may be recorded, so a kill loses at most the chunk in flight."""
+    record.write(f"{index}\n")
+    record.flush()
+    os.fsync(record.fileno())
 
 
 def set_aside(entry: Path) -> Path:

@@ -45,6 +45,8 @@ from asc_search.cache_entries import (
     clean_leftovers,
     entry_lock,
     partial_folder,
+    record_chunk,
+    recorded_chunks,
     resumable,
     set_aside,
 )
@@ -485,9 +487,7 @@ def _compute(
                 for count in parallel(jobs):
                     if progress is not None:
                         progress(count)
-                record.write(f"{start // chunk}\n")  # the rows are flushed: now they count
-                record.flush()
-                os.fsync(record.fileno())
+                record_chunk(record, start // chunk)  # the rows are flushed: now they count
         meta = {
             "key": key,
             "settings": asdict(settings),
@@ -512,7 +512,6 @@ def _resumable_chunks(partial: Path, plan: dict[str, Any],
         array = np.load(partial / _ARRAY, mmap_mode="r")
         if array.shape != shape or array.dtype != np.dtype(plan["settings"]["dtype"]):
             return None
-        lines = (partial / _DONE).read_text().split("\n")
-        return {int(line) for line in lines if line.strip()}
+        return recorded_chunks(partial / _DONE)
     except (OSError, ValueError, KeyError, TypeError):
         return None
