@@ -36,7 +36,7 @@ from asc_search.search.promote import finalists
 from asc_search.search.storage import artifact_store
 from asc_search.search.study import settings_of
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
-from asc_search.training.int8 import fp32_precision, load_int8
+from asc_search.training.int8 import INT8_PRECISION, load_int8
 from asc_search.training.train import precision_for
 
 #: The submission label the package is named by unless ``--label`` says otherwise.
@@ -152,7 +152,7 @@ def export_trial(study: optuna.Study, *, number: int, out: Path, pm: Any, cache:
         # else by the general network, as the inference package will score it (an int8
         # program in float32, as it runs).
         logits = routed_logits({d: m for d, m in networks.items() if d != "general"}, shipped,
-                               data.test, precision=fp32_precision(precision_for("cpu"))
+                               data.test, precision=INT8_PRECISION
                                if int8 is not None else precision_for("cpu"))
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         with (partial / "output.csv").open("w", newline="") as handle:

@@ -49,8 +49,8 @@ from asc_search.teachers import (
 from asc_search.training.checkpoint import save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate
 from asc_search.training.int8 import (
+    INT8_PRECISION,
     Int8Network,
-    fp32_precision,
     qat_steps,
     quantization_aware_fit,
 )
@@ -383,7 +383,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
             teacher_logits=teacher_logits, precision=precision, progress=progress)
         param_bytes, scored = network.stored_bytes, network
     logits = predict(scored, validation.features,
-                     precision=fp32_precision(precision) if int8 else precision)
+                     precision=INT8_PRECISION if int8 else precision)
     model.to("cpu")
     spent = training_macs(budget, batch_size=recipe.batch_size, wide_macs=wide_macs,
                           between_macs=between_macs, final_macs=card.macs)

@@ -69,8 +69,8 @@ from asc_search.search.study import dominates, feasible, load_resources, ranked_
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate, paired_difference, recordings
 from asc_search.training.int8 import (
+    INT8_PRECISION,
     Int8Network,
-    fp32_precision,
     load_int8,
     qat_steps,
     quantization_aware_fit,
@@ -337,8 +337,9 @@ def _from_checkpoint(trial: optuna.trial.FrozenTrial, resources: TrialResources)
 
 
 def scoring_precision(contender: Promoted, resources: TrialResources) -> Precision:
-    """The int8 program runs in float32; a float network as the study trains it."""
-    return fp32_precision(resources.precision) if contender.int8 is not None \
+    """The int8 program runs in float32 on the CPU, as shipped; a float network as the study
+    trains it."""
+    return INT8_PRECISION if contender.int8 is not None \
         else resources.precision
 
 

@@ -59,9 +59,14 @@ def qat_steps(steps: int) -> int:
 
 
 def fp32_precision(precision: Precision) -> Precision:
-    """QAT and the int8 program run in float32, contiguous: fake quantisers and the converted
-    program's quantise steps are defined on float32 tensors."""
+    """QAT runs in float32, contiguous, on the training device: fake quantisers are defined on
+    float32 tensors."""
     return Precision(precision.device, None, False, False)
+
+
+#: Where a converted int8 program is scored: on the CPU in float32, where it runs once shipped
+#: (the X86 quantiser's program), whatever device trained it.
+INT8_PRECISION = Precision(torch.device("cpu"), None, False, False)
 
 
 class _Exported(nn.Module):
@@ -124,9 +129,16 @@ def _batch_dim() -> dict[int, torch.export.Dim]:
     return {0: torch.export.Dim("batch", min=1)}
 
 
-def prepare_qat(model: nn.Module, *, input_shape: tuple[int, ...] = DCASE_INPUT_SHAPE) -> _Exported:
-    """``model`` traced with fake quantisers in place, ready for quantisation-aware training.
-    The float network is copied, not changed."""
+def prepare_qat(model: nn.Module, *, device: torch.device | str = "cpu",
+                input_shape: tuple[int, ...] = DCASE_INPUT_SHAPE) -> _Exported:
+    """``model`` traced with fake quantisers in place, ready for quantisation-aware training on
+    ``device``. The float network is copied, not changed.
+
+    The trace is taken on the CPU, where the converted program will run, and then moved with
+    ``torch.export``'s own ``move_to_device_pass``: a traced program keeps the device of every
+    tensor its forward creates written into its graph, so ``.to()`` alone would leave those on
+    the CPU while the weights go to the accelerator.
+    """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -136,11 +148,16 @@ def prepare_qat(model: nn.Module, *, input_shape: tuple[int, ...] = DCASE_INPUT_
     float_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
     example = torch.zeros((2, *input_shape[1:]))  # two clips: BatchNorm traces in training mode
     try:
-        traced = torch.export.export(float_model.train(), (example,),
-                                     dynamic_shapes=(_batch_dim(),), strict=True).module()
+        exported = torch.export.export(float_model.train(), (example,),
+                                       dynamic_shapes=(_batch_dim(),), strict=True)
     except Exception as exc:  # torch.export raises many kinds; all mean the same here
         raise QuantisationError(f"{type(model).__name__} cannot be traced for int8 "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if torch.device(device).type != "cpu":
+        from torch.export.passes import move_to_device_pass
+
+        exported = move_to_device_pass(exported, device)
+    traced = exported.module()
     quantizer = X86InductorQuantizer().set_global(
         get_default_x86_inductor_quantization_config(is_qat=True))
     prepared = _Exported(prepare_qat_pt2e(traced, quantizer))
@@ -151,10 +168,31 @@ def prepare_qat(model: nn.Module, *, input_shape: tuple[int, ...] = DCASE_INPUT_
     return prepared
 
 
+def program_on_cpu(prepared: _Exported) -> None:
+    """Bring a prepared program trained on an accelerator back to the CPU for conversion: its
+    weights, buffers and constants, and the devices written into its graph (the way back of
+    ``prepare_qat``'s move, which ``torch.export`` offers only for an exported program)."""
+    program, cpu = prepared.program, torch.device("cpu")
+    for node in program.graph.nodes:
+        if "device" in node.kwargs:
+            node.kwargs = {**node.kwargs, "device": cpu}
+        elif node.op == "get_attr":  # a constant the export registered as a plain attribute
+            owner, _, leaf = node.target.rpartition(".")
+            holder = program.get_submodule(owner) if owner else program
+            value = getattr(holder, leaf)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) \
+                    and leaf not in holder._buffers:
+                setattr(holder, leaf, value.to(cpu))
+    program.recompile()
+    prepared.to(cpu)
+
+
 def convert(prepared: _Exported) -> Int8Network:
-    """The int8 program of a quantisation-aware trained network (its fake quantisers' scales)."""
+    """The int8 program of a quantisation-aware trained network (its fake quantisers' scales),
+    converted on the CPU, where it runs."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    program_on_cpu(prepared)
     prepared.eval()
     return Int8Network(_without_unused(convert_pt2e(prepared.program)))
 
@@ -180,14 +218,15 @@ def quantization_aware_fit(model: nn.Module, train: LabelledSet, recipe: Trainin
     ``model`` gets the fine-tuned float weights back (so a later, longer fine-tune continues from
     them, as a float16 candidate continues from its own); the returned network is its int8
     program. The fine-tune uses the recipe at ``QAT_LEARNING_RATE_SCALE`` of its rate, no
-    warm-up, in float32 on ``precision``'s device.
+    warm-up, in float32 on ``precision``'s device; the program is converted on the CPU and is
+    scored there (``INT8_PRECISION``).
     """
-    prepared = prepare_qat(model)
+    prepared = prepare_qat(model, device=precision.device)
     history = fit(prepared, train, recipe.with_(
         learning_rate=recipe.learning_rate * QAT_LEARNING_RATE_SCALE, warmup_steps=0),
         steps=steps, teacher_logits=teacher_logits, precision=fp32_precision(precision),
         progress=progress, label=label)
-    prepared.to("cpu")
+    program_on_cpu(prepared)
     _copy_back(prepared, model)
     return convert(prepared), history
 
