@@ -26,7 +26,7 @@ from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import settle
-from asc_search.search.space import load_space
+from asc_search.study.space import load_space
 
 MACS, BYTES = 30_000_000, 128_000
 

@@ -29,7 +29,7 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import evaluation_attrs
+from asc_search.study.objective import evaluation_attrs
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.recipe import TrainingRecipe

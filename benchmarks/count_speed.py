@@ -21,7 +21,7 @@ import torchinfo
 from asc_search.architecture import build_model
 from asc_search.complexity import DCASE_INPUT_SHAPE, count_complexity
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.space import load_space
+from asc_search.study.space import load_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from dcase_fvcore import dcase_macs

@@ -36,7 +36,7 @@ from seed_plans import candidates
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import evaluation_attrs, train_candidate
+from asc_search.study.objective import evaluation_attrs, train_candidate
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.device_models import (
     known_and_unknown,

@@ -42,8 +42,8 @@ from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import candidate_of
-from asc_search.search.objective import SearchSettings, evaluation_attrs, train_candidate
-from asc_search.search.space import Candidate, read_space, space_from_dict
+from asc_search.study.objective import SearchSettings, evaluation_attrs, train_candidate
+from asc_search.study.space import Candidate, read_space, space_from_dict
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.int8 import fp32_precision

@@ -75,7 +75,7 @@ from seed_plans import candidates
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import (
+from asc_search.study.objective import (
     SearchSettings,
     auto_batch_size,
     evaluation_attrs,

@@ -28,9 +28,9 @@ from results import append_result, read_results
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings, train_candidate
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.study import seed_params
+from asc_search.study.lifecycle import seed_params
+from asc_search.study.objective import SearchSettings, train_candidate
+from asc_search.study.space import read_space, space_from_dict
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.train import precision_for
 

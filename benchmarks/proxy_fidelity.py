@@ -44,10 +44,10 @@ from results import append_result, read_results
 
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings, run_trial, train_candidate, trial_candidate
-from asc_search.search.promote import climb_rungs, rung_epochs
-from asc_search.search.space import read_space
-from asc_search.search.study import load_resources
+from asc_search.study.lifecycle import load_resources
+from asc_search.study.objective import SearchSettings, run_trial, train_candidate, trial_candidate
+from asc_search.study.promote import climb_rungs, rung_epochs
+from asc_search.study.space import read_space
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float:

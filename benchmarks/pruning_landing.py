@@ -32,7 +32,7 @@ from asc_search.complexity import count_complexity
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import wide_and_chain
 from asc_search.pruning.prune import PruningPlan, importance_metrics, prune, pruning_schedules
-from asc_search.search.space import load_space
+from asc_search.study.space import load_space
 
 MAX_MACS, MAX_BYTES = 30_000_000, 128_000
 

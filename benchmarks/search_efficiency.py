@@ -38,9 +38,7 @@ from results import append_result, read_results
 
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings, run_trial
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.study import (
+from asc_search.study.lifecycle import (
     WorkerJob,
     create_or_resume,
     feasible,
@@ -48,6 +46,8 @@ from asc_search.search.study import (
     make_sampler,
     run_worker,
 )
+from asc_search.study.objective import SearchSettings, run_trial
+from asc_search.study.space import read_space, space_from_dict
 
 SAMPLERS = ("tpe", "nsga2", "random")
 CHANCE = 0.1

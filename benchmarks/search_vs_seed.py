@@ -18,7 +18,7 @@ fills it beforehand), per seed:
   its trials and the promotion of its winner to the same length as (a). Trials train for a fifth
   of that length (30 epochs at 5 %); promotion is the product's: the best trials continue from
   their own checkpoints through rungs of doubling fine-tunes (60, 120, 150 epochs; 4, 2 and 1
-  trials), keeping the better half (``asc_search.search.promote.climb_rungs``). New trials start
+  trials), keeping the better half (``asc_search.study.promote.climb_rungs``). New trials start
   while the CPU spent plus the longest trial so far leaves room for those rungs, reserved at what
   an epoch of the baseline cost in (a). Its parents start from an empty folder of their own, so
   nothing trained for (a) is free for (b); seed trials are not queued (the question is whether
@@ -28,7 +28,7 @@ fills it beforehand), per seed:
 
 The **reference** of a seed is the plan of (a) best on *validation* at that seed, as the product
 chooses it; a row of (b) records it, the winner's test difference from it paired on the same
-recordings, and what the product would recommend between the two (``asc_search.search.recommend``:
+recordings, and what the product would recommend between the two (``asc_search.study.recommend``:
 the winner only where its paired validation difference has an interval above 0). ``--report``
 gives searched − reference and searched − baseline paired by seed, what the recommendation
 gives, and each side's CPU-minutes and training MACs.
@@ -73,18 +73,18 @@ from asc_search.complexity import count_complexity
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import (
+from asc_search.study.lifecycle import make_pruner, make_sampler, ranked_trials
+from asc_search.study.objective import (
     SearchSettings,
     TrialResources,
     evaluation_attrs,
     run_trial,
     train_candidate,
 )
-from asc_search.search.promote import REDUCTION, RungStore, climb_rungs, rung_epochs
-from asc_search.search.recommend import FinalistScore, recommend
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.storage import artifact_store
-from asc_search.search.study import make_pruner, make_sampler, ranked_trials
+from asc_search.study.promote import REDUCTION, RungStore, climb_rungs, rung_epochs
+from asc_search.study.recommend import FinalistScore, recommend
+from asc_search.study.space import read_space, space_from_dict
+from asc_search.study.storage import artifact_store
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.evaluate import (
     evaluate,
@@ -161,7 +161,7 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     ``here`` (``where_ran``): CPU time from another machine does not transfer. Its winner is
     then set against the seed's reference, the plan of (a) best on validation, as the product
     sets a searched finalist against its reference: recommended only when it is shown better
-    on validation (``asc_search.search.recommend``)."""
+    on validation (``asc_search.study.recommend``)."""
     raw, source = read_space(args.space)
     plan = searched_plan(args.space)
     proxy = max(2, epochs // 5)

@@ -4,14 +4,14 @@ directly, all with KD, at equal training budgets, over several seeds.
 One command: ``python benchmarks/seed_plans.py [--split 5] [--seeds 0 1 2] [--epochs 150]``.
 On the embedded corpus, with the teacher ensemble that ``calibrate_corpus.py`` fits (served from
 the cache when it is there), every candidate is trained by the product's own path
-(``asc_search.search.objective.train_candidate``, as promotion trains a finalist) with the same budget
+(``asc_search.study.objective.train_candidate``, as promotion trains a finalist) with the same budget
 of optimiser steps (``--epochs`` at batch 256):
 
 - baseline: the DCASE 2024 baseline (CP-Mobile, base 32), unpruned;
 - direct: ``seed-final`` (SSCP, base 32) trained directly, unpruned;
 - S1: 64 → 32, AGP steps; S2: 96 → 32, linear steps; S3: 96 → 64 → 32, AGP steps per stage.
 
-A pruning plan divides the budget as the product does (``asc_search.search.budget``): a third for the
+A pruning plan divides the budget as the product does (``asc_search.study.budget``): a third for the
 final fine-tune, a tenth for the fine-tunes between the 5 steps per stage, the rest for the wide
 network: at 150 epochs that is 86 wide epochs for S1, close to the seed's 100 / 2 per step / 50.
 Each run records validation and test macro accuracy with 95 % bootstrap intervals, seconds on
@@ -35,9 +35,9 @@ from results import append_result, read_results
 from asc_search.features.experiment import load_split_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings, evaluation_attrs, train_candidate
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.study import seed_params
+from asc_search.study.lifecycle import seed_params
+from asc_search.study.objective import SearchSettings, evaluation_attrs, train_candidate
+from asc_search.study.space import read_space, space_from_dict
 from asc_search.teachers.ensemble import ensemble_logits
 from asc_search.training.evaluate import evaluate, mean_sd_interval
 from asc_search.training.train import precision_for, predict

@@ -24,9 +24,7 @@ from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.objective import SearchSettings
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.study import (
+from asc_search.study.lifecycle import (
     WorkerJob,
     create_or_resume,
     load_resources,
@@ -34,6 +32,8 @@ from asc_search.search.study import (
     seed_params,
     split_threads,
 )
+from asc_search.study.objective import SearchSettings
+from asc_search.study.space import read_space, space_from_dict
 
 
 def workload(space, settings: SearchSettings, *, pm, n: int, seed: int) -> list[dict]:

@@ -11,8 +11,8 @@ from typing import Any
 from asc_search.architecture import FACTORIZATIONS, architectures, presets
 from asc_search.hookspecs import hookimpl
 from asc_search.pruning.prune import importance_metrics, pruning_schedules
-from asc_search.search.budget import FINAL_SHARES
-from asc_search.search.space import PARENTS_AS_IS, DimensionInfo
+from asc_search.study.budget import FINAL_SHARES
+from asc_search.study.space import PARENTS_AS_IS, DimensionInfo
 
 MAX_STAGES = 4
 
@@ -105,7 +105,7 @@ def asc_space_dimensions() -> list[DimensionInfo]:
 
     from asc_search.training.recipe import TrainingRecipe
 
-    # Not ``epochs``: the study's budget sets every candidate's length (asc_search.search.budget),
+    # Not ``epochs``: the study's budget sets every candidate's length (asc_search.study.budget),
     # so a sampled value would be overwritten; nor ``seed``, which the trial number sets.
     training = [DimensionInfo(f.name, "training", f"training recipe: {f.name}")
                 for f in fields(TrainingRecipe) if f.name not in ("seed", "epochs")]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from asc_search.architecture import Architecture
     from asc_search.data.dataset import DatasetSource
     from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
-    from asc_search.search.space import DimensionInfo
+    from asc_search.study.space import DimensionInfo
     from asc_search.teachers.ensemble import Teacher
 
 PROJECT = "asc_search"
@@ -141,7 +141,7 @@ def asc_pruning_schedules() -> list[PruningSchedule]:
 def asc_space_dimensions() -> list[DimensionInfo]:
     """Return dimension names that search-space files may declare.
 
-    Each ``asc_search.search.space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
+    Each ``asc_search.study.space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
     ``target`` saying what it shapes (``"spec"``: an ``ArchSpec`` field or, with an ``apply``
     callable, part of one; ``"plan"``: the pruning plan; ``"training"``: the training recipe), a
     one-line ``description``, and optionally ``allowed(pm)`` returning the values a categorical

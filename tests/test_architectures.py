@@ -21,7 +21,7 @@ from asc_search.complexity import count_complexity
 from asc_search.errors import PluginError
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.space import largest_fitting_width
+from asc_search.study.space import largest_fitting_width
 
 PM = build_plugin_manager(load_entry_points=False)
 

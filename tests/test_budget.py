@@ -10,20 +10,20 @@ import pytest
 
 import asc_search.parents.store as parents_module
 import asc_search.pruning.prune as prune_module
-import asc_search.search.objective as objective
+import asc_search.study.objective as objective
 from asc_search.errors import AscSearchError
 from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.budget import (
+from asc_search.study.budget import (
     FINAL_SHARES,
     final_share,
     first_shared_report_epoch,
     report_epochs,
     step_budget,
 )
-from asc_search.search.objective import SearchSettings, train_candidate
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.study import make_pruner, seed_params
+from asc_search.study.lifecycle import make_pruner, seed_params
+from asc_search.study.objective import SearchSettings, train_candidate
+from asc_search.study.space import read_space, space_from_dict
 from asc_search.training.train import fit as real_fit
 from asc_search.training.train import precision_for
 

@@ -12,7 +12,7 @@ from torch import nn
 from asc_search.architecture import ArchSpec, build_model, resolve_preset
 from asc_search.complexity import BudgetError, count_complexity, parse_budget
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.space import load_space
+from asc_search.study.space import load_space
 from dcase_fvcore import dcase_conv_macs, dcase_macs
 
 PM = build_plugin_manager(load_entry_points=False)

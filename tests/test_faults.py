@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from asc_search.search.storage import open_storage
+from asc_search.study.storage import open_storage
 from conftest import start
 
 QUICK = ("--split", "25", "--proxy-epochs", "3", "--teacher-epochs", "1")
@@ -96,7 +96,7 @@ def _done(trial: optuna.trial.FrozenTrial) -> bool:
 
 def test_an_exited_but_unreaped_worker_counts_as_dead() -> None:
     """joblib reaps a killed worker later: until then it is a zombie, which answers signal 0."""
-    from asc_search.search.heartbeat import _alive
+    from asc_search.study.heartbeat import _alive
 
     child = subprocess.Popen(["sleep", "0.1"])
     deadline = time.monotonic() + 10

@@ -91,8 +91,8 @@ def test_qat_fine_tune_converts_to_int8_weights_that_predict_and_round_trip(
 
 def test_the_storage_space_keeps_the_seed_plans_float16_and_fills_int8_wider() -> None:
     from asc_search.pruning.plans import candidate_of
-    from asc_search.search.space import load_space
-    from asc_search.search.study import seed_params
+    from asc_search.study.lifecycle import seed_params
+    from asc_search.study.space import load_space
 
     space = load_space("sscp_fill_storage", pm=PM)
     seeds = seed_params(space)

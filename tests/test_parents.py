@@ -12,8 +12,8 @@ import asc_search.parents.store as parents
 from asc_search.features.experiment import load_split_data
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import wide_and_chain
-from asc_search.search.objective import SearchSettings, train_candidate
-from asc_search.search.space import read_space, space_from_dict
+from asc_search.study.objective import SearchSettings, train_candidate
+from asc_search.study.space import read_space, space_from_dict
 from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import fit as real_fit
 from asc_search.training.train import precision_for

@@ -19,8 +19,8 @@ from asc_search.pruning.plans import (
     smallest_settled,
 )
 from asc_search.pruning.prune import PruningPlan, _model_widths, prune, stage_widths
-from asc_search.search.space import load_space
-from asc_search.search.study import _wanted, counted_trials, seed_params
+from asc_search.study.lifecycle import _wanted, counted_trials, seed_params
+from asc_search.study.space import load_space
 
 PM = build_plugin_manager()
 MACS, BYTES = 30_000_000, 128_000
@@ -106,7 +106,7 @@ def test_the_run_precheck_counts_the_narrowest_network() -> None:
 def test_a_sampled_copy_of_a_trained_unpruned_network_is_not_trained_again(tmp_path) -> None:
     """A plan whose parent fits as it is (the baseline) is the seed trial's network: the trial
     trains nothing and ends pruned, so TPE does not take the copy for a new good point."""
-    from asc_search.search.objective import run_trial
+    from asc_search.study.objective import run_trial
 
     space = load_space("sscp_fill", pm=PM)
     study = optuna.create_study(direction="maximize")

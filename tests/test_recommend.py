@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asc_search.data.dataset import SCENES
-from asc_search.search.recommend import (
+from asc_search.study.recommend import (
     COARSE_POINTS,
     FinalistScore,
     Recommendation,

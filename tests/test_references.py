@@ -10,8 +10,8 @@ import pytest
 
 from asc_search.architecture import ArchSpec
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.references import ReferenceError, read_reference
-from asc_search.search.storage import resolve_storage
+from asc_search.study.references import ReferenceError, read_reference
+from asc_search.study.storage import resolve_storage
 
 PM = build_plugin_manager(load_entry_points=False)
 BUDGET = {"max_macs": 30_000_000, "max_param_bytes": 128_000}
@@ -71,7 +71,7 @@ def test_a_reference_takes_the_study_classes_and_may_not_set_its_length(tmp_path
 
 def test_a_trial_of_another_study_is_its_trained_network(tmp_path: Path) -> None:
     url = resolve_storage(None)
-    from asc_search.search.storage import open_storage
+    from asc_search.study.storage import open_storage
 
     study = optuna.create_study(study_name="earlier", storage=open_storage(url))
     pruned = ArchSpec(arch="sscp_mobile", base_channels=24,
@@ -94,10 +94,10 @@ def test_a_reference_trains_as_a_seed_trial_and_can_be_the_reference(tiny_corpus
                                                                       tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from asc_search.search.objective import REFERENCE_ATTR, SearchSettings
-    from asc_search.search.promote import choose_finalists
-    from asc_search.search.space import read_space, space_from_dict
-    from asc_search.search.study import WorkerJob, create_or_resume, run_worker
+    from asc_search.study.lifecycle import WorkerJob, create_or_resume, run_worker
+    from asc_search.study.objective import REFERENCE_ATTR, SearchSettings
+    from asc_search.study.promote import choose_finalists
+    from asc_search.study.space import read_space, space_from_dict
 
     pm = build_plugin_manager()
     path = tmp_path / "mine.json"

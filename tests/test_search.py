@@ -12,10 +12,7 @@ from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import wide_and_chain
-from asc_search.search.objective import SearchSettings
-from asc_search.search.space import read_space, space_from_dict
-from asc_search.search.storage import StorageError, check_study_name, mask_url, resolve_storage
-from asc_search.search.study import (
+from asc_search.study.lifecycle import (
     SEED_TRIALS,
     WorkerJob,
     create_or_resume,
@@ -23,6 +20,9 @@ from asc_search.search.study import (
     run_worker,
     seed_params,
 )
+from asc_search.study.objective import SearchSettings
+from asc_search.study.space import read_space, space_from_dict
+from asc_search.study.storage import StorageError, check_study_name, mask_url, resolve_storage
 
 QUICK = {"proxy_epochs": 1, "teacher_epochs": 1}
 
@@ -114,7 +114,7 @@ def test_a_pruned_candidate_lands_on_the_network_that_was_counted(pm) -> None:
 
 
 def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypatch) -> None:
-    import asc_search.search.objective as objective
+    import asc_search.study.objective as objective
 
     def no_training(*args, **kwargs):
         raise AssertionError("an infeasible candidate reached training")
@@ -138,7 +138,7 @@ def test_infeasible_candidates_are_never_trained(pm, tiny_corpus: Path, monkeypa
 def test_trials_train_count_and_store_a_checkpoint(pm, tiny_corpus: Path, tmp_path: Path) -> None:
     from optuna.artifacts import download_artifact
 
-    from asc_search.search.storage import artifact_store
+    from asc_search.study.storage import artifact_store
     from asc_search.training.checkpoint import load_checkpoint
 
     settings = _settings(tiny_corpus, pm=pm)
@@ -168,7 +168,7 @@ def test_trials_train_count_and_store_a_checkpoint(pm, tiny_corpus: Path, tmp_pa
 
 def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corpus: Path,
                                                                    monkeypatch) -> None:
-    import asc_search.search.objective as objective
+    import asc_search.study.objective as objective
 
     real, calls = objective.train_candidate, []
 
@@ -192,7 +192,7 @@ def test_a_failing_trial_keeps_its_traceback_and_the_study_goes_on(pm, tiny_corp
 
 
 def test_a_broken_search_stops_after_three_failures(pm, tiny_corpus: Path, monkeypatch) -> None:
-    import asc_search.search.objective as objective
+    import asc_search.study.objective as objective
 
     def broken(*args, **kwargs):
         raise RuntimeError("always broken")
@@ -241,7 +241,7 @@ def test_a_study_of_an_older_version_is_read_but_not_trained_on(pm, tiny_corpus:
                                                                  cli) -> None:
     import json
 
-    from asc_search.search.study import SETTINGS_ATTR, settings_of
+    from asc_search.study.lifecycle import SETTINGS_ATTR, settings_of
 
     study, url = _study("older", _settings(tiny_corpus, pm=pm), pm=pm)
     stored = json.loads(study.user_attrs[SETTINGS_ATTR])
@@ -257,7 +257,7 @@ def test_a_study_of_an_older_version_is_read_but_not_trained_on(pm, tiny_corpus:
 
 
 def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
-    from asc_search.search.objective import auto_batch_size
+    from asc_search.study.objective import auto_batch_size
 
     assert [auto_batch_size(n) for n in (40, 400, 1_000, 8_000, 139_000)] == [16, 16, 40, 256, 256]
     settings = _settings(tiny_corpus, pm=pm)
@@ -269,7 +269,7 @@ def test_batch_size_follows_the_split_unless_set(tiny_corpus: Path, pm) -> None:
 
 WRITER = """
 import sys, optuna
-from asc_search.search.storage import open_storage
+from asc_search.study.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="writers", storage=open_storage(sys.argv[1], heartbeat=1))
 def objective(trial):
@@ -309,7 +309,7 @@ def test_the_default_storage_takes_four_concurrent_writers() -> None:
     import subprocess
     import sys
 
-    from asc_search.search.storage import open_storage
+    from asc_search.study.storage import open_storage
 
     url = resolve_storage(None)
     study = optuna.create_study(study_name="writers", storage=open_storage(url))
@@ -349,8 +349,8 @@ def test_environment_storage_wins_over_the_default(monkeypatch) -> None:
 
 
 def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: Path) -> None:
-    from asc_search.search.heartbeat import HEARTBEAT_ATTR, lost_trials
-    from asc_search.search.storage import open_storage
+    from asc_search.study.heartbeat import HEARTBEAT_ATTR, lost_trials
+    from asc_search.study.storage import open_storage
 
     settings = _settings(tiny_corpus, pm=pm, max_macs=30_000_000)
     study, url = _study("waits", settings, pm=pm)
@@ -382,7 +382,7 @@ def test_a_worker_waits_for_a_trial_lost_elsewhere_and_runs_it(pm, tiny_corpus: 
 
 def test_a_trial_failed_as_lost_while_alive_does_not_stop_its_worker(pm, tiny_corpus: Path,
                                                                      monkeypatch) -> None:
-    import asc_search.search.study as study_module
+    import asc_search.study.lifecycle as study_module
 
     real, calls = study_module.run_trial, []
 
@@ -411,7 +411,7 @@ def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: 
     import asc_search.features.experiment as experiment
     from asc_search.data.dataset import load_dataset
     from asc_search.paths import cache_dir
-    from asc_search.search.promote import distill
+    from asc_search.study.promote import distill
 
     test_files = set(load_dataset(tiny_corpus).test)
     requested: list[tuple[str, bool]] = []  # (phase, whether any test clip was asked for)
@@ -435,7 +435,7 @@ def test_no_test_clip_is_read_before_promotion(pm, tiny_corpus: Path, tmp_path: 
 
 
 def test_rungs_double_the_budget_up_to_the_promotion_one() -> None:
-    from asc_search.search.promote import rung_epochs
+    from asc_search.study.promote import rung_epochs
 
     assert rung_epochs(8, 32) == [16, 32]
     assert rung_epochs(30, 150) == [60, 120, 150]
@@ -451,11 +451,11 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
     import torch
     from optuna.artifacts import download_artifact
 
-    import asc_search.search.promote as promote
+    import asc_search.study.promote as promote
     from asc_search.data.dataset import load_dataset
     from asc_search.paths import cache_dir, studies_dir
-    from asc_search.search.storage import artifact_store
-    from asc_search.search.study import load_resources, settings_of
+    from asc_search.study.lifecycle import load_resources, settings_of
+    from asc_search.study.storage import artifact_store
     from asc_search.training.checkpoint import load_checkpoint
 
     settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy",
@@ -548,7 +548,7 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
 
 
 def test_a_pareto_rung_keeps_the_non_dominated_first() -> None:
-    from asc_search.search.promote import Promoted, _ranked
+    from asc_search.study.promote import Promoted, _ranked
     from asc_search.training.evaluate import Evaluation
 
     def contender(name: str, accuracy: float, macs: int) -> Promoted:
@@ -570,8 +570,8 @@ def test_continuing_a_trial_whose_checkpoint_is_elsewhere_names_it(tmp_path: Pat
     """A worker on another machine keeps its artifacts there: one line, and the way out."""
     from types import SimpleNamespace
 
-    from asc_search.search.promote import _from_checkpoint
-    from asc_search.search.storage import artifact_store
+    from asc_search.study.promote import _from_checkpoint
+    from asc_search.study.storage import artifact_store
 
     trial = optuna.trial.create_trial(value=0.5, user_attrs={"checkpoint_artifact": "gone",
                                                              "macs": 1})
@@ -589,8 +589,8 @@ def test_promotion_by_continuing_names_missing_checkpoints_and_their_workers_fir
     lacks and where they ran, before it loads any data (issue 31)."""
     from optuna.artifacts import upload_artifact
 
-    from asc_search.search.promote import require_checkpoints
-    from asc_search.search.storage import artifact_store
+    from asc_search.study.promote import require_checkpoints
+    from asc_search.study.storage import artifact_store
 
     kept = tmp_path / "kept.pt"
     kept.write_bytes(b"a checkpoint")
@@ -622,7 +622,7 @@ def _joint(pm):
 
 
 def test_the_joint_space_holds_every_reference_with_its_published_recipe(pm) -> None:
-    from asc_search.search.study import seed_trials_left_out
+    from asc_search.study.lifecycle import seed_trials_left_out
     from asc_search.training.recipe import TrainingRecipe
 
     space = _joint(pm)
@@ -663,7 +663,7 @@ def test_a_parent_that_fits_as_is_samples_no_pruning_dimension(pm) -> None:
 
 
 def test_a_reference_the_space_cannot_express_is_named_with_why(pm) -> None:
-    from asc_search.search.study import seed_trials_left_out
+    from asc_search.study.lifecycle import seed_trials_left_out
 
     raw, source = read_space("sscp_joint")
     raw = {**raw, "dimensions": {**raw["dimensions"], "learning_rate": {
@@ -678,8 +678,8 @@ def test_a_reference_the_space_cannot_express_is_named_with_why(pm) -> None:
 def test_a_plugin_knob_without_a_published_value_leaves_the_references_out(pm, tmp_path) -> None:
     from asc_search.hookspecs import hookimpl
     from asc_search.plugin_manager import build_plugin_manager
-    from asc_search.search.space import DimensionInfo
-    from asc_search.search.study import seed_trials_left_out
+    from asc_search.study.lifecycle import seed_trials_left_out
+    from asc_search.study.space import DimensionInfo
 
     class Knob:
         @hookimpl
@@ -716,7 +716,7 @@ def test_parents_as_is_fit_at_every_offered_dtype_and_only_at_full_macs(pm) -> N
 def test_seed_trials_are_never_stopped_by_the_pruner(pm, tiny_corpus: Path, monkeypatch) -> None:
     """A pruner that stops every trial it is asked about stops the sampled ones only: a seed
     trial is the hand-made reference (the median rule once stopped S3 in a default run)."""
-    import asc_search.search.study as study_module
+    import asc_search.study.lifecycle as study_module
 
     class StopEverything(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
@@ -747,7 +747,7 @@ def test_seed_trials_are_never_stopped_by_the_pruner(pm, tiny_corpus: Path, monk
 
 def test_the_search_outlives_its_timeout_until_it_trained_sampled_networks(
         pm, tiny_corpus: Path) -> None:
-    from asc_search.search.study import sampled_trained
+    from asc_search.study.lifecycle import sampled_trained
 
     settings = _settings(tiny_corpus, pm=pm, space="sscp_fill", objective="accuracy")
     for name, promised in (("promised-none", 0), ("promised-two", 2)):

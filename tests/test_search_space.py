@@ -11,7 +11,7 @@ from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.search.space import DimensionInfo, SpaceError, load_space
+from asc_search.study.space import DimensionInfo, SpaceError, load_space
 
 PM = build_plugin_manager(load_entry_points=False)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,7 +92,7 @@ def test_unknown_architecture_and_fixed_fields(tmp_path: Path) -> None:
 
 
 def test_a_space_extends_another_by_writing_only_what_differs(tmp_path: Path) -> None:
-    from asc_search.search.space import read_space
+    from asc_search.study.space import read_space
 
     base, _ = read_space("sscp_fill")
     # Shipped: the recipe space is sscp_fill with one dimension more, in sscp_fill's order.
@@ -126,7 +126,7 @@ def test_a_space_extends_another_by_writing_only_what_differs(tmp_path: Path) ->
 
 
 def test_extends_names_the_file_that_is_missing_or_circular(tmp_path: Path) -> None:
-    from asc_search.search.space import read_space
+    from asc_search.study.space import read_space
 
     _write(tmp_path, 'extends = "b.toml"\n', "a.toml")
     _write(tmp_path, 'extends = "a.toml"\n', "b.toml")
@@ -210,7 +210,7 @@ def test_recipe_fields_are_training_dimensions(tmp_path: Path) -> None:
 
 
 def test_smallest_candidate_is_no_larger_than_random_ones() -> None:
-    from asc_search.search.space import smallest_candidate
+    from asc_search.study.space import smallest_candidate
 
     pm = build_plugin_manager()
     space = load_space("sscp_mobile", pm=pm)

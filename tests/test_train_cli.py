@@ -44,7 +44,7 @@ def test_teachers_fit_fills_the_entry_a_default_run_reads(cli, tiny_corpus: Path
     when they have memorised the split."""
     from asc_search.features.experiment import load_split_data
     from asc_search.plugin_manager import build_plugin_manager
-    from asc_search.search.objective import SearchSettings
+    from asc_search.study.objective import SearchSettings
     from asc_search.teachers.ensemble import ensemble_logits
 
     fitted = cli("-q", "teachers", "fit", "--data", tiny_corpus, "--split", "25",

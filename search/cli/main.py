@@ -337,7 +337,7 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
 
     from asc_search.architecture import build_model
     from asc_search.complexity import count_complexity, format_count, parse_budget
-    from asc_search.search.space import largest_fitting_width
+    from asc_search.study.space import largest_fitting_width
 
     if checkpoint is not None and (preset is not None or spec_file is not None):
         raise AscSearchError("give at most one of --preset, --spec, --checkpoint")

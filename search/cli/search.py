@@ -61,7 +61,7 @@ def _quiet_optuna() -> None:
 
 def _open(name: str, storage: str | None, studies: Path | None) -> Any:
     from asc_search.paths import studies_dir
-    from asc_search.search.storage import load_study, resolve_storage
+    from asc_search.study.storage import load_study, resolve_storage
 
     _quiet_optuna()
     return load_study(name, resolve_storage(storage, studies=studies_dir(studies)))
@@ -177,12 +177,8 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
     from asc_search.pruning.plans import MIN_WIDTH, smallest_settled
-    from asc_search.search.heartbeat import set_heartbeat
-    from asc_search.search.objective import SearchSettings, study_teachers
-    from asc_search.search.references import read_reference
-    from asc_search.search.space import read_space, smallest_candidate, space_from_dict
-    from asc_search.search.storage import mask_url, resolve_storage
-    from asc_search.search.study import (
+    from asc_search.study.heartbeat import set_heartbeat
+    from asc_search.study.lifecycle import (
         WorkerJob,
         check_resumable,
         create_or_resume,
@@ -191,6 +187,10 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         seed_trials_left_out,
         split_threads,
     )
+    from asc_search.study.objective import SearchSettings, study_teachers
+    from asc_search.study.references import read_reference
+    from asc_search.study.space import read_space, smallest_candidate, space_from_dict
+    from asc_search.study.storage import mask_url, resolve_storage
 
     _quiet_optuna()
     if (n_jobs < 1 or n_trials < 1 or proxy_epochs < 1 or promote_epochs < 1 or top < 0
@@ -297,9 +297,9 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
 def _after_search(obj: Context, name: str, url: str, folder: Path, top: int,
                   device: str, promote_by: str) -> None:
     from asc_search.report.page import write_report
-    from asc_search.search.promote import distill
-    from asc_search.search.storage import load_study
-    from asc_search.search.study import best_feasible, ranked_trials
+    from asc_search.study.lifecycle import best_feasible, ranked_trials
+    from asc_search.study.promote import distill
+    from asc_search.study.storage import load_study
 
     study = load_study(name, url)
     if top > 0 and not ranked_trials(study, searched_only=True):
@@ -345,8 +345,8 @@ def worker_command(obj: Context, study_name: str, storage: str | None, studies: 
                    seed: int | None, device: str) -> None:
     """Join an existing study (same settings, read from the study) and run trials on it."""
     from asc_search.paths import studies_dir
-    from asc_search.search.storage import mask_url, resolve_storage
-    from asc_search.search.study import WorkerJob, run_worker
+    from asc_search.study.lifecycle import WorkerJob, run_worker
+    from asc_search.study.storage import mask_url, resolve_storage
 
     _quiet_optuna()
     folder = studies_dir(studies)
@@ -378,7 +378,7 @@ def distill_command(obj: Context, study_name: str, top: int, seed_plan: bool, pr
                     storage: str | None, studies: Path | None, device: str) -> None:
     """Distil the top trials at full length; evaluate them on validation and test."""
     from asc_search.paths import studies_dir
-    from asc_search.search.promote import distill
+    from asc_search.study.promote import distill
 
     study = _open(study_name, storage, studies)
     distill(study, top=top, pm=obj.pm, cache=obj.cache, studies=studies_dir(studies),
@@ -420,7 +420,7 @@ def export_command(obj: Context, study_name: str, number: int | None, out: Path,
     from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
     from asc_search.report.export import export_trial
-    from asc_search.search.promote import recommendation
+    from asc_search.study.promote import recommendation
 
     study = _open(study_name, storage, studies)
     if number is None:
@@ -447,7 +447,7 @@ def dashboard_command(storage: str | None, studies: Path | None, host: str, port
     """Serve optuna-dashboard on the studies (needs ``pip install optuna-dashboard``)."""
     from asc_search.errors import AscSearchError
     from asc_search.paths import studies_dir
-    from asc_search.search.storage import artifact_store, mask_url, open_storage, resolve_storage
+    from asc_search.study.storage import artifact_store, mask_url, open_storage, resolve_storage
 
     try:
         import optuna_dashboard
@@ -473,7 +473,7 @@ def studies_list(storage: str | None, studies: Path | None) -> None:
     import optuna
 
     from asc_search.paths import studies_dir
-    from asc_search.search.storage import mask_url, open_storage, resolve_storage
+    from asc_search.study.storage import mask_url, open_storage, resolve_storage
 
     _quiet_optuna()
     url = resolve_storage(storage, studies=studies_dir(studies))
@@ -498,7 +498,7 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
     _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
     if failed:
-        from asc_search.search.heartbeat import lost_trials, retried_as
+        from asc_search.study.heartbeat import lost_trials, retried_as
 
         lost, retries = lost_trials(study), retried_as(trials)
         for trial in trials:
@@ -520,7 +520,7 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
 @_storage_options
 def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -> None:
     """The feasible Pareto-optimal trials (validation accuracy vs MACs), best first."""
-    from asc_search.search.study import pareto_trials
+    from asc_search.study.lifecycle import pareto_trials
 
     study = _open(study_name, storage, studies)
     _stdout().print(_trial_table(study, pareto_trials(study),
@@ -528,7 +528,7 @@ def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -
 
 
 def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
-    from asc_search.search.heartbeat import lost_trials
+    from asc_search.study.heartbeat import lost_trials
 
     lost = lost_trials(study)
     table = Table("trial", "seed", "spec", "plan", "MACs", "bytes", "val %", "state", "seconds",
@@ -571,7 +571,7 @@ def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
 
 
 def _print_finalists(study: Any) -> None:
-    from asc_search.search.promote import finalists, recommendation
+    from asc_search.study.promote import finalists, recommendation
 
     promoted = finalists(study)
     if not promoted:
@@ -629,13 +629,13 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
 
     from asc_search.parents.store import trained_parent
     from asc_search.paths import studies_dir
-    from asc_search.search.objective import (
+    from asc_search.study.lifecycle import load_resources, settings_of
+    from asc_search.study.objective import (
         REFERENCE_ATTR,
         candidate_budget,
         parent_recipe,
         trial_candidate,
     )
-    from asc_search.search.study import load_resources, settings_of
 
     study = _open(study_name, storage, studies)
     settings = settings_of(study)

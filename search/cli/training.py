@@ -116,7 +116,7 @@ def teacher_recipe_for(n_train: int, *, epochs: int | None,
     longer train for the student's 150 epochs: so trained, they memorise the split and cost
     students points (``asc_search.teachers``).
     """
-    from asc_search.search.objective import SearchSettings
+    from asc_search.study.objective import SearchSettings
 
     context = click.get_current_context()
     given = {f.name: context.params[f.name] for f in fields(TrainingRecipe) if _given(f.name)}

@@ -2,7 +2,7 @@
 
 The seed's method is "train wide, prune, distil", and many plans start from the same wide network
 (S2 and S3 both prune the seed's 96-wide SSCP-Mobile). Training that network is most of a plan's
-compute: two thirds of its steps (``asc_search.search.budget`` gives every pruned plan of a budget the
+compute: two thirds of its steps (``asc_search.study.budget`` gives every pruned plan of a budget the
 same wide steps), each about nine times the cost of a step of the 32-wide result. So a parent is
 trained once and kept in the cache folder beside the teacher logits, under a key of everything
 that shapes its weights: the wide spec, the recipe and its length in steps, the seed, the

@@ -35,7 +35,7 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.pruning.prune import stage_widths, step_targets
-from asc_search.search.space import Candidate, SearchSpace
+from asc_search.study.space import Candidate, SearchSpace
 
 
 class PlanError(AscSearchError):

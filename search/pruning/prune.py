@@ -91,7 +91,7 @@ class PruningPlan:
     finetune_epochs: int = 2
     final_finetune_epochs: int = 10
     #: Optimiser steps of KD after each intermediate step, instead of ``finetune_epochs`` (a
-    #: search gives every candidate the same step budget; see ``asc_search.search.budget``).
+    #: search gives every candidate the same step budget; see ``asc_search.study.budget``).
     finetune_steps: int | None = None
     taylor_batches: int = 4
 
@@ -320,7 +320,7 @@ def _over(card: ComplexityCard, plan: PruningPlan) -> bool:
 
 
 def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:
-    from asc_search.search.space import largest_fitting_width
+    from asc_search.study.space import largest_fitting_width
 
     width = largest_fitting_width(spec.with_(channel_overrides={}), pm=pm, max_macs=plan.max_macs,
                                   max_param_bytes=plan.max_param_bytes,

@@ -32,9 +32,9 @@ from asc_search.architecture import build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
-from asc_search.search.promote import finalists
-from asc_search.search.storage import artifact_store
-from asc_search.search.study import settings_of
+from asc_search.study.lifecycle import settings_of
+from asc_search.study.promote import finalists
+from asc_search.study.storage import artifact_store
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.int8 import INT8_PRECISION, load_int8
 from asc_search.training.train import precision_for

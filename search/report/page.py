@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 
 from asc_search.data.dataset import DEVICES
-from asc_search.search.promote import finalists, recommendation
-from asc_search.search.study import feasible, pareto_trials, settings_of
+from asc_search.study.lifecycle import feasible, pareto_trials, settings_of
+from asc_search.study.promote import finalists, recommendation
 
 
 def write_report(study: optuna.Study, *, folder: Path) -> Path:

@@ -30,17 +30,17 @@ from asc_search.errors import AscSearchError
 from asc_search.parents.store import PARENT_SEED, trained_parent
 from asc_search.pruning.plans import candidate_of, pruning_path, settle
 from asc_search.pruning.prune import PruningPlan, prune
-from asc_search.search.budget import (
+from asc_search.study.budget import (
     StepBudget,
     final_share,
     report_epochs,
     step_budget,
     training_macs,
 )
-from asc_search.search.heartbeat import worker_id
-from asc_search.search.references import reference_spec
-from asc_search.search.space import Candidate, SearchSpace
-from asc_search.search.storage import scratch
+from asc_search.study.heartbeat import worker_id
+from asc_search.study.references import reference_spec
+from asc_search.study.space import Candidate, SearchSpace
+from asc_search.study.storage import scratch
 from asc_search.teachers import (
     DEFAULT_TEACHER_DEVICE_RESPONSE_P,
     DEFAULT_TEACHER_EPOCHS,
@@ -77,7 +77,7 @@ class SearchSettings:
     storage_dtype: str = "float16"
     objective: str = "pareto"
     #: Training budget of every candidate, in epochs at the study's batch size, for a search
-    #: trial and for a finalist. A pruning plan divides it (``asc_search.search.budget``).
+    #: trial and for a finalist. A pruning plan divides it (``asc_search.study.budget``).
     proxy_epochs: int = 8
     promote_epochs: int = 32
     #: The ensemble every student distils from; empty (``--teacher none``): no distillation,
@@ -95,7 +95,7 @@ class SearchSettings:
     device_specific: bool = False
     device_trials: int = 6
     #: The user's own hand-made networks (``run --reference``): label, spec and training
-    #: overrides each (``asc_search.search.references``), queued as seed trials.
+    #: overrides each (``asc_search.study.references``), queued as seed trials.
     references: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> str:
@@ -289,7 +289,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     score the result on validation.
 
     Every candidate gets the same ``epochs`` of training samples, ``epochs × steps-per-epoch``
-    optimiser steps at its batch size (``asc_search.search.budget``): an unpruned one trains its
+    optimiser steps at its batch size (``asc_search.study.budget``): an unpruned one trains its
     network for all of them, a pruning plan divides them between the wide network, the
     fine-tunes between pruning steps and the final fine-tune. Search trials call this with the
     proxy budget; promotion calls it again with the longer one. ``on_report(model, epoch)`` runs

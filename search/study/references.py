@@ -106,7 +106,7 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 
 def _from_study(given: str, *, storage_url: str | None) -> dict[str, Any]:
-    from asc_search.search.storage import load_study
+    from asc_search.study.storage import load_study
 
     name, number = given.rsplit(":", 1)
     if storage_url is None:

@@ -49,8 +49,15 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
-from asc_search.search.budget import TRAINING_PASSES
-from asc_search.search.objective import (
+from asc_search.study.budget import TRAINING_PASSES
+from asc_search.study.lifecycle import (
+    dominates,
+    feasible,
+    load_resources,
+    ranked_trials,
+    settings_of,
+)
+from asc_search.study.objective import (
     REFERENCE_ATTR,
     TrialResources,
     candidate_storage,
@@ -58,14 +65,13 @@ from asc_search.search.objective import (
     train_candidate,
     trial_candidate,
 )
-from asc_search.search.recommend import (
+from asc_search.study.recommend import (
     FinalistScore,
     Recommendation,
     never_predicted,
     recommend,
 )
-from asc_search.search.storage import artifact_store, scratch
-from asc_search.search.study import dominates, feasible, load_resources, ranked_trials, settings_of
+from asc_search.study.storage import artifact_store, scratch
 from asc_search.training.checkpoint import load_checkpoint, save_checkpoint
 from asc_search.training.evaluate import Evaluation, evaluate, paired_difference, recordings
 from asc_search.training.int8 import (
@@ -78,7 +84,7 @@ from asc_search.training.int8 import (
 from asc_search.training.train import Precision, derive_seed, fit, predict
 
 FINALIST_PREFIX = "finalist:"
-#: Study user attribute holding the recommendation (``asc_search.search.recommend``).
+#: Study user attribute holding the recommendation (``asc_search.study.recommend``).
 RECOMMENDATION_ATTR = "recommendation"
 
 

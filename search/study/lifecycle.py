@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 
 from asc_search.errors import AscSearchError
-from asc_search.search.budget import first_shared_report_epoch
-from asc_search.search.heartbeat import (
+from asc_search.study.budget import first_shared_report_epoch
+from asc_search.study.heartbeat import (
     RequeueLostTrial,
     fail_stale_trials,
     grace_of,
@@ -29,14 +29,14 @@ from asc_search.search.heartbeat import (
     settle_dead_local_trials,
     taken_as_lost,
 )
-from asc_search.search.objective import (
+from asc_search.study.objective import (
     REFERENCE_ATTR,
     SearchSettings,
     TrialResources,
     dropped_settings,
     run_trial,
 )
-from asc_search.search.storage import artifact_store, check_study_name, mask_url, open_storage
+from asc_search.study.storage import artifact_store, check_study_name, mask_url, open_storage
 from asc_search.training.recipe import TrainingRecipe
 
 SETTINGS_ATTR = "asc_search_settings"
@@ -260,7 +260,7 @@ def create_or_resume(*, name: str, storage_url: str, settings: SearchSettings, s
 
 
 def _queue_references(study: optuna.Study, settings: SearchSettings) -> None:
-    """Queue the user's own references (``asc_search.search.references``): seed trials that are
+    """Queue the user's own references (``asc_search.study.references``): seed trials that are
     their own networks, not points of the space. Each label is queued once, also when a first
     run's settings are replaced before anything ran (its queued references stay)."""
     wanted = {reference["label"]: reference for reference in settings.references}
@@ -319,7 +319,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
     ``with_test`` adds the test list, for promotion; search workers never load it.
     """
     from asc_search.features.experiment import load_split_data
-    from asc_search.search.space import space_from_dict
+    from asc_search.study.space import space_from_dict
     from asc_search.teachers.ensemble import ensemble_logits
     from asc_search.training.train import precision_for
 
@@ -351,7 +351,7 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     Returns how many trials this worker finished. Every worker counts the study's trials, so
     N workers together stop at ``n_trials``, not N × ``n_trials``. A worker with nothing left to
     start waits while other workers' trials run: one of them may turn out lost (its worker
-    killed), and is then queued again and run here (``asc_search.search.heartbeat``).
+    killed), and is then queued again and run here (``asc_search.study.heartbeat``).
     """
     import torch
 

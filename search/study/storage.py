@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
-from asc_search.search.heartbeat import GRACE_HEARTBEATS
+from asc_search.study.heartbeat import GRACE_HEARTBEATS
 
 STORAGE_ENV = "ASC_SEARCH_STORAGE"
 DEFAULT_DB = "asc-search.db"
