@@ -49,8 +49,9 @@ from asc_search.errors import PluginError
 from asc_search.features.logmel import ClipResampler
 from asc_search.hookspecs import hookimpl
 from asc_search.paths import cache_dir
+from asc_search.plugin_types import Teacher
 from asc_search.plugins.teachers import file_fingerprint
-from asc_search.teachers.ensemble import Teacher, TeacherContext, TeacherFit
+from asc_search.teachers.ensemble import TeacherContext, TeacherFit
 from asc_search.training.train import LabelledSet, fit, precision_for, predict
 
 #: The AudioSet-pretrained PaSST-S the seed (and CP-JKU's DCASE teachers) fine-tuned.

@@ -7,7 +7,7 @@ Registered through ``asc_importance_metrics`` and ``asc_pruning_schedules`` like
 from __future__ import annotations
 
 from asc_search.hookspecs import hookimpl
-from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
+from asc_search.plugin_types import ImportanceMetric, PruningSchedule
 
 
 def _tp():

@@ -10,9 +10,10 @@ from typing import Any
 
 from asc_search.architecture import FACTORIZATIONS, architectures, presets
 from asc_search.hookspecs import hookimpl
+from asc_search.plugin_types import DimensionInfo
 from asc_search.pruning.prune import importance_metrics, pruning_schedules
 from asc_search.study.budget import FINAL_SHARES
-from asc_search.study.space import PARENTS_AS_IS, DimensionInfo
+from asc_search.study.space import PARENTS_AS_IS
 
 MAX_STAGES = 4
 

@@ -16,9 +16,10 @@ import torch
 from asc_search.architecture import ArchSpec
 from asc_search.errors import PluginError
 from asc_search.hookspecs import hookimpl
+from asc_search.plugin_types import Teacher
 from asc_search.plugins.mobile_nets import build_cp_mobile
 from asc_search.plugins.patchout_transformer import TEACHER_SPEC, PatchoutTransformer
-from asc_search.teachers.ensemble import Teacher, TeacherContext, TeacherFit
+from asc_search.teachers.ensemble import TeacherContext, TeacherFit
 from asc_search.training.checkpoint import save_checkpoint
 from asc_search.training.train import fit, predict
 

@@ -16,19 +16,30 @@ parameters that belong to a container module rather than a leaf layer (a positio
 or class token used by a functional op) count as parameters and bytes but cost no MACs here,
 exactly as in the official count; ``uncounted_parameters`` names them so a user can judge.
 
-The tests keep an independent cross-check: a fvcore trace with the DCASE rules written out.
+Because torchinfo sees layers and not functional calls, a network that calls ``F.conv2d`` or
+``torch.matmul`` on its own weights is under-counted by it without a word. So the pre-check
+(``checked_complexity``: a trial before training, a user's reference, ``asc-search count``) asks
+every MAC counter the plugins register (``asc_mac_counters``; built in: this torchinfo count and
+an fvcore trace with the DCASE rules written out, ``plugins/counters.py``) and refuses a
+network they count differently, module by module, naming the module and its operators. The
+official count stays the one reported and budgeted; the others only have to agree with it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from asc_search.errors import AscSearchError
+from asc_search.plugin_types import collect_named
+
+if TYPE_CHECKING:
+    import pluggy
 
 DCASE_INPUT_SHAPE: tuple[int, ...] = (1, 1, 256, 65)
 MAX_MACS = 30_000_000
@@ -60,6 +71,9 @@ class ComplexityCard:
     layers: tuple[LayerCount, ...] = ()
     #: Parameters outside leaf layers (name → elements): counted as parameters, no MACs.
     uncounted_parameters: dict[str, int] = field(default_factory=dict)
+    #: Each module's own MACs by this count (name → MACs, "" the network itself; modules that
+    #: cost nothing left out): what another counter's figures are checked against.
+    module_macs: dict[str, int] = field(default_factory=dict)
 
     def fits(self, *, max_macs: int = MAX_MACS, max_param_bytes: int = MAX_PARAM_BYTES) -> bool:
         return self.macs <= max_macs and self.param_bytes <= max_param_bytes
@@ -112,13 +126,17 @@ def count_complexity(
     names = {id(module): name for name, module in model.named_modules()}
     uncounted: dict[str, int] = {}
     layers: list[LayerCount] = []
+    module_macs: dict[str, int] = {}
     for info in summary.summary_list:
         name = names.get(id(info.module), info.var_name)
         own = {n: p.numel() for n, p in info.module.named_parameters(recurse=False)}
         if not info.is_leaf_layer:
             for param_name, count in own.items():
                 uncounted[f"{name}.{param_name}" if name else param_name] = count
-        elif per_layer and own and not info.is_recursive:
+            continue
+        if info.macs:  # what torchinfo's total adds up: every call of every leaf layer
+            module_macs[name] = module_macs.get(name, 0) + int(info.macs)
+        if per_layer and own and not info.is_recursive:
             layers.append(LayerCount(name=name, kind=type(info.module).__name__,
                                      params=sum(own.values()), macs=int(info.macs)))
     return ComplexityCard(
@@ -130,7 +148,135 @@ def count_complexity(
         input_shape=tuple(input_shape),
         layers=tuple(layers),
         uncounted_parameters=uncounted,
+        module_macs=module_macs,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The pre-check: every registered counter must agree with the official count
+# --------------------------------------------------------------------------------------------
+
+#: The counter whose count is the card: what DCASE counts, reported and budgeted.
+OFFICIAL_COUNTER = "torchinfo"
+
+
+class NoCountingRule(AscSearchError):
+    """A counter met an operator it has no DCASE rule for: it refuses rather than guess."""
+
+
+class CountDisagreement(AscSearchError):
+    """Two counters count a network differently: one of them does not see an operator."""
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """One counter's MACs of one network, module by module, so that a disagreement names where."""
+
+    total: int
+    #: Each module's own MACs, not its children's (name → MACs, "" the network itself; modules
+    #: that cost nothing may be left out). Empty: the counter only knows the total.
+    by_module: Mapping[str, int] = field(default_factory=dict)
+    #: What each module ran (name → operator → MACs, operators that cost nothing included): how
+    #: a disagreement names the operator.
+    operators: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MacCounter:
+    """A counter plugin's offer (see ``asc_mac_counters`` in hookspecs).
+
+    ``count(model, input_shape)`` runs ``model`` (without front-end, in eval mode, on the device
+    its parameters are on) on one input of ``input_shape`` and returns its ``MacCount``; it
+    raises ``NoCountingRule`` for an operator it cannot count, and leaves the model's mode and
+    the global random stream as they were.
+    """
+
+    name: str
+    description: str
+    count: Callable[[nn.Module, tuple[int, ...]], MacCount]
+
+
+def mac_counters(pm: pluggy.PluginManager) -> dict[str, MacCounter]:
+    """Every registered MAC counter by name; two with one name are an error."""
+    return collect_named(pm.hook.asc_mac_counters(), what="MAC counter")
+
+
+def official_count(card: ComplexityCard) -> MacCount:
+    """The card's MACs as a ``MacCount``: what the official counter counts."""
+    return MacCount(total=card.macs, by_module=dict(card.module_macs))
+
+
+def checked_complexity(
+    model: nn.Module,
+    *,
+    pm: pluggy.PluginManager,
+    input_shape: tuple[int, ...] = DCASE_INPUT_SHAPE,
+    storage_dtype: str = "float16",
+    per_layer: bool = False,
+) -> ComplexityCard:
+    """``count_complexity``'s card, once every registered counter agrees with it: the pre-check.
+
+    The card is the official counter's count, so that counter is not run a second time; each
+    other counter must give every module the same MACs. A counter that refuses an operator
+    (``NoCountingRule``) or counts differently (``CountDisagreement``) refuses the network, in
+    one line naming the module, its operators and the two counts: a network torchinfo
+    under-counts would otherwise be trained, budgeted and submitted on a wrong figure.
+    """
+    card = count_complexity(model, input_shape=input_shape, storage_dtype=storage_dtype,
+                            per_layer=per_layer)
+    official = official_count(card)
+    for name, counter in mac_counters(pm).items():
+        if name != OFFICIAL_COUNTER:
+            check_agreement(official, counter.count(model, tuple(input_shape)), other=name,
+                            model=model)
+    return card
+
+
+def check_agreement(official: MacCount, count: MacCount, *, other: str,
+                    model: nn.Module | None = None) -> None:
+    """Raise ``CountDisagreement`` unless ``count`` (by counter ``other``) equals ``official``.
+
+    Counts are integers and both counters follow one convention, so "agree" means exactly equal:
+    the total, and each module's own MACs where both counters give them. The module with the
+    largest gap is named, with the operators ``count`` saw there.
+    """
+    gaps: dict[str, int] = {}
+    if official.by_module and count.by_module:
+        for name in set(official.by_module) | set(count.by_module):
+            gap = count.by_module.get(name, 0) - official.by_module.get(name, 0)
+            if gap:
+                gaps[name] = gap
+    if not gaps and count.total == official.total:
+        return
+    if gaps:
+        where = max(sorted(gaps), key=lambda name: abs(gaps[name]))
+        modules = dict(model.named_modules()) if model is not None else {}
+        kind = f" ({type(modules[where]).__name__})" if where in modules else ""
+        place = ("the network itself" if where == "" else f"module {where!r}") + kind
+        operators = _operators([count.operators.get(where, {})])
+        there = (f"{count.by_module.get(where, 0):,} against "
+                 f"{official.by_module.get(where, 0):,} there")
+        more = gaps[where] > 0
+    else:  # a counter that only knows its total
+        place, operators = "the network", _operators(count.operators.values())
+        there, more = "", count.total > official.total
+    why = (f"{OFFICIAL_COUNTER} counts layers, not functional calls: give the weights to an nn "
+           "layer (nn.Conv2d, nn.Linear) so that the official count sees them" if more else
+           f"{OFFICIAL_COUNTER} counts this layer by its parameters, not by what it runs")
+    raise CountDisagreement(
+        f"the {other} counter and the official {OFFICIAL_COUNTER} count disagree: "
+        f"{count.total:,} against {official.total:,} MACs; in {place}, operators "
+        f"{operators or 'none it counts'}{': ' + there if there else ''}. {why}")
+
+
+def _operators(per_module: Any) -> str:
+    """``aten::_convolution (368,640 MACs), aten::relu``: those that cost MACs first."""
+    merged: dict[str, int] = {}
+    for operators in per_module:
+        for op, macs in operators.items():
+            merged[op] = merged.get(op, 0) + macs
+    ordered = sorted(merged.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{op} ({macs:,} MACs)" if macs else op for op, macs in ordered[:6])
 
 
 #: What int8 storage keeps per output channel of a quantised convolution or linear layer: its
@@ -216,6 +362,8 @@ def format_count(value: int) -> str:
 
 
 __all__ = [
-    "DCASE_INPUT_SHAPE", "MAX_MACS", "MAX_PARAM_BYTES", "BudgetError", "ComplexityCard",
-    "LayerCount", "count_complexity", "format_count", "parse_budget",
+    "DCASE_INPUT_SHAPE", "MAX_MACS", "MAX_PARAM_BYTES", "OFFICIAL_COUNTER", "BudgetError",
+    "ComplexityCard", "CountDisagreement", "LayerCount", "MacCount", "MacCounter",
+    "NoCountingRule", "check_agreement", "checked_complexity", "count_complexity",
+    "format_count", "mac_counters", "official_count", "parse_budget",
 ]

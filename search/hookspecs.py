@@ -1,10 +1,11 @@
 """Every hook asc-search offers, in one file, grouped by the stage of the data's journey.
 
 A plugin is any module or object with functions named like these, marked with
-``asc_search.hookimpl``. Built-in features register through exactly these hooks (see
-``asc_search.plugins``), so a third-party plugin has the same powers as the core. Implementations may
-accept any subset of the declared arguments. Each hook is documented here and in docs/plugins.md;
-``tests/test_hookspecs.py`` fails when a hook lacks either, or lacks a test.
+``asc_search.hookimpl``. Built-in features register through exactly these hooks (see the
+``plugins/`` folder, registered by entry point), so a third-party plugin has the same powers as
+the core. Implementations may accept any subset of the declared arguments. Each hook is
+documented here and in docs/plugins.md; ``tests/test_hookspecs.py`` fails when a hook lacks
+either, or lacks a test.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ if TYPE_CHECKING:
     import click
 
     from asc_search.architecture import Architecture
-    from asc_search.data.dataset import DatasetSource
-    from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
-    from asc_search.study.space import DimensionInfo
-    from asc_search.teachers.ensemble import Teacher
+    from asc_search.complexity import MacCounter
+    from asc_search.plugin_types import (
+        DatasetSource,
+        DimensionInfo,
+        ImportanceMetric,
+        PruningSchedule,
+        Teacher,
+    )
 
 PROJECT = "asc_search"
 
@@ -53,7 +58,7 @@ def asc_register_commands(cli: click.Group) -> None:
 def asc_dataset_sources() -> list[DatasetSource]:
     """Return named data sources that ``--data NAME`` can use instead of a folder path.
 
-    Each ``asc_search.data.dataset.DatasetSource`` has a ``name``, a one-line ``description`` and a
+    Each ``asc_search.plugin_types.DatasetSource`` has a ``name``, a one-line ``description`` and a
     ``prepare(cache_dir)`` callable returning a folder in the TAU Urban Acoustic Scenes 2022
     Mobile layout (``meta.csv``, ``audio/``, split lists). ``prepare`` is called only when the source
     is used and must be idempotent: the built-in ``embedded`` corpus writes itself into the cache
@@ -84,6 +89,28 @@ def asc_architectures() -> list[Architecture]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Complexity: how a candidate's MACs are counted before it is trained
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def asc_mac_counters() -> list[MacCounter]:
+    """Return MAC counters that the pre-check holds the official count to.
+
+    Each ``asc_search.complexity.MacCounter`` has a ``name``, a one-line ``description`` and
+    ``count(model, input_shape)`` returning a ``MacCount`` (its total and each module's own MACs,
+    with the operators each module ran). Before a candidate is trained (a trial, a user's
+    reference, ``asc-search count``) every registered counter counts it, and a network any of them
+    counts differently from the official ``torchinfo`` count, module by module, is refused in one
+    line naming the module and its operators; the official count stays the one reported and
+    budgeted. A counter raises ``asc_search.complexity.NoCountingRule`` for an operator it cannot
+    count (which refuses the network too) and leaves the model's mode and the random stream as
+    they were. Built in: ``torchinfo`` and ``fvcore``. Names must be unique across plugins.
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
 # Teachers: who distils knowledge into the students
 # ---------------------------------------------------------------------------------------------
 
@@ -92,7 +119,7 @@ def asc_architectures() -> list[Architecture]:
 def asc_teachers() -> list[Teacher]:
     """Return teachers that ``--teacher NAME[=OPTION]`` can name.
 
-    Each ``asc_search.teachers.ensemble.Teacher`` has a ``name``, a ``description``, ``settings`` that change
+    Each ``asc_search.plugin_types.Teacher`` has a ``name``, a ``description``, ``settings`` that change
     its output (part of the cache key), an optional ``fingerprint(option)`` for files an option
     points at, and ``fit(context)`` returning a ``TeacherFit`` whose ``logits`` (N, classes) are
     row-aligned with ``context.train``. The context holds only the split's training clips (features,
@@ -112,7 +139,7 @@ def asc_teachers() -> list[Teacher]:
 def asc_importance_metrics() -> list[ImportanceMetric]:
     """Return channel-importance metrics a pruning plan can name.
 
-    Each ``asc_search.pruning.prune.ImportanceMetric`` has a ``name``, a ``description``, ``make()``
+    Each ``asc_search.plugin_types.ImportanceMetric`` has a ``name``, a ``description``, ``make()``
     returning a Torch-Pruning importance (a callable taking a dependency group and returning one
     score per channel; low scores are pruned first) and ``needs_gradients``: when true the engine
     fills ``.grad`` from a few training batches before every pruning step. Names must be unique.
@@ -124,7 +151,7 @@ def asc_importance_metrics() -> list[ImportanceMetric]:
 def asc_pruning_schedules() -> list[PruningSchedule]:
     """Return pruning schedules a plan can name.
 
-    Each ``asc_search.pruning.prune.PruningSchedule`` has a ``name``, a ``description`` and
+    Each ``asc_search.plugin_types.PruningSchedule`` has a ``name``, a ``description`` and
     ``ratios(final_ratio, steps)`` returning the cumulative channel ratio removed after each step:
     ``steps + 1`` values starting at 0, never decreasing, ending at ``final_ratio``. The engine
     checks this and fine-tunes with KD after every step. Names must be unique.
@@ -141,7 +168,7 @@ def asc_pruning_schedules() -> list[PruningSchedule]:
 def asc_space_dimensions() -> list[DimensionInfo]:
     """Return dimension names that search-space files may declare.
 
-    Each ``asc_search.study.space.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
+    Each ``asc_search.plugin_types.DimensionInfo`` has a ``name`` (the key under ``[dimensions]``), a
     ``target`` saying what it shapes (``"spec"``: an ``ArchSpec`` field or, with an ``apply``
     callable, part of one; ``"plan"``: the pruning plan; ``"training"``: the training recipe), a
     one-line ``description``, and optionally ``allowed(pm)`` returning the values a categorical

@@ -1,14 +1,17 @@
 """Builds the pluggy plugin manager: built-ins, installed entry points, then ad-hoc ``--plugin``.
 
-Built-in plugins are ordinary modules under ``asc_search.plugins`` registered through the same
-hooks a third-party plugin uses; the engine asks the manager, never imports them directly.
+Built-in plugins are ordinary modules (the ``plugins/`` folder) that register the way a third
+party's do: through entry points, in a group of their own (``asc_search.builtin`` in
+pyproject.toml) so that ``ASC_SEARCH_LOAD_PLUGINS`` and ``load_entry_points=False`` leave them in
+place. Nothing in the engine names them: it asks the manager.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,20 +19,17 @@ import pluggy
 
 from asc_search import hookspecs
 from asc_search.errors import PluginError
+from asc_search.plugin_types import collect_named  # noqa: F401  (its old home)
 
 ENTRY_POINT_GROUP = "asc_search"
 #: Comma-separated list of entry-point plugin names to load; empty string loads none.
 LOAD_PLUGINS_ENV = "ASC_SEARCH_LOAD_PLUGINS"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "asc_search.plugins.embedded_corpus",
-    "asc_search.plugins.mobile_nets",
-    "asc_search.plugins.space_dimensions",
-    "asc_search.plugins.patchout_transformer",
-    "asc_search.plugins.teachers",
-    "asc_search.plugins.passt",
-    "asc_search.plugins.pruning",
-)
+#: The entry-point group of the built-in plugins (pyproject.toml).
+BUILTIN_GROUP = "asc_search.builtin"
+#: The built-in plugins' module paths, as the installed package registers them.
+DEFAULT_PLUGINS: tuple[str, ...] = tuple(
+    entry.value for entry in importlib.metadata.entry_points(group=BUILTIN_GROUP))
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ def build_plugin_manager(
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    if not DEFAULT_PLUGINS:
+        raise PluginError("asc-search's built-in plugins are not registered: its package "
+                          "metadata is missing (install it: pip install -e .)")
     for dotted in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(dotted), name=dotted)
     if load_entry_points:
@@ -98,6 +101,8 @@ def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
         raise PluginError(
             f"plugin module {dotted!r} failed to import: {type(exc).__name__}: {exc}"
         ) from exc
+    if pm.is_registered(module):  # installed: its entry point registered it already
+        return
     pm.register(module, name=dotted)
 
 
@@ -131,16 +136,3 @@ def providers(pm: pluggy.PluginManager, hook: str) -> dict[str, str]:
     return found
 
 
-def collect_named(results: Iterable[Iterable[Any]], *, what: str) -> dict[str, Any]:
-    """Flatten a list-returning hook's results into ``{name: item}``, refusing duplicate names.
-
-    Items need a ``name`` attribute. Duplicates are an error rather than "last one wins" because a
-    silently shadowed architecture or dataset would make a study's numbers mean something else.
-    """
-    named: dict[str, Any] = {}
-    for batch in results:
-        for item in batch or ():
-            if item.name in named:
-                raise PluginError(f"two plugins register a {what} called {item.name!r}")
-            named[item.name] = item
-    return dict(sorted(named.items()))

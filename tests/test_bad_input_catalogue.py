@@ -230,7 +230,7 @@ FLAKY_PLUGIN = textwrap.dedent('''
     import torch_pruning as tp
 
     from asc_search.hookspecs import hookimpl
-    from asc_search.pruning.prune import ImportanceMetric
+    from asc_search.plugin_types import ImportanceMetric
 
     CALLS = []
 

@@ -19,7 +19,7 @@ PLUGIN_SOURCE = textwrap.dedent('''
 
     import click
 
-    from asc_search.data.dataset import DatasetSource
+    from asc_search.plugin_types import DatasetSource
     from asc_search.hookspecs import hookimpl
 
     PREPARED = []
@@ -113,7 +113,7 @@ def test_duplicate_source_names_are_refused() -> None:
     class Twin:
         @hookimpl
         def asc_dataset_sources(self):
-            from asc_search.data.dataset import DatasetSource
+            from asc_search.plugin_types import DatasetSource
 
             return [DatasetSource("embedded", "a clash", lambda cache: cache)]
 
@@ -143,7 +143,7 @@ def test_plugin_with_an_unknown_hook_is_one_line(cli, tmp_path: Path,
 
 PRUNING_PLUGIN = '''
 from asc_search.hookspecs import hookimpl
-from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
+from asc_search.plugin_types import ImportanceMetric, PruningSchedule
 
 
 @hookimpl
@@ -185,3 +185,25 @@ def test_the_plugin_guide_describes_what_is_built_in_now() -> None:
         if name != "patchout_transformer":  # a teacher's network, named with the teachers
             assert f"`{name}`" in text, name
     assert "PaSST" in text
+
+
+def test_builtins_register_by_their_entry_point_group_and_every_one_is_listed() -> None:
+    """The engine names no built-in plugin: the installed package's ``asc_search.builtin``
+    group lists them, and a module added to plugins/ without an entry there would never load."""
+    import importlib.metadata
+
+    from asc_search.plugin_manager import BUILTIN_GROUP, DEFAULT_PLUGINS
+
+    listed = {entry.value for entry in importlib.metadata.entry_points(group=BUILTIN_GROUP)}
+    folder = Path(__file__).resolve().parents[1] / "plugins"
+    on_disk = {f"asc_search.plugins.{path.stem}" for path in folder.glob("*.py")
+               if path.stem != "__init__"}
+    assert listed == set(DEFAULT_PLUGINS) == on_disk
+
+
+def test_plugin_option_naming_an_installed_plugin_is_not_an_error(cli) -> None:
+    """Before, ``--plugin`` on a module its entry point had registered already raised pluggy's
+    ValueError (a traceback). The example pruner is installed by CI (``.ci/run``)."""
+    result = cli("--plugin", "asc_search_example_pruner", "plugins", "list")
+    assert result.code == 0, result.err
+    assert "example_pruner" in result.out

@@ -678,8 +678,8 @@ def test_a_reference_the_space_cannot_express_is_named_with_why(pm) -> None:
 def test_a_plugin_knob_without_a_published_value_leaves_the_references_out(pm, tmp_path) -> None:
     from asc_search.hookspecs import hookimpl
     from asc_search.plugin_manager import build_plugin_manager
+    from asc_search.plugin_types import DimensionInfo
     from asc_search.study.lifecycle import seed_trials_left_out
-    from asc_search.study.space import DimensionInfo
 
     class Knob:
         @hookimpl

@@ -20,12 +20,13 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asc_search.data.fingerprints import FileStat, stat_files
 from asc_search.errors import DataError
+from asc_search.plugin_types import DatasetSource  # noqa: F401  (plugins import it from here)
 
 SPLITS: tuple[int, ...] = (5, 10, 25, 50, 100)
 SCENES: tuple[str, ...] = (
@@ -78,15 +79,6 @@ def recording_of(filename: str) -> str:
     (``airport-lisbon-1000-40000``); parallel recordings by several devices share it."""
     parts = Path(filename).stem.split("-")
     return "-".join(parts[:-2] if len(parts) >= 6 else parts[:-1])
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """A named data source that ``--data NAME`` resolves to a TAU22-layout folder (see hookspecs)."""
-
-    name: str
-    description: str
-    prepare: Callable[[Path], Path]
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pluggy
 
-from asc_search.data.dataset import DatasetSource
 from asc_search.errors import DataError
-from asc_search.plugin_manager import collect_named
+from asc_search.plugin_types import DatasetSource, collect_named
 
 DEFAULT_SOURCE = "embedded"
 

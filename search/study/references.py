@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from asc_search.architecture import ArchSpec, SpecError, build_model
-from asc_search.complexity import count_complexity
+from asc_search.complexity import checked_complexity
 from asc_search.errors import AscSearchError
 from asc_search.training.recipe import TrainingRecipe
 
@@ -72,7 +72,7 @@ def read_reference(given: str, *, pm: pluggy.PluginManager, storage_url: str | N
                                  f"has {value}")
     try:
         spec = ArchSpec.from_dict(reference["spec"])
-        card = count_complexity(build_model(spec, pm=pm), storage_dtype=storage_dtype)
+        card = checked_complexity(build_model(spec, pm=pm), pm=pm, storage_dtype=storage_dtype)
     except AscSearchError as exc:
         raise ReferenceError(f"{where}: {exc}") from None
     if not card.fits(max_macs=max_macs, max_param_bytes=max_param_bytes):

@@ -24,9 +24,8 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pluggy
@@ -37,7 +36,7 @@ from asc_search.cache_entries import clean_leftovers, entry_lock, partial_folder
 from asc_search.data.dataset import SCENES
 from asc_search.errors import AscSearchError, CacheError, PluginError
 from asc_search.features.logmel import FeatureSet, FrontEnd
-from asc_search.plugin_manager import collect_named
+from asc_search.plugin_types import Teacher, collect_named
 from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import LabelledSet, Precision, precision_for
 
@@ -85,19 +84,6 @@ class TeacherFit:
         if self.front_end is not None:
             features = features.computed_with(self.front_end)
         return predict(self.model, features, precision=precision)
-
-
-@dataclass(frozen=True)
-class Teacher:
-    """A teacher plugin's offer (see ``asc_teachers`` in hookspecs)."""
-
-    name: str
-    description: str
-    fit: Callable[[TeacherContext], TeacherFit]
-    #: Settings that change the teacher's output; part of the cache key.
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    #: Fingerprint of what an option points at (a logits file's size and mtime), for the cache key.
-    fingerprint: Callable[[str | None], str] | None = None
 
 
 @dataclass(frozen=True)

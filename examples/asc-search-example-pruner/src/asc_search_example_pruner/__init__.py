@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from asc_search.hookspecs import hookimpl
-from asc_search.pruning.prune import ImportanceMetric, PruningSchedule
+from asc_search.plugin_types import ImportanceMetric, PruningSchedule
 
 
 class L1TimesBNScale:
