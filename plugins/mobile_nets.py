@@ -227,6 +227,35 @@ def _validate(spec: ArchSpec) -> None:
             raise SpecError(f"channel_overrides[{name!r}] must be ≥ 1, got {width}")
 
 
+def spec_widths(spec: ArchSpec) -> dict[str, int]:
+    """The family's width plan for the engine (``Architecture.widths``): every named width,
+    overrides applied. A stage's blocks share their output width (the residual adds), and a
+    block's expansion is one width for its 1×1 expand and its depthwise convolution."""
+    return dict(plan_network(spec).widths)
+
+
+def width_layers(model: nn.Module) -> dict[nn.Module, str]:
+    """Every convolution of a family network → the width name (as in ``channel_overrides``) of
+    the channels it produces: the stem units, each block's expansion (its 1×1 expand and
+    depthwise convolutions) and each stage's output (its projections)."""
+    stem, stages = getattr(model, "stem", None), getattr(model, "stages", None)
+    if stem is None or stages is None:
+        raise SpecError(f"a {type(model).__name__} is not a CP-Mobile-family network")
+    keys: dict[nn.Module, str] = {}
+
+    def claim(unit: nn.Module, key: str) -> None:
+        keys.update({m: key for m in unit.modules() if isinstance(m, nn.Conv2d)})
+
+    claim(stem[0], "stem1")
+    claim(stem[1], "stem2")
+    for stage_name, stage in stages.named_children():
+        for block_name, block in stage.named_children():
+            claim(block.expand, f"{block_name}.expand")
+            claim(block.depthwise, f"{block_name}.expand")
+            claim(block.project, stage_name)
+    return keys
+
+
 def build_cp_mobile(spec: ArchSpec) -> nn.Module:
     if spec.stem_factorization != "plain" or set(spec.factorization) != {"plain"}:
         raise SpecError("cp_mobile uses plain 3×3 convolutions; use sscp_mobile to factorise them")
@@ -259,6 +288,8 @@ def asc_architectures() -> list[Architecture]:
             description="CP-Mobile, the DCASE 2024 Task 1 baseline (plain 3×3 convolutions)",
             build=build_cp_mobile,
             presets={"dcase-baseline": DCASE_BASELINE},
+            widths=spec_widths,
+            width_layers=width_layers,
         ),
         Architecture(
             name="sscp_mobile",
@@ -272,5 +303,7 @@ def asc_architectures() -> list[Architecture]:
                 "seed-s3-middle": _seed(64),
                 "seed-final": _seed(32),
             },
+            widths=spec_widths,
+            width_layers=width_layers,
         ),
     ]

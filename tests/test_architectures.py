@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from asc_search.architecture import (
     SpecError,
     architectures,
     build_model,
+    largest_fitting_width,
     presets,
     resolve_preset,
 )
@@ -21,7 +23,6 @@ from asc_search.complexity import count_complexity
 from asc_search.errors import PluginError
 from asc_search.hookspecs import hookimpl
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.study.space import largest_fitting_width
 
 PM = build_plugin_manager(load_entry_points=False)
 
@@ -137,3 +138,53 @@ def test_an_architecture_plugin_is_buildable_and_counted() -> None:
     card = count_complexity(model)
     assert card.params == 8 * 9 + 8 + 16 + 8 * 10 + 10
     assert card.macs == (8 * 9 + 8) * 256 * 65 + 16 + 90
+
+
+#: A CP-Mobile spec as studies written before families had their own hyperparameters stored it.
+STORED_SPEC = ('{"arch": "sscp_mobile", "base_channels": 64, "channel_overrides": {"b1.expand": 100}, '
+               '"channels_multiplier": 1.8, "expansion_rate": 2.1, "factorization": '
+               '["sequential", "sequential", "sequential"], "in_channels": 1, "n_blocks": [3, 2, 1], '
+               '"n_classes": 10, "stem_factorization": "plain", "strides": {"b2": [1, 1], '
+               '"b3": [1, 2], "b4": [2, 1]}}')
+
+
+def test_a_spec_stored_before_family_fields_loads_and_keeps_its_identity() -> None:
+    """A spec's JSON text is its identity in studies and cache keys: adding ``family`` must not
+    change the text of a spec that has none."""
+    spec = ArchSpec.from_json(STORED_SPEC)
+    assert spec.family == {} and spec.to_json() == STORED_SPEC
+    assert build_model(spec, pm=PM) is not None
+
+
+@dataclass(frozen=True)
+class _ToyParams:
+    depth: int = 2
+    kernels: tuple[int, ...] = (3, 1)
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError(f"depth must be ≥ 1, got {self.depth}")
+
+
+def test_a_family_owns_typed_hyperparameters_that_round_trip_and_name_unknown_keys() -> None:
+    from asc_search.architecture import SpecError, family_params, family_spec
+
+    spec = family_spec("toy", _ToyParams(depth=3), base_channels=16)
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec and family_params(again, _ToyParams).depth == 3
+    with pytest.raises(SpecError, match=r"unknown family field.*widht.*known: depth, kernels"):
+        family_params(spec.with_(family={"depth": 3, "widht": 4}), _ToyParams)
+    with pytest.raises(SpecError, match="depth must be ≥ 1"):
+        family_params(spec.with_(family={"depth": 0}), _ToyParams)
+    with pytest.raises(SpecError, match="family must be an object"):
+        ArchSpec.from_dict({"arch": "toy", "family": [1, 2]})
+
+
+def test_a_family_without_a_width_plan_is_refused_by_pruning_in_one_line() -> None:
+    from asc_search.architecture import SpecError, spec_widths
+
+    spec = resolve_preset("dcase-baseline", pm=PM)
+    assert spec_widths(spec, pm=PM)["stem2"] == 32
+    transformer = ArchSpec(arch="patchout_transformer", base_channels=64, n_blocks=(2,))
+    with pytest.raises(SpecError, match=r"patchout_transformer.*no width plan"):
+        spec_widths(transformer, pm=PM)

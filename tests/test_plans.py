@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 
-from asc_search.architecture import build_model
+from asc_search.architecture import build_model, network_widths
 from asc_search.complexity import count_complexity
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.pruning.plans import (
@@ -18,7 +18,7 @@ from asc_search.pruning.plans import (
     settle,
     smallest_settled,
 )
-from asc_search.pruning.prune import PruningPlan, _model_widths, prune, stage_widths
+from asc_search.pruning.prune import PruningPlan, prune, stage_widths
 from asc_search.study.lifecycle import _wanted, counted_trials, seed_params
 from asc_search.study.space import load_space
 
@@ -42,7 +42,7 @@ def test_every_sampled_candidate_fills_the_budget() -> None:
     for candidate in sampled(6):
         card = count_complexity(build_model(candidate.spec, pm=PM))
         assert card.macs <= MACS and card.param_bytes <= BYTES
-        parent = stage_widths(candidate.parent, candidate.parent.base_channels)
+        parent = stage_widths(candidate.parent, candidate.parent.base_channels, pm=PM)
         if not candidate.targets:  # the parent fits as it is (the baseline): trained unpruned
             assert count_complexity(build_model(candidate.parent, pm=PM)).macs <= MACS
             continue
@@ -57,13 +57,13 @@ def test_every_sampled_candidate_fills_the_budget() -> None:
 def test_pruning_lands_on_the_sampled_widths() -> None:
     """The settled widths are irregular; the pruned network has exactly them and their count."""
     candidate = next(c for c in sampled(6, seed=3) if len(c.targets) == 2)
-    wide, targets = pruning_path(candidate)
+    wide, targets = pruning_path(candidate, pm=PM)
     model = build_model(wide, pm=PM, seed=0)
     plan = PruningPlan(importance="l1", schedule="linear", steps=2, targets=targets,
                        final_finetune_epochs=0)
     result = prune(model, wide, plan, pm=PM, progress=False)
     assert result.spec == candidate.spec
-    assert _model_widths(result.model) == targets[-1]
+    assert network_widths(result.model, result.spec, pm=PM) == targets[-1]
     assert result.card.macs == count_complexity(build_model(candidate.spec, pm=PM)).macs
     with torch.no_grad():
         assert result.model(torch.zeros(1, 1, 256, 65)).shape == (1, 10)
@@ -76,13 +76,13 @@ def test_seed_trials_in_the_filling_space_are_the_seed_plans() -> None:
     settled = {name: settle(space.candidate(space.values_of(p)), pm=PM, max_macs=MACS,
                             max_param_bytes=BYTES, seed_trial=True)
                for name, p in params.items()}
-    final = stage_widths(settled["seed-S1"].parent, 32)
+    final = stage_widths(settled["seed-S1"].parent, 32, pm=PM)
     for name in ("seed-S1", "seed-S2", "seed-S3"):
         assert settled[name].targets[-1] == final  # uniform to base 32, not filled
         assert "fill_scale" not in settled[name].plan
     assert settled["seed-S1"].parent.base_channels == 64
     assert settled["seed-S3"].parent.base_channels == 96
-    assert settled["seed-S3"].targets[0] == stage_widths(settled["seed-S3"].parent, 64)
+    assert settled["seed-S3"].targets[0] == stage_widths(settled["seed-S3"].parent, 64, pm=PM)
     assert len(settled["seed-S2"].targets) == 1
     assert settled["dcase-baseline"].targets == ()
     assert settled["dcase-baseline"].spec.arch == "cp_mobile"
@@ -91,7 +91,7 @@ def test_seed_trials_in_the_filling_space_are_the_seed_plans() -> None:
 def test_an_unsettled_plan_is_not_trained() -> None:
     space = load_space("sscp_fill", pm=PM)
     with pytest.raises(PlanError, match="settled"):
-        pruning_path(space.candidate({"parent": "seed-s1-start"}))
+        pruning_path(space.candidate({"parent": "seed-s1-start"}), pm=PM)
 
 
 def test_the_run_precheck_counts_the_narrowest_network() -> None:
@@ -161,3 +161,20 @@ def test_a_sampled_copy_takes_no_slot_of_the_trial_budget() -> None:
                                                         user_attrs={"status": "duplicate"}))
     assert counted_trials(copies_only) == (0, 3)
     assert _wanted(copies_only, 2) and not _wanted(copies_only, 1)  # 3 copies per slot at most
+
+
+def test_a_space_that_fixes_its_parent_queues_only_the_seeds_of_that_parent() -> None:
+    """Before, a fixed parent was not a value a seed trial could set, so the baseline's seed
+    trial was queued as the space's own parent (here the 64-wide seed network) under the
+    baseline's name."""
+    from asc_search.study.lifecycle import seed_trials_left_out
+    from asc_search.study.space import read_space, space_from_dict
+
+    raw, source = read_space("sscp_fill")
+    raw = {**raw, "fixed": {**raw["fixed"], "parent": "seed-s1-start"},
+           "dimensions": {k: v for k, v in raw["dimensions"].items() if k != "parent"}}
+    space = space_from_dict(raw, source=source, pm=PM)
+    assert set(seed_params(space)) == {"seed-S1"}
+    left_out = seed_trials_left_out(space)
+    assert left_out["dcase-baseline"] == "the space's parent is fixed to seed-s1-start"
+    assert set(left_out) == {"dcase-baseline", "seed-S2", "seed-S3"}

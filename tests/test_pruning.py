@@ -139,7 +139,7 @@ def test_pruning_lands_exactly_on_irregular_per_layer_widths(stem: str, stages: 
 
 def test_targets_that_split_a_residual_add_or_widen_are_refused() -> None:
     spec = ArchSpec(base_channels=32)
-    targets = stage_widths(spec, 24)
+    targets = stage_widths(spec, 24, pm=PM)
     split = {**targets, "s1": targets["stem2"] - 8}  # b1 adds stem2 to s1: they must match
     with pytest.raises(PruningError, match="share their channels"):
         prune(build_model(spec, pm=PM), spec, PruningPlan(steps=1, targets=(split,)),
@@ -151,6 +151,12 @@ def test_targets_that_split_a_residual_add_or_widen_are_refused() -> None:
     with pytest.raises(PruningError, match="missing: stem1"):
         prune(build_model(spec, pm=PM), spec,
               PruningPlan(steps=1, targets=({k: v for k, v in targets.items() if k != "stem1"},)),
+              pm=PM, progress=False)
+    # A target equal to the network: named by its widths (before, by CP-Mobile's "stem2" alone,
+    # which read "None" for any other family).
+    same = stage_widths(spec, 32, pm=PM)
+    with pytest.raises(PruningError, match=r"narrows no layer of the network \(stem1 8, stem2 32"):
+        prune(build_model(spec, pm=PM), spec, PruningPlan(steps=1, targets=(same,)),
               pm=PM, progress=False)
 
 

@@ -81,15 +81,15 @@ def settle(candidate: Candidate, *, pm: pluggy.PluginManager, max_macs: int,
     # A space that searches the storage dtype fills each candidate's budget at its own.
     storage_dtype = str(candidate.plan.get("storage", storage_dtype))
     parent = candidate.spec
-    nominal = stage_widths(parent, parent.base_channels)
+    nominal = stage_widths(parent, parent.base_channels, pm=pm)
     plan = dict(candidate.plan)
     keep = {name: float(plan.get(keep_dimension(name), 1.0)) for name in nominal}
     if seed_trial:
         # As the seed defined it: the family's widths at each base width of its chain.
-        final = uniform_final(parent, keep)
+        final = uniform_final(parent, keep, pm=pm)
         uniform = Candidate(spec=parent.with_(base_channels=final["stem2"]), plan={
             **plan, "prune_width_ratio": parent.base_channels / final["stem2"]})
-        targets = [stage_widths(parent, base) for base in wide_and_chain(uniform)[1]]
+        targets = [stage_widths(parent, base, pm=pm) for base in wide_and_chain(uniform)[1]]
     else:
         macs_budget = int(max_macs * float(plan.get("macs_fraction", 1.0)))
         final, scale = filled_widths(parent, nominal, keep, pm=pm, max_macs=macs_budget,
@@ -108,11 +108,12 @@ def settle(candidate: Candidate, *, pm: pluggy.PluginManager, max_macs: int,
                      targets=tuple(targets))
 
 
-def uniform_final(parent: ArchSpec, keep: Mapping[str, float]) -> dict[str, int]:
+def uniform_final(parent: ArchSpec, keep: Mapping[str, float], *,
+                  pm: pluggy.PluginManager) -> dict[str, int]:
     """A seed plan's final widths: the parent's family at base ``parent base × keep_s1``
     (rounded to 8), every layer as the architecture computes it at that base."""
     base = max(8, round(parent.base_channels * keep["stem2"] / 8) * 8)
-    return stage_widths(parent, min(base, parent.base_channels))
+    return stage_widths(parent, min(base, parent.base_channels), pm=pm)
 
 
 def filled_widths(parent: ArchSpec, nominal: Mapping[str, int], keep: Mapping[str, float], *,
@@ -146,7 +147,7 @@ def filled_widths(parent: ArchSpec, nominal: Mapping[str, int], keep: Mapping[st
 def count_widths(parent: ArchSpec, widths: Mapping[str, int], *, pm: pluggy.PluginManager,
                  storage_dtype: str = "float16") -> ComplexityCard:
     """The DCASE count of ``parent``'s network narrowed to ``widths``."""
-    nominal = stage_widths(parent, parent.base_channels)
+    nominal = stage_widths(parent, parent.base_channels, pm=pm)
     spec = parent.with_(channel_overrides={k: v for k, v in widths.items() if nominal[k] != v})
     return count_complexity(build_model(spec, pm=pm), storage_dtype=storage_dtype)
 
@@ -176,7 +177,7 @@ def smallest_settled(space: SearchSpace, *, pm: pluggy.PluginManager,
         candidate = space.candidate({"parent": name}) if "parent" not in space.fixed \
             else space.candidate({})
         parent = candidate.spec
-        tiny = {k: min(w, MIN_WIDTH) for k, w in stage_widths(parent, parent.base_channels).items()}
+        tiny = {k: min(w, MIN_WIDTH) for k, w in stage_widths(parent, parent.base_channels, pm=pm).items()}
         card = count_widths(parent, tiny, pm=pm, storage_dtype=storage_dtype)
         if best is None or (card.macs, card.param_bytes) < (best[1].macs, best[1].param_bytes):
             best = candidate, card
@@ -190,26 +191,28 @@ def wide_and_chain(candidate: Candidate) -> tuple[ArchSpec, tuple[int, ...]]:
     s spaces s targets evenly from there down to the final width (s = 2 for 96 → 64 → 32).
     Targets are rounded to multiples of 8 and repeats dropped, so a narrow gap gives fewer
     stages than asked (40 → 32 in 3 stages is one stage): the chain, not ``prune_stages``, says
-    how many stages ran, and the step budget is divided by the chain's length.
+    how many stages ran, and the step budget is divided by the chain's length. The last stage
+    lands on the final width itself, a multiple of 8 or not, and a ratio of 1 trains the
+    network as it is: a reference or another family's preset may have any base width (20).
     """
     final = candidate.spec
     ratio = float(candidate.plan.get("prune_width_ratio", 1.0))
     stages = int(candidate.plan.get("prune_stages", 1))
     wide_base = int(math.ceil(final.base_channels * ratio / 8) * 8)
-    if wide_base <= final.base_channels:
+    if ratio <= 1.0 or wide_base <= final.base_channels:
         return final, ()
     chain = []
-    for k in range(1, stages + 1):
+    for k in range(1, stages):  # the stages before the last, strictly between wide and final
         width = final.base_channels + (wide_base - final.base_channels) * (stages - k) / stages
         width = int(round(width / 8) * 8)
-        if (not chain or width < chain[-1]) and width < wide_base:
+        if (not chain or width < chain[-1]) and final.base_channels < width < wide_base:
             chain.append(width)
-    if chain[-1] != final.base_channels:
-        chain.append(final.base_channels)
+    chain.append(final.base_channels)
     return final.with_(base_channels=wide_base), tuple(chain)
 
 
-def pruning_path(candidate: Candidate) -> tuple[ArchSpec, tuple[dict[str, int], ...]]:
+def pruning_path(candidate: Candidate, *,
+                 pm: pluggy.PluginManager) -> tuple[ArchSpec, tuple[dict[str, int], ...]]:
     """The network to train first and every pruning stage's per-layer target widths.
 
     A settled parent-based plan (``asc_search.pruning.plans``) carries both; a uniform plan's
@@ -222,4 +225,4 @@ def pruning_path(candidate: Candidate) -> tuple[ArchSpec, tuple[dict[str, int], 
     if candidate.parent is not None:
         return candidate.parent, tuple(dict(t) for t in candidate.targets)
     wide, chain = wide_and_chain(candidate)
-    return wide, tuple(stage_widths(wide, base) for base in chain)
+    return wide, tuple(stage_widths(wide, base, pm=pm) for base in chain)

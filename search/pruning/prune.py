@@ -23,39 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asc_search.architecture import ArchSpec
+from asc_search.architecture import (
+    ArchSpec,
+    largest_fitting_width,
+    network_width_layers,
+    network_widths,
+    spec_widths,
+)
 from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError, PluginError
-from asc_search.plugin_manager import collect_named
+from asc_search.plugin_types import ImportanceMetric, PruningSchedule, collect_named
 from asc_search.training.recipe import TrainingRecipe
 from asc_search.training.train import LabelledSet, Precision, derive_seed, fit, precision_for
 
 
 class PruningError(AscSearchError):
     """A plan that cannot be carried out (target wider than the network, budget unreachable)."""
-
-
-@dataclass(frozen=True)
-class ImportanceMetric:
-    """An importance plugin's offer (see ``asc_importance_metrics`` in hookspecs)."""
-
-    name: str
-    description: str
-    make: Callable[[], Any]  # a Torch-Pruning importance: callable(group) -> scores per channel
-    needs_gradients: bool = False
-
-
-@dataclass(frozen=True)
-class PruningSchedule:
-    """A schedule plugin's offer (see ``asc_pruning_schedules`` in hookspecs).
-
-    ``ratios(final_ratio, steps)`` returns the cumulative pruning ratio after each step, starting
-    with 0 before the first: ``[0, r1, …, final_ratio]``, non-decreasing.
-    """
-
-    name: str
-    description: str
-    ratios: Callable[[float, int], list[float]]
 
 
 def importance_metrics(pm: pluggy.PluginManager) -> dict[str, ImportanceMetric]:
@@ -117,12 +100,10 @@ class PruningResult:
     steps: list[PruningStep] = field(default_factory=list)
 
 
-def stage_widths(spec: ArchSpec, base: int) -> dict[str, int]:
+def stage_widths(spec: ArchSpec, base: int, *, pm: pluggy.PluginManager) -> dict[str, int]:
     """Every layer's width in ``spec``'s network family at base width ``base``, no overrides:
     the target of a chain stage (the uniform plans the seed used)."""
-    from asc_search.plugins.mobile_nets import plan_network
-
-    return dict(plan_network(spec.with_(base_channels=base, channel_overrides={})).widths)
+    return spec_widths(spec, pm=pm, base=base)
 
 
 def step_targets(current: Mapping[str, int], target: Mapping[str, int],
@@ -172,14 +153,14 @@ def prune(
         targets = [dict(t) for t in plan.targets]
     else:
         chain = plan.chain or (_widest_fitting(spec, plan, pm=pm),)
-        targets = [stage_widths(spec, base) for base in chain]
+        targets = [stage_widths(spec, base, pm=pm) for base in chain]
     # Scoring, pruning and fine-tuning all happen on the training device; the network moves to
     # the CPU once, at the end, where it is counted, saved and exported.
     device = precision.device
     example = torch.zeros(1, spec.in_channels, 256, 65, device=device)
     steps: list[PruningStep] = []
     card: ComplexityCard | None = None
-    current = _model_widths(model)
+    current = network_widths(model, spec, pm=pm)
     for stage, target in enumerate(targets, start=1):
         _check_target(current, target)
         # The schedule's shape, scaled to this stage: fractions of the way from current to target.
@@ -196,7 +177,8 @@ def prune(
             if metric.needs_gradients:
                 _accumulate_gradients(model, train, teacher_logits, recipe, plan.taylor_batches,
                                       device=device)
-            _prune_to_widths(model, graph, widths, importance=metric.make())
+            _prune_to_widths(model, graph, widths, importance=metric.make(),
+                             keys=network_width_layers(model, spec, pm=pm))
             model.zero_grad(set_to_none=True)
             card = count_complexity(model, storage_dtype=plan.storage_dtype)
             record = PruningStep(stage, step, card.macs, card.params, ratios[step])
@@ -222,7 +204,7 @@ def prune(
             teacher_logits=teacher_logits, precision=precision, progress=progress,
             label="final fine-tune")
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    new_spec = spec.with_(channel_overrides=read_widths(model, spec))
+    new_spec = spec.with_(channel_overrides=read_widths(model, spec, pm=pm))
     # Fine-tuning changes weights, not shapes: the last step's count is the final network's.
     if _over(card, plan):
         raise PruningError(
@@ -244,43 +226,17 @@ def _check_target(current: Mapping[str, int], target: Mapping[str, int]) -> None
     if any(target[k] < 1 for k in target):
         raise PruningError("a pruning target keeps at least one channel per layer")
     if target == dict(current):
-        raise PruningError(f"target width {target.get('stem2')} is not narrower than "
-                           f"{current.get('stem2')}: nothing to prune")
+        raise PruningError(f"the target narrows no layer of the network "
+                           f"({_widths_text(current)}): nothing to prune")
 
 
-def _width_keys(model: nn.Module) -> dict[nn.Module, str]:
-    """Every convolution of a CP-Mobile-family network → the width name (as in
-    ``channel_overrides``) of the channels it produces: the stem units, each block's expansion
-    (its 1×1 expand and depthwise convolutions) and each stage's output (its projections)."""
-    stem, stages = getattr(model, "stem", None), getattr(model, "stages", None)
-    if stem is None or stages is None:
-        raise PruningError(f"cannot prune a {type(model).__name__} to per-layer widths; "
-                           "only CP-Mobile-family networks are supported")
-    keys: dict[nn.Module, str] = {}
-
-    def claim(unit: nn.Module, key: str) -> None:
-        keys.update({m: key for m in unit.modules() if isinstance(m, nn.Conv2d)})
-
-    claim(stem[0], "stem1")
-    claim(stem[1], "stem2")
-    for stage_name, stage in stages.named_children():
-        for block_name, block in stage.named_children():
-            claim(block.expand, f"{block_name}.expand")
-            claim(block.depthwise, f"{block_name}.expand")
-            claim(block.project, stage_name)
-    return keys
-
-
-def _model_widths(model: nn.Module) -> dict[str, int]:
-    """The network's width per name: the output channels of the convolutions producing it."""
-    widths: dict[str, int] = {}
-    for conv, key in _width_keys(model).items():
-        widths[key] = conv.out_channels
-    return widths
+def _widths_text(widths: Mapping[str, int], shown: int = 4) -> str:
+    items = [f"{name} {width}" for name, width in list(widths.items())[:shown]]
+    return ", ".join(items) + (", …" if len(widths) > shown else "")
 
 
 def _prune_to_widths(model: nn.Module, graph: Any, widths: Mapping[str, int], *,
-                     importance: Any) -> None:
+                     importance: Any, keys: Mapping[nn.Module, str]) -> None:
     """Remove the least important channels of every dependency group until each width name has
     exactly ``widths[name]`` channels.
 
@@ -293,7 +249,6 @@ def _prune_to_widths(model: nn.Module, graph: Any, widths: Mapping[str, int], *,
     """
     import torch_pruning as tp
 
-    keys = _width_keys(model)
     fallback = tp.importance.GroupMagnitudeImportance(p=2)
     for group in graph.get_all_groups(ignored_layers=[_head(model)],
                                       root_module_types=[nn.Conv2d]):
@@ -320,8 +275,6 @@ def _over(card: ComplexityCard, plan: PruningPlan) -> bool:
 
 
 def _widest_fitting(spec: ArchSpec, plan: PruningPlan, *, pm: pluggy.PluginManager) -> int:
-    from asc_search.study.space import largest_fitting_width
-
     width = largest_fitting_width(spec.with_(channel_overrides={}), pm=pm, max_macs=plan.max_macs,
                                   max_param_bytes=plan.max_param_bytes,
                                   storage_dtype=plan.storage_dtype, step=plan.round_to)
@@ -386,14 +339,12 @@ def _accumulate_gradients(model: nn.Module, train: LabelledSet | None,
     model.eval()
 
 
-def read_widths(model: nn.Module, spec: ArchSpec) -> dict[str, int]:
+def read_widths(model: nn.Module, spec: ArchSpec, *, pm: pluggy.PluginManager) -> dict[str, int]:
     """The pruned network's per-layer widths, under the names ``channel_overrides`` uses.
 
     Only layers whose width differs from the spec's nominal one are returned, so an unpruned
     network reads back as no overrides.
     """
-    from asc_search.plugins.mobile_nets import plan_network
-
-    nominal = plan_network(spec.with_(channel_overrides={})).widths
-    found = _model_widths(model)
+    nominal = spec_widths(spec.with_(channel_overrides={}), pm=pm)
+    found = network_widths(model, spec, pm=pm)
     return {name: value for name, value in found.items() if nominal.get(name) != value}

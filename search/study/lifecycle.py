@@ -114,7 +114,8 @@ def seed_trials_left_out(space: Any) -> dict[str, str]:
 
 
 def _seed_params(space: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    parent_based = any(d.name == "parent" for d in space.dimensions)
+    parent_searched = any(d.name == "parent" for d in space.dimensions)
+    parent_based = parent_searched or "parent" in space.fixed
     # A searched recipe field: the seed plans train with the published recipe's value (the
     # sampler would otherwise draw one for them, and a seed trial would not be the seed's).
     published = TrainingRecipe()
@@ -129,6 +130,11 @@ def _seed_params(space: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]
         if knobs:
             left_out[name] = (f"the space searches {', '.join(knobs)}, which the published "
                               "recipe has no value for")
+            continue
+        if parent_based and not parent_searched and values["parent"] != space.fixed["parent"]:
+            # A fixed parent is not a value the seed can set: queued anyway, the trial would be
+            # the space's own parent under the seed's name.
+            left_out[name] = f"the space's parent is fixed to {space.fixed['parent']}"
             continue
         arch = values.get("arch", space.fixed.get("arch", "cp_mobile"))
         if space.fixed.get("arch", "cp_mobile") != arch and "arch" not in {

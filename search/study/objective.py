@@ -25,7 +25,7 @@ import pluggy
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.complexity import ComplexityCard, count_complexity
+from asc_search.complexity import ComplexityCard, checked_complexity, count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.parents.store import PARENT_SEED, trained_parent
 from asc_search.pruning.plans import candidate_of, pruning_path, settle
@@ -246,10 +246,10 @@ def candidate_storage(candidate: Candidate, settings: SearchSettings) -> str:
 
 
 def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train: int,
-                     epochs: int, seed: int) -> tuple[ArchSpec, tuple[dict[str, int], ...],
-                                                      TrainingRecipe, StepBudget]:
+                     epochs: int, seed: int, pm: pluggy.PluginManager,
+                     ) -> tuple[ArchSpec, tuple[dict[str, int], ...], TrainingRecipe, StepBudget]:
     """The wide network, pruning targets, recipe and step budget a candidate trains with."""
-    wide, targets = pruning_path(candidate)
+    wide, targets = pruning_path(candidate, pm=pm)
     recipe = settings.base_recipe(n_train).with_(**candidate.training, seed=seed)
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
     pruning_steps = len(targets) * int(candidate.plan.get("prune_steps", 1)) if targets else 0
@@ -305,7 +305,8 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     """
     started = time.perf_counter()
     wide, targets, recipe, budget = candidate_budget(candidate, settings=settings,
-                                                   n_train=len(train), epochs=epochs, seed=seed)
+                                                   n_train=len(train), epochs=epochs, seed=seed,
+                                                   pm=pm)
     steps_per_epoch, pruning_steps = budget.steps_per_epoch, budget.pruning_steps
 
     def reporting(offset: int) -> Callable[[int], None] | None:
@@ -431,7 +432,10 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
                            storage_dtype=settings.storage_dtype,
                            seed_trial="seed_trial" in trial.user_attrs)
     final = build_model(candidate.spec, pm=resources.pm)
-    card = count_complexity(final, storage_dtype=candidate_storage(candidate, settings))
+    # The pre-check: every registered counter must agree with the official count, or the
+    # candidate is refused here (CountDisagreement), untrained.
+    card = checked_complexity(final, pm=resources.pm,
+                              storage_dtype=candidate_storage(candidate, settings))
     trial.set_user_attr("spec", candidate.spec.to_dict())
     trial.set_user_attr("plan", candidate.plan)
     trial.set_user_attr("training", candidate.training)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -41,9 +41,9 @@ import pluggy
 import yaml
 
 from asc_search.architecture import ArchSpec, SpecError, architectures, build_model, presets
-from asc_search.complexity import MAX_MACS, MAX_PARAM_BYTES, ComplexityCard, count_complexity
+from asc_search.complexity import ComplexityCard, count_complexity
 from asc_search.errors import AscSearchError
-from asc_search.plugin_manager import collect_named
+from asc_search.plugin_types import DimensionInfo, collect_named
 from asc_search.training.recipe import TrainingRecipe
 
 TARGETS = ("spec", "plan", "training")
@@ -56,25 +56,6 @@ PARENTS_AS_IS = "parents_as_is"
 
 class SpaceError(AscSearchError):
     """A space file that cannot be used: unknown dimension, empty range, unknown plugin name."""
-
-
-@dataclass(frozen=True)
-class DimensionInfo:
-    """A dimension name a space may search (see ``asc_space_dimensions`` in hookspecs)."""
-
-    name: str
-    target: str  # spec | plan | training
-    description: str
-    #: Values a categorical choice may take, given the plugin manager (None: any).
-    allowed: Callable[[pluggy.PluginManager], Collection[Any]] | None = None
-    #: Applies a sampled value to the spec fields (spec dimensions whose name is not a field),
-    #: or to the training recipe's fields (training dimensions whose name is not a field: a
-    #: plugin's ``augment_strength`` may set ``mixstyle_p`` and ``freq_mask_bins`` together).
-    apply: Callable[[dict[str, Any], Any], None] | None = None
-    #: Whether the dimension has any effect, given the other values of the candidate (fixed and
-    #: sampled so far); an inactive dimension is not sampled (None: always active). Sampling a
-    #: dimension that changes nothing only adds noise for the sampler to model.
-    active_when: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +243,10 @@ class SearchSpace:
                 training[name] = value
         try:
             if "parent" in plan:  # the parent preset, with the space's fixed fields over it
-                spec = self.presets[plan["parent"]].with_(**spec_fields)
+                preset = self.presets[plan["parent"]]
+                if "family" in spec_fields:  # a family's own dimensions set some of its fields
+                    spec_fields["family"] = {**preset.family, **spec_fields["family"]}
+                spec = preset.with_(**spec_fields)
             else:
                 spec = ArchSpec.from_dict(spec_fields)
         except SpecError as exc:
@@ -504,41 +488,3 @@ def smallest_candidate(space: SearchSpace, *, pm: pluggy.PluginManager,
         best = min(cards, key=lambda i: (cards[i].macs, cards[i].param_bytes))
         values[dimension.name] = dimension.choices[best]
     return space.candidate(values), count(values)
-
-
-# --------------------------------------------------------------------------------------------
-# The pruning target: the widest network a budget allows
-# --------------------------------------------------------------------------------------------
-
-
-def largest_fitting_width(
-    spec: ArchSpec,
-    *,
-    pm: pluggy.PluginManager,
-    max_macs: int = MAX_MACS,
-    max_param_bytes: int = MAX_PARAM_BYTES,
-    storage_dtype: str = "float16",
-    step: int = 8,
-    upper: int = 1024,
-) -> int | None:
-    """The largest ``base_channels`` (a multiple of ``step``) at which ``spec`` fits the budgets.
-
-    Complexity grows with width, so a bisection needs about log2(upper / step) counts (≈ 0.05 s
-    each). Returns None when even ``step`` channels do not fit.
-    """
-
-    def fits(base: int) -> bool:
-        model = build_model(spec.with_(base_channels=base, channel_overrides={}), pm=pm)
-        card = count_complexity(model, storage_dtype=storage_dtype)
-        return card.macs <= max_macs and card.param_bytes <= max_param_bytes
-
-    low, high = 1, upper // step  # in units of step
-    if not fits(low * step):
-        return None
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle * step):
-            low = middle
-        else:
-            high = middle - 1
-    return low * step
