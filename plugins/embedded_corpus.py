@@ -26,10 +26,12 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 import soundfile as sf
 from joblib import Parallel, delayed
@@ -51,7 +53,7 @@ from asc_search.data.dataset import (
     split_list_name,
     write_table,
 )
-from asc_search.errors import DataError
+from asc_search.errors import DataError, PluginError
 from asc_search.hookspecs import hookimpl
 from asc_search.parallel import default_workers
 
@@ -689,3 +691,51 @@ def asc_dataset_sources() -> list[DatasetSource]:
         )
         for size in SIZES
     ]
+
+
+@hookimpl
+def asc_register_commands(cli: click.Group) -> None:
+    """Add ``data synth`` to the core's ``data`` group.
+
+    Writing this corpus is this plugin's business, so the command lives here and the command line
+    never imports the plugin: the core asks the plugin manager, as it would a third party's.
+    """
+    # Imported here, not with the module: workers load this plugin for its data source alone.
+    from asc_search.cli.shared import Context, pass_context, stdout_console
+    from asc_search.progress import progress_bar
+
+    @click.command("synth")
+    @click.option("--out", type=click.Path(path_type=Path), default=None,
+                  help="New folder to write [default: the cache folder, reused when present].")
+    @click.option("--seed", type=int, default=0,
+                  help="Corpus seed; the same seed gives the same bytes.")
+    @click.option("--size", type=click.Choice(["default", "full", "small", "tiny"]),
+                  default="default",
+                  help="default: 8,000 training clips; full: TAU22's real counts (139,600 "
+                       "training and 29,700 test clips, about 23 GB); small and tiny are for "
+                       "quick trials and tests.")
+    @click.option("--jobs", type=int, default=-1,
+                  help="Worker processes (-1: one per usable core, at most 8).")
+    @pass_context
+    def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) -> None:
+        """Write the embedded TAU22-layout corpus (meta.csv, audio/, split lists, test, validation)."""
+        total = len(make_plan(seed=seed, size=SIZES[size]).recordings)
+        started = time.perf_counter()
+        with progress_bar("rendering recordings", total=total, enabled=not obj.quiet) as advance:
+            reported = 0
+
+            def report(done: int, _total: int) -> None:
+                nonlocal reported
+                advance(done - reported)
+                reported = done
+
+            if out is None:
+                folder = cached_corpus(obj.cache, seed=seed, size=size, progress=report)
+            else:
+                folder = write_corpus(out, seed=seed, size=size, n_jobs=jobs, progress=report)
+        stdout_console().print(f"corpus ready in {time.perf_counter() - started:.1f} s: {folder}")
+
+    data_group = cli.commands.get("data")  # the core's (data check), built before this hook
+    if not isinstance(data_group, click.Group):
+        raise PluginError("asc-search has no data command group to add data synth to")
+    data_group.add_command(data_synth)

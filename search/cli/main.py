@@ -1,4 +1,8 @@
-"""The ``asc-search`` command line.
+"""The ``asc-search`` command line: the entry point, and the group put together from the
+command modules (``data``, ``plugins``, ``training``, ``pruning``, ``search``) and ``count``.
+
+Imports run one way: this module imports the command modules, they import what they share from
+``asc_search.cli.shared``, and none imports another or this one.
 
 Every command turns ``AscSearchError`` into one line on stderr and exit status 2; anything else is a
 bug and keeps its traceback. Plugins (installed entry points and ``--plugin MODULE``) are loaded
@@ -9,42 +13,31 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 import pluggy
-from rich.console import Console
 from rich.table import Table
 
 from asc_search import __version__
-from asc_search.data.dataset import DEVICES, load_dataset
+from asc_search.cli.data import data_group, features_group
+from asc_search.cli.plugins import plugins_group
+from asc_search.cli.pruning import prune_command
+from asc_search.cli.search import COMMANDS
+from asc_search.cli.shared import (
+    Context,
+    comma_separated,
+    pass_context,
+    spec_from_options,
+    spec_options,
+    stdout_console,
+)
+from asc_search.cli.training import teachers_group, train_command
 from asc_search.errors import AscSearchError
 from asc_search.paths import cache_dir, keep_library_files_in
-from asc_search.plugin_manager import build_plugin_manager, describe_plugins
-from asc_search.progress import progress_bar
-
-
-def _stdout() -> Console:
-    """A console on the current stdout; wide when piped, so tables stay greppable, not wrapped."""
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
-class Context:
-    """What every command needs: the plugin manager and the cache folder."""
-
-    def __init__(self, pm: pluggy.PluginManager, cache: Path, quiet: bool,
-                 plugin_modules: Sequence[str] = ()) -> None:
-        self.pm = pm
-        self.cache = cache
-        self.quiet = quiet
-        #: ``--plugin`` modules, so worker processes load the same plugins.
-        self.pm_modules = tuple(plugin_modules)
-
-
-pass_context = click.make_pass_decorator(Context)
+from asc_search.plugin_manager import build_plugin_manager
 
 
 def build_cli(pm: pluggy.PluginManager) -> click.Group:
@@ -63,254 +56,17 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
         # Plugins were loaded by main() before the tree was built; workers need their names.
         ctx.obj = Context(pm, cache_dir(cache), quiet, plugins)
 
-    cli.add_command(plugins_group)
-    cli.add_command(data_group)
-    cli.add_command(features_group)
-    cli.add_command(count_command)
-    from asc_search.cli.training import teachers_group, train_command
-
-    cli.add_command(train_command)
-    cli.add_command(teachers_group)
-    from asc_search.cli.pruning import prune_command
-
-    cli.add_command(prune_command)
-    from asc_search.cli.search import COMMANDS
-
-    for command in COMMANDS:
+    for command in (plugins_group, data_group, features_group, count_command, train_command,
+                    teachers_group, prune_command, *COMMANDS):
         cli.add_command(command)
+    # Last, so a plugin finds the built-in groups: the embedded corpus adds ``data synth``.
     pm.hook.asc_register_commands(cli=cli)
     return cli
 
 
 # --------------------------------------------------------------------------------------------
-# plugins
-# --------------------------------------------------------------------------------------------
-
-
-@click.group("plugins")
-def plugins_group() -> None:
-    """Inspect registered plugins."""
-
-
-@plugins_group.command("list")
-@pass_context
-def plugins_list(obj: Context) -> None:
-    """Show every registered plugin, where it came from and the hooks it implements."""
-    table = Table("plugin", "from", "hooks")
-    for info in describe_plugins(obj.pm):
-        table.add_row(info.name, info.origin, ", ".join(info.hooks))
-    _stdout().print(table)
-    from asc_search.architecture import architectures
-    from asc_search.data.source import dataset_sources
-    from asc_search.plugin_manager import providers
-    from asc_search.pruning.prune import importance_metrics, pruning_schedules
-    from asc_search.teachers.ensemble import teachers
-
-    # Every named thing a command line or space file can pick, with the plugin that gives it.
-    named = (("data source", "asc_dataset_sources", dataset_sources),
-             ("teacher", "asc_teachers", teachers),
-             ("importance metric", "asc_importance_metrics", importance_metrics),
-             ("pruning schedule", "asc_pruning_schedules", pruning_schedules))
-    for what, hook, collect in named:
-        origin = providers(obj.pm, hook)
-        listing = Table(what, "description", "from")
-        for name, item in collect(obj.pm).items():
-            listing.add_row(name, item.description, origin.get(name, "?"))
-        _stdout().print(listing)
-    origin = providers(obj.pm, "asc_architectures")
-    archs = Table("architecture", "description", "presets", "from")
-    for name, arch in architectures(obj.pm).items():
-        archs.add_row(name, arch.description, ", ".join(arch.presets), origin.get(name, "?"))
-    _stdout().print(archs)
-
-
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-
-
-@click.group("data")
-def data_group() -> None:
-    """Write the embedded corpus or check a TAU22-layout folder."""
-
-
-@data_group.command("synth")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="New folder to write [default: the cache folder, reused when present].")
-@click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives the same bytes.")
-@click.option("--size", type=click.Choice(["default", "full", "small", "tiny"]), default="default",
-              help="default: 8,000 training clips; full: TAU22's real counts (139,600 training "
-                   "and 29,700 test clips, about 23 GB); small and tiny are for quick trials "
-                   "and tests.")
-@click.option("--jobs", type=int, default=-1,
-              help="Worker processes (-1: one per usable core, at most 8).")
-@pass_context
-def data_synth(obj: Context, out: Path | None, seed: int, size: str, jobs: int) -> None:
-    """Write the embedded TAU22-layout corpus (meta.csv, audio/, split lists, test, validation)."""
-    from asc_search.plugins.embedded_corpus import SIZES, cached_corpus, make_plan, write_corpus
-
-    total = len(make_plan(seed=seed, size=SIZES[size]).recordings)
-    started = time.perf_counter()
-    with progress_bar("rendering recordings", total=total, enabled=not obj.quiet) as advance:
-        reported = 0
-
-        def report(done: int, _total: int) -> None:
-            nonlocal reported
-            advance(done - reported)
-            reported = done
-
-        if out is None:
-            folder = cached_corpus(obj.cache, seed=seed, size=size, progress=report)
-        else:
-            folder = write_corpus(out, seed=seed, size=size, n_jobs=jobs, progress=report)
-    _stdout().print(f"corpus ready in {time.perf_counter() - started:.1f} s: {folder}")
-
-
-@data_group.command("check")
-@click.argument("folder", type=click.Path(path_type=Path), required=False)
-@click.option("--lists", type=click.Path(path_type=Path), default=None,
-              help="Folder holding split lists [default: FOLDER or FOLDER/split_setup].")
-@click.option("--quick", is_flag=True, help="Check lists only; do not decode the audio.")
-@click.option("--jobs", type=int, default=-1,
-              help="Worker processes for decoding (-1: one per usable core, at most 8).")
-@pass_context
-def data_check(obj: Context, folder: Path | None, lists: Path | None, quick: bool, jobs: int) -> None:
-    """Count clips per list × device and name every problem (default: the embedded corpus)."""
-    from asc_search.data.check import check_dataset
-    from asc_search.data.source import resolve_data
-
-    root = folder if folder is not None else resolve_data(None, pm=obj.pm, cache_dir=obj.cache)
-    if not root.is_dir():
-        raise AscSearchError(f"{root}: data folder not found")
-    total = 0 if quick else _count_present(root, lists)
-    with progress_bar("decoding clips", total=total, enabled=not (quick or obj.quiet)) as advance:
-        report = check_dataset(root, lists_dir=lists, decode=not quick, n_jobs=jobs,
-                               progress=advance)
-    if report.counts:
-        table = Table("list", *DEVICES, "total", title=str(root))
-        for name, counts in report.counts.items():
-            table.add_row(name, *(f"{counts.get(d, 0):,}" for d in DEVICES),
-                          f"{sum(counts.values()):,}")
-        _stdout().print(table)
-    for note in report.notes[:20]:
-        _stdout().print(f"note: {note}", highlight=False)
-    if len(report.notes) > 20:
-        _stdout().print(f"note: … and {len(report.notes) - 20} more", highlight=False)
-    for problem in report.problems[:50]:
-        _stdout().print(f"problem: {problem}", highlight=False, soft_wrap=True)
-    if len(report.problems) > 50:
-        _stdout().print(f"problem: … and {len(report.problems) - 50} more", highlight=False)
-    if report.problems:
-        raise AscSearchError(f"{root}: {len(report.problems)} problem(s) found (listed above)")
-    _stdout().print("no problems found")
-
-
-def _count_present(root: Path, lists: Path | None) -> int:
-    """How many clips the check will decode, for the progress bar's total."""
-    try:
-        dataset = load_dataset(root, lists_dir=lists)
-    except AscSearchError:
-        return 0
-    listed = set(dataset.training_fold) | set(dataset.test) | set(dataset.validation or ())
-    return sum(dataset.audio_path(name).is_file() for name in listed)
-
-
-# --------------------------------------------------------------------------------------------
-# features
-# --------------------------------------------------------------------------------------------
-
-
-@click.group("features")
-def features_group() -> None:
-    """Build or inspect the log-mel feature cache."""
-
-
-@features_group.command("build")
-@click.option("--data", default=None, help="Data folder or source name [default: embedded].")
-@click.option("--split", type=click.Choice(["5", "10", "25", "50", "100"]), default="5")
-@click.option("--jobs", type=int, default=-1,
-              help="Worker processes (-1: one per usable core, at most 8).")
-@pass_context
-def features_build(obj: Context, data: str | None, split: str, jobs: int) -> None:
-    """Compute (or find cached) log-mels for a split's train, validation and test lists."""
-    from asc_search.data.source import resolve_data
-    from asc_search.features.logmel import build_features
-
-    root = resolve_data(data, pm=obj.pm, cache_dir=obj.cache)
-    dataset = load_dataset(root)
-    files = dataset.split(int(split))
-    table = Table("list", "clips", "seconds", "cache", "folder")
-    for name, listed in (("train", files.train), ("validation", files.validation),
-                         ("test", files.test)):
-        started = time.perf_counter()
-        with progress_bar(f"log-mel {name}", total=len(listed), enabled=not obj.quiet) as advance:
-            features = build_features(listed, root=root, cache_dir=obj.cache, n_jobs=jobs,
-                                      progress=advance, stats=dataset.file_stats)
-        table.add_row(name, f"{len(listed):,}", f"{time.perf_counter() - started:.2f}",
-                      "hit" if features.cache_hit else "built", str(features.directory))
-    _stdout().print(table)
-
-
-# --------------------------------------------------------------------------------------------
 # count
 # --------------------------------------------------------------------------------------------
-
-
-def _csv(kind: type) -> Callable[[str | None], tuple | None]:
-    def parse(text: str | None) -> tuple | None:
-        if text is None:
-            return None
-        try:
-            return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
-        except ValueError as exc:
-            raise click.BadParameter(f"{text!r}: comma-separated {kind.__name__} values expected") from exc
-
-    return parse
-
-
-def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that pick an architecture spec: a preset, a JSON file, and field overrides."""
-    options = [
-        click.option("--preset", default=None, help="A named spec, e.g. dcase-baseline, seed-final."),
-        click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
-                     help="A spec JSON file."),
-        click.option("--arch", default=None, help="Architecture plugin (cp_mobile, sscp_mobile, …)."),
-        click.option("--base-channels", type=int, default=None),
-        click.option("--channels-multiplier", type=float, default=None),
-        click.option("--expansion-rate", type=float, default=None),
-        click.option("--n-blocks", default=None, help="Blocks per stage, e.g. 3,2,1."),
-        click.option("--stem-factorization", default=None, help="plain, sequential or parallel."),
-        click.option("--factorization", default=None, help="Per stage, e.g. plain,sequential,parallel."),
-        click.option("--n-classes", type=int, default=None),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-SPEC_FIELDS = ("arch", "base_channels", "channels_multiplier", "expansion_rate", "n_blocks",
-               "stem_factorization", "factorization", "n_classes")
-
-
-def spec_from_options(obj: Context, preset: str | None, spec_file: Path | None,
-                      fields: dict[str, Any]) -> Any:
-    """Resolve --preset / --spec plus field flags into one ArchSpec (default: the DCASE baseline)."""
-    from asc_search.architecture import ArchSpec, resolve_preset
-
-    if preset is not None and spec_file is not None:
-        raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
-    if spec_file is not None:
-        spec = ArchSpec.from_file(spec_file)
-    elif preset is not None:
-        spec = resolve_preset(preset, pm=obj.pm)
-    else:
-        spec = ArchSpec()
-    changes = {k: v for k, v in fields.items() if v is not None}
-    if "n_blocks" in changes:
-        changes["n_blocks"] = _csv(int)(changes["n_blocks"])
-    if "factorization" in changes:
-        changes["factorization"] = _csv(str)(changes["factorization"])
-    return ArchSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
 
 
 @click.command("count")
@@ -335,15 +91,14 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
     """Print the DCASE complexity card (MACs, parameters, bytes, pass/fail) of a network."""
     import json
 
-    from asc_search.architecture import build_model
-    from asc_search.complexity import count_complexity, format_count, parse_budget
-    from asc_search.study.space import largest_fitting_width
+    from asc_search.architecture import build_model, largest_fitting_width
+    from asc_search.complexity import checked_complexity, format_count, parse_budget
 
     if checkpoint is not None and (preset is not None or spec_file is not None):
         raise AscSearchError("give at most one of --preset, --spec, --checkpoint")
     max_macs = parse_budget(budget_macs, what="--budget-macs")
     max_bytes = parse_budget(budget_bytes, what="--budget-bytes")
-    shape = _csv(int)(input_shape)
+    shape = comma_separated(int)(input_shape)
     state = None
     if checkpoint is not None:
         from asc_search.training.checkpoint import load_checkpoint
@@ -363,7 +118,8 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
         except RuntimeError as exc:
             raise CheckpointError(f"{checkpoint}: weights do not fit its spec "
                                   f"({str(exc).splitlines()[0]})") from exc
-    card = count_complexity(model, input_shape=shape, storage_dtype=storage_dtype, per_layer=layers)
+    card = checked_complexity(model, pm=obj.pm, input_shape=shape, storage_dtype=storage_dtype,
+                              per_layer=layers)
     widest = (largest_fitting_width(spec, pm=obj.pm, max_macs=max_macs, max_param_bytes=max_bytes,
                                     storage_dtype=storage_dtype) if largest else None)
     fits_macs, fits_bytes = card.macs <= max_macs, card.param_bytes <= max_bytes
@@ -382,7 +138,7 @@ def count_command(obj: Context, preset: str | None, spec_file: Path | None,
     table.add_row("parameters", f"{card.params:,}", "", "")
     table.add_row(f"bytes ({storage_dtype})", f"{card.param_bytes:,}", f"{max_bytes:,}",
                   "pass" if fits_bytes else "FAIL")
-    out = _stdout()
+    out = stdout_console()
     out.print(table)
     out.print(f"spec: {spec.to_json()}", highlight=False, soft_wrap=True)
     if largest:

@@ -9,14 +9,17 @@ from typing import Any
 import click
 from rich.table import Table
 
-from asc_search.cli.main import Context, _csv, _stdout, pass_context
-from asc_search.cli.training import (
-    _data_options,
-    _ensemble,
-    _recipe,
-    _say_note,
-    _teacher_options,
+from asc_search.cli.shared import (
+    Context,
+    comma_separated,
+    data_options,
+    fit_teacher_ensemble,
+    pass_context,
+    recipe_from_options,
     recipe_options,
+    say_note,
+    stdout_console,
+    teacher_options,
 )
 
 
@@ -38,8 +41,8 @@ from asc_search.cli.training import (
               help="Without --chain: step of the widest base width that fits the budget.")
 @click.option("--kd/--no-kd", default=True, show_default=True,
               help="Fine-tune with distillation from the cached teacher ensemble.")
-@_teacher_options
-@_data_options
+@teacher_options
+@data_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Pruned checkpoint [default: CHECKPOINT with -pruned before the suffix].")
 @recipe_options
@@ -60,7 +63,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     from asc_search.training.evaluate import evaluate
     from asc_search.training.train import fit, precision_for, predict
 
-    recipe = _recipe(values)
+    recipe = recipe_from_options(values)
     loaded = load_checkpoint(checkpoint)
     model = build_model(loaded.spec, pm=obj.pm)
     try:
@@ -68,19 +71,20 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint}: weights do not fit its spec") from exc
     plan = PruningPlan(importance=importance, schedule=schedule, steps=steps,
-                       chain=_csv(int)(chain) or (), max_macs=parse_budget(budget_macs,
-                       what="--budget-macs"), max_param_bytes=parse_budget(budget_bytes,
-                       what="--budget-bytes"), round_to=round_to, finetune_epochs=finetune_epochs,
+                       chain=comma_separated(int)(chain) or (),
+                       max_macs=parse_budget(budget_macs, what="--budget-macs"),
+                       max_param_bytes=parse_budget(budget_bytes, what="--budget-bytes"),
+                       round_to=round_to, finetune_epochs=finetune_epochs,
                        final_finetune_epochs=0)
     precision = precision_for(device)
     split_data = load_split_data(data, int(split), pm=obj.pm, cache_dir=obj.cache,
                                  progress=not obj.quiet, with_test=False)
     teacher_logits = None
     if kd:
-        result, _, note = _ensemble(obj, split_data, teacher_names, teacher_epochs, ensemble,
-                                    precision, folds=teacher_folds,
-                                    device_response_p=teacher_device_response_p)
-        _say_note(note)
+        result, _, note = fit_teacher_ensemble(obj, split_data, teacher_names, teacher_epochs,
+                                               ensemble, precision, folds=teacher_folds,
+                                               device_response_p=teacher_device_response_p)
+        say_note(note)
         teacher_logits = result.logits
 
     def accuracy() -> float:
@@ -94,7 +98,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     pruned = prune(model, loaded.spec, plan, pm=obj.pm, train=split_data.train,
                    teacher_logits=teacher_logits, recipe=recipe, precision=precision,
                    progress=not obj.quiet,
-                   on_step=lambda s: _stdout().print(
+                   on_step=lambda s: stdout_console().print(
                        f"stage {s.stage} step {s.step}: ratio {s.ratio:.3f}, {s.macs:,} MACs, "
                        f"{s.params:,} parameters", highlight=False))
     model = pruned.model
@@ -115,7 +119,7 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
     table.add_row(f"fine-tuned ({final_finetune_epochs} epochs{', KD' if kd else ''})",
                   f"{pruned.card.macs:,}", f"{pruned.card.params:,}",
                   f"{pruned.card.param_bytes:,}", f"{100 * tuned_acc:.2f}")
-    _stdout().print(table)
+    stdout_console().print(table)
     target = out or checkpoint.with_name(f"{checkpoint.stem}-pruned{checkpoint.suffix}")
     save_checkpoint(target, spec=pruned.spec, state_dict=model.state_dict(), metadata={
         **loaded.metadata, "pruning_plan": plan.to_dict() | {"final_finetune_epochs":
@@ -124,4 +128,4 @@ def prune_command(obj: Context, checkpoint: Path, budget_macs: str, budget_bytes
         "validation_macro_accuracy": tuned_acc, "macs": pruned.card.macs,
         "params": pruned.card.params, "prune_seconds": seconds,
     })
-    _stdout().print(f"pruned checkpoint: {target} ({seconds:.0f} s)", highlight=False)
+    stdout_console().print(f"pruned checkpoint: {target} ({seconds:.0f} s)", highlight=False)

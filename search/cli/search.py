@@ -17,15 +17,21 @@ from typing import Any
 import click
 from rich.table import Table
 
-from asc_search.cli.main import Context, _stdout, pass_context
-from asc_search.cli.training import _data_options, _say_note, _teacher_device_response_option
+from asc_search.cli.shared import (
+    Context,
+    data_options,
+    pass_context,
+    say_note,
+    stdout_console,
+    teacher_device_response_option,
+)
 from asc_search.teachers import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHERS
 
 DEFAULT_STUDY = "asc-search"
 
 
 def _say(line: str) -> None:
-    _stdout().print(line, highlight=False, markup=False)
+    stdout_console().print(line, highlight=False, markup=False)
 
 
 def _say_teacher_agreement(resources: Any) -> None:
@@ -39,7 +45,7 @@ def _say_teacher_agreement(resources: Any) -> None:
     agreement = label_agreement(resources.train, resources.teacher_logits)
     _say(f"teachers ({', '.join(settings.teachers)}) agree with {100 * agreement:.1f} % of the "
          "training labels" + (" (out of fold)" if settings.teacher_folds > 1 else ""))
-    _say_note(memorised_note(agreement, folds=settings.teacher_folds))
+    say_note(memorised_note(agreement, folds=settings.teacher_folds))
 
 
 def _storage_options(command: Any) -> Any:
@@ -68,7 +74,7 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 
 
 @click.command("run")
-@_data_options
+@data_options
 @click.option("--space", default="sscp_joint", show_default=True,
               help="Shipped space name or a TOML/YAML file (sscp_joint: budget-filling plans "
                    "from shared parents and their training recipe; sscp_fill: the plans "
@@ -156,7 +162,7 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--device-responses", "device_responses", default="", metavar="DIR",
               help="Folder of device impulse-response WAVs (MicIRP, say) [default: a built-in "
                    "bank of synthetic device responses].")
-@_teacher_device_response_option
+@teacher_device_response_option
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
                 budget_macs: str, budget_bytes: str, storage_dtype: str, n_trials: int,
@@ -483,7 +489,7 @@ def studies_list(storage: str | None, studies: Path | None) -> None:
         table.add_row(summary.study_name, str(summary.n_trials),
                       ", ".join(d.name.lower() for d in summary.directions),
                       f"{summary.datetime_start:%Y-%m-%d %H:%M}" if summary.datetime_start else "")
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @studies_group.command("show")
@@ -495,7 +501,7 @@ def studies_show(study_name: str, failed: bool, storage: str | None,
     """One row per trial: spec summary, plan, MACs, bytes, validation accuracy, state, duration."""
     study = _open(study_name, storage, studies)
     trials = study.get_trials(deepcopy=False)
-    _stdout().print(_trial_table(study, trials, title=f"study {study_name}"))
+    stdout_console().print(_trial_table(study, trials, title=f"study {study_name}"))
     _print_finalists(study)
     if failed:
         from asc_search.study.heartbeat import lost_trials, retried_as
@@ -523,8 +529,8 @@ def studies_pareto(study_name: str, storage: str | None, studies: Path | None) -
     from asc_search.study.lifecycle import pareto_trials
 
     study = _open(study_name, storage, studies)
-    _stdout().print(_trial_table(study, pareto_trials(study),
-                                 title=f"Pareto front of {study_name} (feasible trials)"))
+    stdout_console().print(_trial_table(study, pareto_trials(study),
+                                        title=f"Pareto front of {study_name} (feasible trials)"))
 
 
 def _trial_table(study: Any, trials: list[Any], *, title: str) -> Table:
@@ -587,7 +593,7 @@ def _print_finalists(study: Any) -> None:
                       f"{record['param_bytes']:,}", f"{100 * record['validation']['macro']:.1f}",
                       f"{100 * record['test']['macro']:.1f}",
                       "" if unseen is None else f"{100 * unseen:.1f}")
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @click.group("parents")
@@ -611,7 +617,7 @@ def parents_list(obj: Context) -> None:
         table.add_row(info.key, info.spec.arch, str(info.spec.base_channels), str(info.steps),
                       str(info.seed), str(info.train_clips), f"{info.seconds:.0f}",
                       f"{info.size_bytes / 1e6:.1f} MB", info.created)
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @parents_group.command("build")
@@ -654,7 +660,8 @@ def parents_build(obj: Context, study_name: str, storage: str | None, studies: P
                                     seed_trial="seed_trial" in trial.user_attrs,
                                     reference=trial.user_attrs.get(REFERENCE_ATTR))
         wide, targets, recipe, budget = candidate_budget(
-            candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0)
+            candidate, settings=settings, n_train=len(loaded.train), epochs=epochs, seed=0,
+            pm=obj.pm)
         if targets:
             # A parent is its network, its steps and its recipe (the cache's key): plans of
             # another final_share train the same network for other steps.
