@@ -289,3 +289,24 @@ def test_search_prunes_to_the_budget_and_exports_the_family(cli, pm, tiny_corpus
     chosen = cli("-q", "export", "cpr", "--out", tmp_path / "recommended")
     assert chosen.code == 0, chosen.err
     assert "cp_resnet" in (tmp_path / "recommended" / "spec.json").read_text()
+
+
+def test_the_joint_space_with_both_families_samples_either_and_fills_both(pm) -> None:
+    """The family is a dimension of the joint space (through the parent): a sampled CP-ResNet
+    and a sampled SSCP-Mobile plan both settle to filled networks, and the seed trials stay."""
+    from asc_search.study.lifecycle import seed_params
+
+    space = load_space(EXAMPLE / "spaces" / "families_joint.toml", pm=pm).under_budgets(
+        pm=pm, **BUDGET)
+    assert {"dcase-baseline", "seed-S1", "seed-S2", "seed-S3"} <= set(seed_params(space))
+    keep = {"keep_stem": 0.8, "keep_s1": 0.8, "keep_s2": 0.6, "keep_s3": 0.5, "keep_expand": 0.7,
+            "importance": "l2", "schedule": "agp", "prune_steps": 2, "prune_stages": 1}
+    arches = set()
+    for parent in ("cp-resnet-dcase22", "seed-s1-start"):
+        candidate = candidate_of(space, {"parent": parent, **keep}, pm=pm, **BUDGET)
+        card = count_complexity(build_model(candidate.spec, pm=pm))
+        assert card.fits(**BUDGET)  # and filled: one of the two budgets is nearly spent
+        assert max(card.macs / BUDGET["max_macs"],
+                   card.param_bytes / BUDGET["max_param_bytes"]) > 0.9
+        arches.add(candidate.spec.arch)
+    assert arches == {"cp_resnet", "sscp_mobile"}
