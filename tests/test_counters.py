@@ -284,6 +284,10 @@ def test_a_trial_is_refused_before_training(functional_plugin: str,
         settings=settings, space=space_from_dict(raw, source="test", pm=pm), pm=pm,
         train=None, validation=None, teacher_logits=None, precision="fp32", artifacts=None)
     trial = optuna.create_study().ask()
-    with pytest.raises(CountDisagreement, match="aten::_convolution"):
+    # Refused, not failed: pruned with the counters' one line, no traceback, and not a failure
+    # that would count towards stopping the search.
+    with pytest.raises(optuna.TrialPruned, match=r"refused by the count: .*aten::_convolution"):
         objective._run_trial(trial, resources)
     assert "macs" not in trial.user_attrs  # refused before it was recorded, let alone trained
+    assert trial.user_attrs["status"] == "refused"
+    assert "aten::_convolution" in trial.user_attrs["refused"]

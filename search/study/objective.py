@@ -25,7 +25,13 @@ import pluggy
 import torch
 
 from asc_search.architecture import ArchSpec, build_model
-from asc_search.complexity import ComplexityCard, checked_complexity, count_complexity
+from asc_search.complexity import (
+    ComplexityCard,
+    CountDisagreement,
+    NoCountingRule,
+    checked_complexity,
+    count_complexity,
+)
 from asc_search.errors import AscSearchError
 from asc_search.parents.store import PARENT_SEED, trained_parent
 from asc_search.pruning.plans import candidate_of, pruning_path, settle
@@ -433,9 +439,17 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
                            seed_trial="seed_trial" in trial.user_attrs)
     final = build_model(candidate.spec, pm=resources.pm)
     # The pre-check: every registered counter must agree with the official count, or the
-    # candidate is refused here (CountDisagreement), untrained.
-    card = checked_complexity(final, pm=resources.pm,
-                              storage_dtype=candidate_storage(candidate, settings))
+    # candidate is refused here, untrained. Refused, not failed: the candidate is what the
+    # space offered, not a crash, so it ends pruned with the counters' one line (a failure
+    # would keep a traceback and count towards stopping the search).
+    try:
+        card = checked_complexity(final, pm=resources.pm,
+                                  storage_dtype=candidate_storage(candidate, settings))
+    except (CountDisagreement, NoCountingRule) as exc:
+        trial.set_user_attr("spec", candidate.spec.to_dict())
+        trial.set_user_attr("status", "refused")
+        trial.set_user_attr("refused", str(exc))
+        raise optuna.TrialPruned(f"refused by the count: {exc}") from None
     trial.set_user_attr("spec", candidate.spec.to_dict())
     trial.set_user_attr("plan", candidate.plan)
     trial.set_user_attr("training", candidate.training)
