@@ -210,6 +210,27 @@ def test_a_plugin_counter_is_asked_and_can_refuse(pm) -> None:
         checked_complexity(model, pm=pm)
 
 
+def test_a_topology_is_cross_checked_once_and_any_other_again(pm) -> None:
+    """The cross-check's trace costs about 2.7 official counts; a search's candidates share a
+    few topologies and differ in widths, which cannot change which operators run. A topology
+    that agreed is not traced again; another one, or a refusal, is."""
+    pm.unregister(name="asc_search.plugins.counters")
+    asked = AskedCounter(extra=0)
+    pm.register(asked, name="asked")
+    for base in (24, 32, 40):  # one topology, three widths
+        checked_complexity(build_model(ArchSpec(base_channels=base), pm=pm), pm=pm)
+    assert len(asked.asked) == 1
+    checked_complexity(build_model(ArchSpec(n_blocks=(2, 2, 1)), pm=pm), pm=pm)
+    assert len(asked.asked) == 2  # another topology: traced
+    pm.unregister(asked)
+    refusing = AskedCounter(extra=5)
+    pm.register(refusing, name="refusing")
+    for _ in range(2):  # another counter set is asked again, and a refusal is never remembered
+        with pytest.raises(CountDisagreement):
+            checked_complexity(build_model(ArchSpec(base_channels=24), pm=pm), pm=pm)
+    assert len(refusing.asked) == 2
+
+
 def test_two_counters_with_one_name_are_refused(pm) -> None:
     pm.register(AskedCounter(extra=0, name="fvcore"), name="impostor")
     with pytest.raises(PluginError, match="two plugins register a MAC counter called 'fvcore'"):
