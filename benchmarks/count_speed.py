@@ -10,7 +10,9 @@ alone; prints medians, ratios and how many counts agree. ``--threads`` sets torc
 threads (default: torch's own), since a busy machine makes two-thread timings mostly noise.
 ``--trials N`` also times N sampled trials per shipped space through a trial's whole pre-check
 (settle the plan, which fills a budget-filling plan's budget by counting up to 17 networks, build
-the final network, count it), with the plain count and with the cross-checked one.
+the final network, count it), with the plain count and with the cross-checked one, which traces
+each network topology once per process (``network_topology``), from none traced, as a search
+starts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import optuna
 import torch
 import torchinfo
 
+from asc_search import complexity
 from asc_search.architecture import build_model
 from asc_search.complexity import DCASE_INPUT_SHAPE, checked_complexity, count_complexity
 from asc_search.plugin_manager import build_plugin_manager
@@ -94,6 +97,9 @@ def trial_prechecks(space_name: str, n: int, *, pm) -> tuple[float, float]:
     space = load_space(space_name, pm=pm)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     plain, crossed = [], []
+    # As a search starts: no topology cross-checked yet (the loop above traced some), so every
+    # first trace of a topology is in these figures.
+    complexity._AGREED_TOPOLOGIES.clear()
     for _ in range(n):
         sampled = space.suggest(study.ask())
         for times, count in ((plain, count_complexity),
