@@ -173,6 +173,9 @@ def test_plugins_list_shows_metrics_and_schedules_with_the_plugin_that_gives_the
     assert "importance metric" in listing and "pruning schedule" in listing
     assert "asc_search.plugins.teachers: builtin" in rows["wide_cp_mobile"]
     assert "asc_search.plugins.embedded_corpus: builtin" in rows["embedded"]
+    # The MAC counters the pre-check asks (issue 32) are named too.
+    assert "MAC counter" in listing
+    assert "asc_search.plugins.counters: builtin" in rows["fvcore"]
 
 
 def test_the_plugin_guide_describes_what_is_built_in_now() -> None:

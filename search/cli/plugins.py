@@ -27,6 +27,7 @@ def plugins_list(obj: Context) -> None:
         table.add_row(info.name, info.origin, ", ".join(info.hooks))
     stdout_console().print(table)
     from asc_search.architecture import architectures
+    from asc_search.complexity import mac_counters
     from asc_search.data.source import dataset_sources
     from asc_search.plugin_manager import providers
     from asc_search.pruning.prune import importance_metrics, pruning_schedules
@@ -36,7 +37,8 @@ def plugins_list(obj: Context) -> None:
     named = (("data source", "asc_dataset_sources", dataset_sources),
              ("teacher", "asc_teachers", teachers),
              ("importance metric", "asc_importance_metrics", importance_metrics),
-             ("pruning schedule", "asc_pruning_schedules", pruning_schedules))
+             ("pruning schedule", "asc_pruning_schedules", pruning_schedules),
+             ("MAC counter", "asc_mac_counters", mac_counters))
     for what, hook, collect in named:
         origin = providers(obj.pm, hook)
         listing = Table(what, "description", "from")
