@@ -144,8 +144,8 @@ def report(path: Path) -> str:
                 mine = [e for e in here if e["student"] == name]
                 if not mine:
                     continue
-                val = mean_sd_interval([e["validation"]["accuracy"] * 100 for e in mine])
-                test = mean_sd_interval([e["test"]["accuracy"] * 100 for e in mine])
+                val = mean_sd_interval([e["validation"]["macro"] * 100 for e in mine])
+                test = mean_sd_interval([e["test"]["macro"] * 100 for e in mine])
                 lines.append(
                     f"{name:10s} n={len(mine)}  val {val['mean']:.1f} ± {val['sd']:.1f}  "
                     f"test {test['mean']:.1f} ± {test['sd']:.1f} (t {test['low']:.1f}…"
