@@ -112,16 +112,19 @@ def test_parameter_free_matmul_and_upsampling_cost_nothing() -> None:
     assert raw.total() > 10 * card.macs
 
 
+class WithToken(nn.Module):
+    """A positional embedding: parameters outside any leaf layer, used by a functional add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.position = nn.Parameter(torch.zeros(1, 4, 256, 65))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv(x) + self.position).mean((2, 3))
+
+
 def test_parameters_outside_leaf_layers_are_named() -> None:
-    class WithToken(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.position = nn.Parameter(torch.zeros(1, 4, 256, 65))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (self.conv(x) + self.position).mean((2, 3))
-
     card = count_complexity(WithToken())
     assert card.uncounted_parameters == {"position": 4 * 256 * 65}
     assert card.params == 40 + 4 * 256 * 65  # still parameters, and bytes

@@ -103,19 +103,10 @@ def test_the_refusal_names_the_innermost_module_that_runs_the_call(pm) -> None:
 
 def test_attention_between_activations_and_a_positional_embedding_pass(pm) -> None:
     """What the official count gives nothing, the trace gives nothing: no false refusal."""
-    from test_complexity import AttentionAndUpsampling
-
-    class WithPosition(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.position = nn.Parameter(torch.zeros(1, 4, 256, 65))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return (self.conv(x) + self.position).mean((2, 3))
+    from test_complexity import AttentionAndUpsampling, WithToken
 
     assert checked_complexity(AttentionAndUpsampling(), pm=pm).macs == 508_048
-    card = checked_complexity(WithPosition(), pm=pm)
+    card = checked_complexity(WithToken(), pm=pm)
     assert card.uncounted_parameters == {"position": 4 * 256 * 65}  # named, as before
 
 
