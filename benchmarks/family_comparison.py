@@ -38,8 +38,10 @@ from results import (
     add_result_options,
     append_result,
     machine,
+    pack_predictions,
     plot_accuracies,
     read_results,
+    unpack_predictions,
     where_ran,
 )
 
@@ -125,7 +127,7 @@ def main() -> None:
                 "cpu_seconds": round(time.process_time() - started, 1),
                 "validation": evaluation_attrs(outcome.validation),
                 "test": evaluation_attrs(test),
-                "test_predictions": test_logits.argmax(1).tolist()})
+                "test_predicted": pack_predictions(test_logits)})
 
 
 def report(path: Path) -> str:
@@ -175,8 +177,8 @@ def _paired(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             mine, reference = by[(name, seed)], by[(REFERENCE, seed)]
             paired = paired_difference(
-                test.labels, np.asarray(mine["test_predictions"]) == test.labels,
-                np.asarray(reference["test_predictions"]) == test.labels,
+                test.labels, unpack_predictions(mine["test_predicted"]) == test.labels,
+                unpack_predictions(reference["test_predicted"]) == test.labels,
                 groups=recordings(test.files))
             differences.append(paired["difference"] * 100)
             text = (f"  seed {seed}: {name} − {REFERENCE} test {paired['difference'] * 100:+.1f} "
