@@ -267,7 +267,7 @@ def network_widths(model: nn.Module, spec: ArchSpec, *, pm: pluggy.PluginManager
 
 
 def _out_channels(layer: nn.Module) -> int:
-    for attribute in ("out_channels", "out_features", "hidden_size"):
+    for attribute in ("out_channels", "out_features"):
         if hasattr(layer, attribute):
             return int(getattr(layer, attribute))
     raise SpecError(f"a {type(layer).__name__} names a width but has no output-channel count")
