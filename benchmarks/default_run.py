@@ -148,6 +148,12 @@ def study_outcome(study: Any) -> dict[str, Any]:
         })
     return {
         "trials": len(trials), "statuses": statuses,
+        # Every trial's parameters and proxy score: what a later look at which dimensions
+        # matter reads, after the run's folder is gone.
+        "trial_table": [{"number": t.number, "seed_trial": t.user_attrs.get("seed_trial"),
+                         "status": t.user_attrs.get("status") or t.state.name.lower(),
+                         "value": t.value if t.values is not None and len(t.values) == 1
+                         else t.values, "params": t.params} for t in trials],
         "sampled_trained": sampled_trained(study),
         "completed": sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials),
         "recommendation": study.user_attrs.get(RECOMMENDATION_ATTR),
