@@ -114,10 +114,6 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-SPEC_FIELDS = ("arch", "base_channels", "channels_multiplier", "expansion_rate", "n_blocks",
-               "stem_factorization", "factorization", "n_classes")
-
-
 def spec_from_options(obj: Context, preset: str | None, spec_file: Path | None,
                       fields: dict[str, Any]) -> Any:
     """Resolve --preset / --spec plus field flags into one ArchSpec (default: the DCASE baseline)."""
