@@ -6,12 +6,12 @@ One command: ``python benchmarks/default_run.py [--seeds 0 1 2 3 4] [--split 5]`
 Each seed is the README's command, ``asc-search run --budget-macs 30M --split 5 --seed N``, in a
 process of its own, from an empty cache and an empty studies folder (both made for the run and
 removed after it): the corpus is written, the teachers fitted, the search, promotion and the
-recommendation run exactly as for a user, so the wall time is the one a user waits. ``--seed``
-is the sampler's seed: a trial trains with its trial number as its seed and parents with the
-store's, so the seed trials (trials 0–3, the hand-made references) train the same networks in
-every run, up to the machine's floating-point nondeterminism, while what is sampled, trained and
-promoted beside them changes with the seed. The seeds repeat the search, not the references'
-training noise (``search_vs_seed.py`` repeats both).
+recommendation run exactly as for a user, so the wall time is the one a user waits. Revision 1
+rows ran before ``--seed`` seeded the trainings: it was the sampler's seed alone, so the seed
+trials (the hand-made references) trained the same networks at every seed (51.7 % on validation
+five times) and the seeds repeated the search, not the references' training. Since then
+``--seed`` seeds the trainings too (``SearchSettings.training_seed``), and revision 2 rows repeat
+both; seed 0 trains as before.
 
 Per seed the row keeps what the issue's targets read: wall time, the CPU time and peak memory of
 the run's process, how many distinct sampled networks it trained (copies of a trained network
@@ -46,7 +46,8 @@ from asc_search.study.promote import FINALIST_PREFIX, RECOMMENDATION_ATTR
 from asc_search.study.storage import load_study, resolve_storage
 from asc_search.training.evaluate import mean_sd_interval
 
-REVISION = 1
+#: 1: ``--seed`` seeded the sampler only; 2: the trainings too.
+REVISION = 2
 COMMAND = ["run", "--budget-macs", "30M"]
 
 
@@ -181,28 +182,28 @@ def _differences(entry: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
 
 def report(path: Path) -> str:
     """Per seed and over seeds, the figures the issue's targets name."""
-    rows = sorted((e for e in read_results(path) if e.get("revision") == REVISION),
-                  key=lambda e: (e["machine"], e["split"], e["seed"]))
+    rows = sorted(read_results(path),
+                  key=lambda e: (e["revision"], e["machine"], e["split"], e["seed"]))
     if not rows:
-        return f"no rows of revision {REVISION} in {path}"
-    lines = ["| machine | split | seed | wall min | CPU min | peak GB | sampled trained | "
+        return f"no rows in {path}"
+    lines = ["| revision | machine | split | seed | wall min | CPU min | peak GB | sampled trained | "
              "recommended | recommended − ref (test, paired 95 %) | best searched − ref |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    groups: dict[tuple[str, int, tuple[str, ...]], list[dict[str, Any]]] = {}
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict[tuple[int, str, int, tuple[str, ...]], list[dict[str, Any]]] = {}
     for entry in rows:
-        groups.setdefault((entry["machine"], entry["split"], tuple(entry["run_args"])),
-                          []).append(entry)
+        groups.setdefault((entry["revision"], entry["machine"], entry["split"],
+                           tuple(entry["run_args"])), []).append(entry)
         diffs = _differences(entry)
         chosen = entry["recommendation"] or {}
         lines.append(
-            f"| {entry['machine']} | {entry['split']} | {entry['seed']} | "
+            f"| {entry['revision']} | {entry['machine']} | {entry['split']} | {entry['seed']} | "
             f"{entry['wall_s'] / 60:.1f} | {entry['cpu_s'] / 60:.1f} | "
             f"{entry['peak_rss_mb'] / 1024:.1f} | {entry['sampled_trained']} | "
             f"{chosen.get('trial', '–')} ({chosen.get('label', 'none')}) | "
             f"{_paired(diffs['recommended'])} | {_paired(diffs['searched'])} |")
-    for (where, split, extra), entries in groups.items():
-        lines.append(f"\n{where}, split {split}{', ' + shlex.join(extra) if extra else ''}, "
-                     f"{len(entries)} seed(s):")
+    for (revision, where, split, extra), entries in groups.items():
+        lines.append(f"\nrevision {revision}, {where}, split {split}"
+                     f"{', ' + shlex.join(extra) if extra else ''}, {len(entries)} seed(s):")
         walls = [e["wall_s"] / 60 for e in entries]
         lines.append(f"- wall {min(walls):.1f}–{max(walls):.1f} min (target ≤ 15); sampled "
                      f"networks trained {min(e['sampled_trained'] for e in entries)}–"
@@ -240,11 +241,11 @@ def plot(path: Path, image: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [e for e in read_results(path) if e.get("revision") == REVISION]
-    if rows:  # one experiment: the last row's machine, split and arguments
+    rows = read_results(path)
+    if rows:  # one experiment: the last row's revision, machine, split and arguments
         last = rows[-1]
-        rows = sorted((e for e in rows if (e["machine"], e["split"], e["run_args"])
-                       == (last["machine"], last["split"], last["run_args"])),
+        rows = sorted((e for e in rows if (e["revision"], e["machine"], e["split"], e["run_args"])
+                       == (last["revision"], last["machine"], last["split"], last["run_args"])),
                       key=lambda e: e["seed"])
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     for x, arm in enumerate(("recommended", "searched")):
@@ -268,7 +269,8 @@ def plot(path: Path, image: Path) -> Path:
     axis.set_ylabel("test macro accuracy difference (points)")
     where = rows[-1]["machine"] if rows else ""
     axis.set_title(f"asc-search run --budget-macs 30M, split {rows[-1]['split'] if rows else ''}"
-                   f", {len(rows)} seeds\n{where}", fontsize=9)
+                   f", {len(rows)} seeds (revision {rows[-1]['revision'] if rows else ''})"
+                   f"\n{where}", fontsize=9)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     figure.savefig(image, dpi=110, bbox_inches="tight")

@@ -757,3 +757,40 @@ def test_the_search_outlives_its_timeout_until_it_trained_sampled_networks(
         study = optuna.load_study(study_name=name, storage=url)
         # Past the timeout the worker starts a trial at a time, and only while one is owed.
         assert sampled_trained(study) == promised, [t.user_attrs for t in study.trials]
+
+
+def test_the_run_seed_seeds_the_trainings_and_older_studies_keep_theirs(pm, tiny_corpus: Path,
+                                                                         monkeypatch) -> None:
+    """``run --seed`` seeds every training, not only the sampler: with the sampler's seed alone,
+    five seeds of the default run trained the hand-made reference identically five times. Seed 0
+    is the seeding of every study made before the setting (its trials train as they did, its
+    parents keep their cache keys, and its stored settings read back unchanged)."""
+    import json
+
+    import asc_search.study.objective as objective
+    from asc_search.parents.store import PARENT_SEED
+    from asc_search.training.train import derive_seed
+
+    old = SearchSettings(space={}, space_source="")
+    assert "training_seed" not in json.loads(old.to_json())
+    assert [old.trial_seed(n) for n in range(3)] == [0, 1, 2] and old.parent_seed == PARENT_SEED
+    seeded = SearchSettings(space={}, space_source="", training_seed=3)
+    assert SearchSettings.from_json(seeded.to_json()) == seeded
+    assert seeded.trial_seed(1) == derive_seed(3, 1) != 1
+    assert seeded.parent_seed not in (PARENT_SEED, old.parent_seed)
+    assert len({seeded.trial_seed(n) for n in range(10)}) == 10
+
+    seeds: list[int] = []
+
+    def recorded(*args, **kwargs):
+        seeds.append(kwargs["seed"])
+        raise optuna.TrialPruned("recorded, not trained")
+
+    monkeypatch.setattr(objective, "train_candidate", recorded)
+    for name, training_seed in (("seed-zero", 0), ("seed-three", 3)):
+        settings = _settings(tiny_corpus, pm=pm, training_seed=training_seed)
+        _, url = _study(name, settings, pm=pm, seed_trials=True)
+        run_worker(WorkerJob(study=name, storage_url=url, sampler="random", seed=0, n_trials=1,
+                             timeout=None), pm=pm)
+    # Trial 0 (the DCASE baseline, a seed trial) of each study.
+    assert seeds[0] == 0 and seeds[-1] == derive_seed(3, 0)

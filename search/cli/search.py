@@ -112,7 +112,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
                    "default run.")
 @click.option("--n-jobs", type=int, default=1, show_default=True,
               help="Worker processes on this machine, sharing the storage and the cores.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampler and of every training in the run (trials, their "
+                   "parents, the finalists' rungs), so another seed repeats the whole search; "
+                   "the teachers keep theirs (cached per split). A study keeps its seed.")
 @click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
 @click.option("--reference", "references", multiple=True, metavar="FILE|STUDY:TRIAL",
@@ -221,7 +224,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         promote_epochs=promote_epochs,
         teachers=study_teachers(teacher_names), teacher_epochs=teacher_epochs,
         teacher_folds=teacher_folds, device_specific=device_specific, device_trials=device_trials,
-        teacher_device_response_p=teacher_device_response_p,
+        teacher_device_response_p=teacher_device_response_p, training_seed=seed,
         recipe={**({} if batch_size is None else {"batch_size": batch_size}),
                 **({"device_response_p": device_response_p} if device_response_p > 0 else {}),
                 **({"device_responses": device_responses} if device_responses else {})},

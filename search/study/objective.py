@@ -103,6 +103,23 @@ class SearchSettings:
     #: The user's own hand-made networks (``run --reference``): label, spec and training
     #: overrides each (``asc_search.study.references``), queued as seed trials.
     references: tuple[dict[str, Any], ...] = ()
+    #: The run's seed for its trainings (``run --seed``, beside the sampler's): a trial's
+    #: fine-tunes, the parents its plans share and the finalists' rungs draw from it, so two
+    #: seeds repeat the whole search, the hand-made references' training included. With one
+    #: seed for the sampler only, five "seeds" of the default run trained the reference the
+    #: same way five times (51.7 % on validation each time). 0 is the seeding every study
+    #: before this setting had: their trials, parents and cache keys stay what they were.
+    training_seed: int = 0
+
+    def trial_seed(self, number: int) -> int:
+        """The seed trial ``number`` trains with."""
+        return number if self.training_seed == 0 else derive_seed(self.training_seed, number)
+
+    @property
+    def parent_seed(self) -> int:
+        """The seed every parent of the study trains with (one for all, so plans share them)."""
+        return PARENT_SEED if self.training_seed == 0 else derive_seed(PARENT_SEED,
+                                                                       self.training_seed)
 
     def to_json(self) -> str:
         # Settings added later enter only when set: a study made before keeps resuming.
@@ -181,7 +198,8 @@ def dropped_settings(text: str) -> list[str]:
 
 #: Settings newer than the first stored studies, with the value that leaves them out of the JSON.
 _ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6,
-                                   "teacher_device_response_p": 0.0, "references": ()}
+                                   "teacher_device_response_p": 0.0, "references": (),
+                                   "training_seed": 0}
 #: User attribute of a trial that trains a user's reference (``run --reference``): its label,
 #: spec and training, trained as given instead of sampled from the space.
 REFERENCE_ATTR = "reference"
@@ -267,10 +285,10 @@ def candidate_budget(candidate: Candidate, *, settings: SearchSettings, n_train:
 
 
 def parent_recipe(recipe: TrainingRecipe, candidate: Candidate, *, settings: SearchSettings,
-                  n_train: int, parent_seed: int = PARENT_SEED) -> TrainingRecipe:
+                  n_train: int, parent_seed: int | None = None) -> TrainingRecipe:
     """The recipe a candidate's parent trains with: the study's, not the candidate's searched
     training values (its batch and warm-up excepted, which set the steps), and the parent seed
-    instead of the trial's.
+    instead of the trial's (``parent_seed``; the study's by default).
 
     A parent is shared by every plan that prunes it (``asc_search.parents.store``, keyed by its
     recipe): were a candidate's sampled augmentation or learning rate to reach it, every pruned
@@ -281,7 +299,8 @@ def parent_recipe(recipe: TrainingRecipe, candidate: Candidate, *, settings: Sea
     study = settings.base_recipe(n_train)
     shared = {name: getattr(study, name) for name in candidate.training
               if name not in ("batch_size", "warmup_steps")}
-    return recipe.with_(**shared, seed=derive_seed(parent_seed, 0))
+    seed = settings.parent_seed if parent_seed is None else parent_seed
+    return recipe.with_(**shared, seed=derive_seed(seed, 0))
 
 
 def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: pluggy.PluginManager,
@@ -290,7 +309,7 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
                     precision: Precision, epochs: int, seed: int = 0, progress: bool = False,
                     on_report: Callable[[torch.nn.Module, int], None] | None = None,
                     final_card: ComplexityCard | None = None,
-                    parents: Path | None = None, parent_seed: int = PARENT_SEED) -> Outcome:
+                    parents: Path | None = None, parent_seed: int | None = None) -> Outcome:
     """Train with KD for a budget of ``epochs``, pruning by the candidate's plan on the way;
     score the result on validation.
 
@@ -306,8 +325,9 @@ def train_candidate(candidate: Candidate, *, settings: SearchSettings, pm: plugg
     pruned one carries the count its last step made). A pruned plan's wide network is its
     parent (``asc_search.parents.store``): trained with the parent seed, not ``seed``, and loaded from
     the ``parents`` cache folder when an earlier trial trained it; the pruning and fine-tunes
-    after it draw ``seed``. A study keeps one ``parent_seed`` for all its trials; a benchmark
-    that repeats a whole experiment per seed passes its seed, so the parents vary with it too.
+    after it draw ``seed``. A study keeps one parent seed for all its trials (its settings'
+    ``parent_seed`` unless ``parent_seed`` is given); a benchmark that repeats a whole experiment
+    per seed passes its seed, so the parents vary with it too.
     """
     started = time.perf_counter()
     wide, targets, recipe, budget = candidate_budget(candidate, settings=settings,
@@ -501,7 +521,8 @@ def _run_trial(trial: optuna.Trial, resources: TrialResources) -> float | tuple[
     outcome = train_candidate(
         candidate, settings=settings, pm=resources.pm, train=resources.train,
         validation=resources.validation, teacher_logits=resources.teacher_logits,
-        precision=resources.precision, epochs=settings.proxy_epochs, seed=trial.number,
+        precision=resources.precision, epochs=settings.proxy_epochs,
+        seed=settings.trial_seed(trial.number),
         progress=resources.progress, final_card=card, parents=resources.cache,
         on_report=report if settings.objective == "accuracy" and stoppable else None,
     )

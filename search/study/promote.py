@@ -405,7 +405,8 @@ def _retrained(trial: optuna.trial.FrozenTrial, label: str, *, resources: TrialR
     outcome = train_candidate(
         candidate, settings=settings, pm=resources.pm, train=resources.train,
         validation=resources.validation, teacher_logits=resources.teacher_logits,
-        precision=resources.precision, epochs=settings.promote_epochs, seed=0,
+        precision=resources.precision, epochs=settings.promote_epochs,
+        seed=settings.trial_seed(0),
         progress=progress, parents=cache)
     return Promoted(trial=trial, label=label, model=outcome.model, spec=outcome.spec,
                     macs=outcome.macs, epochs=settings.promote_epochs,
@@ -441,7 +442,8 @@ def distill(study: optuna.Study, *, top: int, pm: Any, cache: Path, studies: Pat
                  f"rungs of {', '.join(map(str, rungs))} epochs")
         promoted = climb_rungs(searched or seeds, top=top, resources=loaded, rungs=rungs,
                                reference=seeds[0] if searched and seeds else None,
-                               announce=announce, store=kept_rungs)
+                               announce=announce, store=kept_rungs,
+                               seed=settings.training_seed)
     else:
         promoted = []
         for trial in chosen:
