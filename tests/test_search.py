@@ -231,8 +231,11 @@ def test_resuming_with_other_settings_is_refused(pm, tiny_corpus: Path) -> None:
     run_worker(WorkerJob(study="resume", storage_url=url, sampler="random", seed=0, n_trials=1,
                          timeout=None), pm=pm)
     # Once a trial has run, other settings are refused, naming what differs.
-    with pytest.raises(AscSearchError, match="max_macs"):
+    with pytest.raises(AscSearchError, match="max_macs 20000000, not 30000000"):
         _study("resume", settings, pm=pm)
+    # A setting the stored text leaves out at its default is named with that default.
+    with pytest.raises(AscSearchError, match=r"\(training_seed 0, not 3\)"):
+        _study("resume", SearchSettings(**{**changed.__dict__, "training_seed": 3}), pm=pm)
     with pytest.raises(AscSearchError, match="optimises maximize, minimize"):
         _study("resume", SearchSettings(**{**changed.__dict__, "objective": "accuracy"}), pm=pm)
 

@@ -224,10 +224,22 @@ def _refuse_other_settings(study: optuna.Study, settings: SearchSettings, url: s
     if stored is None or stored == settings.to_json() or not _started(study):
         return  # new, identical, or nothing ran under the old settings (they will be replaced)
     old, new = json.loads(stored), json.loads(settings.to_json())
-    differ = [key for key in {**old, **new} if old.get(key) != new.get(key)]
+    # A setting added later is absent from the text at its default: read it from the settings.
+    before = SearchSettings.from_json(stored)
+    differ = [_difference(key, old.get(key, getattr(before, key, None)),
+                          new.get(key, getattr(settings, key, None)))
+              for key in {**old, **new} if old.get(key) != new.get(key)]
     raise AscSearchError(
         f"study {study.study_name!r} in {mask_url(url)} was made with other settings "
-        f"({', '.join(differ)} differ); resume it with its own or choose another --study")
+        f"({', '.join(differ)}); resume it with its own or choose another --study")
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    """One differing setting for the refusal: with the study's value and this run's where both
+    are short (``training_seed 0, not 3``), else its name alone (a space is a whole table)."""
+    short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 40
+                for v in (old, new))
+    return f"{key} {old}, not {new}" if short else f"{key} differs"
 
 
 def _started(study: optuna.Study) -> bool:
