@@ -326,6 +326,36 @@ def test_training_with_device_responses_changes_the_fit_and_stays_deterministic(
     assert torch.equal(first.state_dict()[name], second.state_dict()[name])
 
 
+def test_a_fit_with_ema_decay_returns_the_moving_average_of_its_steps(split_data) -> None:
+    """``ema_decay``: the network a fit returns is the average of the weights after each step,
+    the decay ramping up as (1 + n) / (10 + n); BatchNorm's statistics are averaged too."""
+    assert "ema_decay" not in TrainingRecipe().to_dict()  # older cache keys stand
+    assert TrainingRecipe(ema_decay=0.99).to_dict()["ema_decay"] == 0.99
+    for wrong in (-0.1, 1.0):
+        with pytest.raises(AscSearchError, match="ema_decay"):
+            TrainingRecipe(ema_decay=wrong).validate()
+    train = split_data.train.subset(np.arange(96))  # three whole batches an epoch
+    recipe = TrainingRecipe(epochs=3, batch_size=32, warmup_steps=2, learning_rate=0.01)
+    averaged = build_model(SMALL, pm=PM, seed=0)
+    steps: list[dict[str, torch.Tensor]] = []
+    fit(averaged, train, recipe.with_(ema_decay=0.8), progress=False,
+        on_step=lambda taken: steps.append({name: value.detach().clone() for name, value
+                                            in averaged.state_dict().items()}))
+    assert len(steps) == 9
+    expected = dict(steps[0])
+    for n, state in enumerate(steps[1:], start=1):
+        decay = min(0.8, (1 + n) / (10 + n))
+        expected = {name: torch.lerp(expected[name], value, 1 - decay)
+                    if value.is_floating_point() else value for name, value in state.items()}
+    final = averaged.state_dict()
+    for name, value in expected.items():
+        assert torch.allclose(final[name], value, atol=1e-6), name
+    assert any("running_mean" in name for name in expected)
+    # The last step's weights are not what it returns.
+    name = next(n for n, v in final.items() if v.is_floating_point())
+    assert not torch.allclose(final[name], steps[-1][name])
+
+
 def _fit_killed_after(epoch: int, train, recipe: TrainingRecipe, *, resume: Path,
                       **kwargs) -> None:
     """A fit of the small network (seed 0) that dies at the end of ``epoch``, as a killed
@@ -345,9 +375,10 @@ def _fit_killed_after(epoch: int, train, recipe: TrainingRecipe, *, resume: Path
 
 def test_a_fit_cut_short_resumes_as_the_same_run(split_data, tmp_path: Path) -> None:
     """Killed after epoch 2 and started again with ``resume``, a fit (mixup, masks, MixStyle
-    and KD all drawing random numbers) ends with the uninterrupted run's weights."""
+    and KD all drawing random numbers, and a weight average carried across the epochs) ends
+    with the uninterrupted run's weights."""
     recipe = TrainingRecipe(epochs=4, batch_size=32, warmup_steps=2, learning_rate=0.01,
-                            mixup_alpha=0.3, mixstyle_p=0.5)
+                            mixup_alpha=0.3, mixstyle_p=0.5, ema_decay=0.9)
     teacher = np.random.default_rng(0).normal(size=(len(split_data.train), 10)).astype(np.float32)
     whole = build_model(SMALL, pm=PM, seed=0)
     expected = fit(whole, split_data.train, recipe, teacher_logits=teacher, progress=False)

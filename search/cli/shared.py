@@ -157,6 +157,8 @@ _RECIPE_HELP = {
                         "built-in bank of synthetic device responses].",
     "kd_temperature": "Distillation temperature T.",
     "kd_weight": "Weight of the distillation term (the label term gets 1 − w).",
+    "ema_decay": "Return an exponential moving average of the weights over the steps, with "
+                 "this decay (0 = off; 0.99 to 0.999 usual).",
     "seed": "Seed for initialisation, batch order and augmentation.",
 }
 

@@ -35,6 +35,9 @@ class TrainingRecipe:
     # Knowledge distillation from cached ensemble logits (CP-JKU)
     kd_temperature: float = 2.0
     kd_weight: float = 0.98  # loss = (1 − w) · CE + w · T² · KL(teacher ‖ student / T)
+    # Weight averaging (off in the baseline): the network a run returns is an exponential
+    # moving average of its weights over the steps, with this decay (``train.WeightAverage``)
+    ema_decay: float = 0.0
     # Reproducibility
     seed: int = 0
 
@@ -63,6 +66,8 @@ class TrainingRecipe:
             response_files(self.device_responses)  # a missing or empty folder fails here, in one line
         if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
             raise AscSearchError("kd_weight must be in [0, 1] and kd_temperature positive")
+        if not 0 <= self.ema_decay < 1:
+            raise AscSearchError("ema_decay must be in [0, 1) (0 turns weight averaging off)")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict: what caches key teachers and parents by. A field added after
@@ -83,4 +88,5 @@ class TrainingRecipe:
 
 
 #: Fields newer than the first cache keys, with the value that leaves them out of ``to_dict``.
-_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"mixup_alpha": 0.0, "device_response_p": 0.0}
+_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"mixup_alpha": 0.0, "device_response_p": 0.0,
+                                        "ema_decay": 0.0}

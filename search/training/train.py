@@ -158,6 +158,47 @@ def kd_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, 
     return (1.0 - weight) * hard + weight * temperature**2 * soft
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights and buffers over its optimiser steps
+    (``torch.optim.swa_utils.AveragedModel``), for ``TrainingRecipe.ema_decay``.
+
+    Why: the last step's weights carry the noise of the last batches; two trainings of one
+    candidate end several points apart (benchmarks/README, "Proxy fidelity"), and an average
+    over the steps is the usual way to take some of that out. The decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run (a search's proxy:
+    a few hundred steps) is not dominated by its first, untrained weights. BatchNorm's running
+    statistics are averaged with the weights; integer buffers (the batch counter) follow the
+    network.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
+        self.decay = decay
+        self.average = AveragedModel(model, avg_fn=self._step, use_buffers=True)
+
+    def _step(self, averaged: torch.Tensor, current: torch.Tensor,
+              n_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():
+            return current
+        n = int(n_averaged)
+        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+        return torch.lerp(averaged, current, 1.0 - decay)
+
+    def update(self, model: nn.Module) -> None:
+        self.average.update_parameters(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state)
+
+    def copy_into(self, model: nn.Module) -> None:
+        """Put the averaged weights and buffers into ``model``, the network the run returns."""
+        model.load_state_dict(self.average.module.state_dict())
+
+
 @dataclass
 class TrainHistory:
     """Per-epoch mean training loss, wall time and process (CPU) time of one ``fit``.
@@ -239,6 +280,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                                   weight_decay=recipe.weight_decay)
+    average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch if steps is None else steps
     if total < 1:
@@ -267,7 +309,8 @@ def fit(
     if state is not None:
         restored = state.restore(model=model, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler, generator=generator,
-                                 rngs={"order": order_rng, "mix": mix_rng}, history=history)
+                                 rngs={"order": order_rng, "mix": mix_rng}, history=history,
+                                 average=average)
         if restored is not None:
             first, taken = restored[0] + 1, restored[1]
     step_model = torch.compile(model) if compile_model else model
@@ -323,6 +366,8 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 summed += loss.detach().double() * len(rows)
                 seen += len(rows)
                 advance(1)
@@ -340,9 +385,12 @@ def fit(
             if state is not None and epoch < epochs:
                 state.save(epoch=epoch, taken=taken, model=model, optimizer=optimizer,
                            scheduler=scheduler, scaler=scaler, generator=generator,
-                           rngs={"order": order_rng, "mix": mix_rng}, history=history)
+                           rngs={"order": order_rng, "mix": mix_rng}, history=history,
+                           average=average)
             if on_epoch is not None:
                 on_epoch(epoch, mean_loss)
+    if average is not None:
+        average.copy_into(model)
     model.eval()
     return history
 
@@ -377,7 +425,7 @@ class FitState:
 
     def save(self, *, epoch: int, taken: int, model: nn.Module, optimizer: Any, scheduler: Any,
              scaler: Any, generator: torch.Generator, rngs: dict[str, np.random.Generator],
-             history: TrainHistory) -> None:
+             history: TrainHistory, average: WeightAverage | None = None) -> None:
         payload = {
             "identity": self.identity, "epoch": epoch, "taken": taken,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -390,6 +438,8 @@ class FitState:
             "losses": list(history.losses), "seconds": list(history.seconds),
             "cpu_seconds": list(history.cpu_seconds), "samples": history.samples,
         }
+        if average is not None:
+            payload["average"] = average.state_dict()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         torch.save(payload, temporary)
@@ -397,7 +447,8 @@ class FitState:
 
     def restore(self, *, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
                 generator: torch.Generator, rngs: dict[str, np.random.Generator],
-                history: TrainHistory) -> tuple[int, int] | None:
+                history: TrainHistory,
+                average: WeightAverage | None = None) -> tuple[int, int] | None:
         """Load the saved state into these objects; (epoch, steps taken), or None to start."""
         if not self.path.is_file():
             return None
@@ -415,6 +466,8 @@ class FitState:
                 torch.cuda.set_rng_state_all(payload["cuda_rng"])
             for name, saved in json.loads(payload["rngs"]).items():
                 rngs[name].bit_generator.state = saved
+            if average is not None:  # the identity's recipe says whether the file holds one
+                average.load_state_dict(payload["average"])
         except (OSError, RuntimeError, ValueError, KeyError, TypeError,
                 pickle.UnpicklingError) as exc:
             log.warning("resume file %s is unusable (%s); training from the start",
