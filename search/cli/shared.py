@@ -158,7 +158,8 @@ _RECIPE_HELP = {
     "kd_temperature": "Distillation temperature T.",
     "kd_weight": "Weight of the distillation term (the label term gets 1 − w).",
     "ema_decay": "Return an exponential moving average of the weights over the steps, with "
-                 "this decay (0 = off; 0.99 to 0.999 usual).",
+                 "this decay (0 = off; it ramps up as (1 + n) / (10 + n), so it matters only "
+                 "in runs of about a thousand steps and more).",
     "seed": "Seed for initialisation, batch order and augmentation.",
 }
 
