@@ -177,24 +177,34 @@ class WeightAverage:
         from torch.optim.swa_utils import AveragedModel
 
         self.decay = decay
-        self.average = AveragedModel(model, avg_fn=self._step, use_buffers=True)
+        self.average = AveragedModel(model, multi_avg_fn=self._step, use_buffers=True)
+        # Counted here, not read from the average's counter, which lives on the training
+        # device: reading it every step would wait for a GPU at every step.
+        self.updates = 0
+        self._weight = 1.0
 
-    def _step(self, averaged: torch.Tensor, current: torch.Tensor,
-              n_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            return current
-        n = int(n_averaged)
-        decay = min(self.decay, (1.0 + n) / (10.0 + n))
-        return torch.lerp(averaged, current, 1.0 - decay)
+    def _step(self, averaged: list[torch.Tensor], current: list[torch.Tensor],
+              n_averaged: torch.Tensor) -> None:
+        """One update of a group of same-type tensors, in place (``multi_avg_fn``)."""
+        for mean, now in zip(averaged, current, strict=True):
+            if mean.is_floating_point():
+                mean.lerp_(now, self._weight)
+            else:
+                mean.copy_(now)
 
     def update(self, model: nn.Module) -> None:
+        """Fold the weights after this step into the average (the first step is copied)."""
+        n = self.updates
+        self._weight = 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
         self.average.update_parameters(model)
+        self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
         return self.average.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.average.load_state_dict(state)
+        self.updates = int(self.average.n_averaged)
 
     def copy_into(self, model: nn.Module) -> None:
         """Put the averaged weights and buffers into ``model``, the network the run returns."""
