@@ -49,13 +49,12 @@ from results import (
 )
 from seed_plans import candidates
 
-from asc_search.features.experiment import load_split_data
+from asc_search.data.source import resolve_data
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
-from asc_search.study.objective import SearchSettings, evaluation_attrs, train_candidate
-from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.study.lifecycle import load_resources
+from asc_search.study.objective import evaluation_attrs, train_candidate
 from asc_search.training.evaluate import mean_sd_interval
-from asc_search.training.train import precision_for
 
 REVISION = 1
 
@@ -77,19 +76,18 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     pm, cache = build_plugin_manager(), cache_dir()
-    data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
-    here = where_ran({"machine": machine(), "data": data.root.name})
+    seed_settings, plans = candidates(pm)
+    # The default run's settings for the split (its batch, its recipe): its data and its
+    # teachers, loaded as a search worker loads them (the same cache entries); the decay is the
+    # students' setting only, added below.
+    settings = replace(seed_settings, data=args.data, split=args.split, recipe={})
+    folder = cache / "weight_averaging" / f"split{args.split}"
+    resources = load_resources(settings, pm=pm, cache=cache, studies=folder, device="cpu",
+                               progress=False)
+    corpus = resolve_data(args.data, pm=pm, cache_dir=cache).name  # prepared by now: a lookup
+    here = where_ran({"machine": machine(), "data": corpus})
     done = {_key(e) for e in read_results(args.out)
             if e.get("revision") == REVISION and where_ran(e) == here}
-    # The product's default teachers, as ``asc-search run`` fits them (the same cache entry):
-    # the decay is the students' setting, not the teachers'.
-    defaults = SearchSettings(space={}, space_source="", split=args.split)
-    ensemble = ensemble_logits(data.train, teacher_names=defaults.teachers, pm=pm,
-                               cache_dir=cache, recipe=defaults.teacher_recipe(len(data.train)),
-                               precision=precision_for("cpu"), progress=False)
-    seed_settings, plans = candidates(pm)
-    precision = precision_for("cpu")
-    parents = cache / "weight_averaging" / f"split{args.split}"
     for epochs in args.epochs:
         for seed in args.seeds:
             for name in args.plans:
@@ -97,19 +95,16 @@ def main() -> None:
                     key = (name, epochs, decay, seed, args.split)
                     if key in done:
                         continue
-                    # The default run's settings for the split (its batch, its recipe), the
-                    # decay the only override.
-                    settings = replace(seed_settings, split=args.split,
-                                       recipe={"ema_decay": decay} if decay else {})
+                    trained = replace(settings, recipe={"ema_decay": decay} if decay else {})
                     started = time.process_time()
                     outcome = train_candidate(
-                        plans[name], settings=settings, pm=pm, train=data.train,
-                        validation=data.validation, teacher_logits=ensemble.logits,
-                        precision=precision, epochs=epochs, seed=seed, parents=parents,
+                        plans[name], settings=trained, pm=pm, train=resources.train,
+                        validation=resources.validation, teacher_logits=resources.teacher_logits,
+                        precision=resources.precision, epochs=epochs, seed=seed, parents=folder,
                         parent_seed=0)
                     append_result(args.out, {
                         "revision": REVISION, "plan": name, "epochs": epochs, "decay": decay,
-                        "seed": seed, "split": args.split, "data": data.root.name,
+                        "seed": seed, "split": args.split, "data": corpus,
                         "threads": torch.get_num_threads(), "date": date.today().isoformat(),
                         "parent_trained": outcome.parent_trained,
                         "cpu_seconds": round(time.process_time() - started
