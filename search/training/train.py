@@ -271,7 +271,8 @@ def fit(
     state (weights, optimiser, schedule, random generators, epoch) is written after every epoch:
     a run killed mid-way and started again with the same arguments continues from its last epoch
     and ends with the weights the uninterrupted run would have (``FitState``). The caller removes
-    the file once it has kept the result.
+    the file once it has kept the result. With ``recipe.ema_decay`` the returned network is the
+    average (``WeightAverage``); ``on_epoch`` and ``on_step`` see the weights being trained.
     """
     import time
 
