@@ -31,7 +31,20 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 def machine() -> str:
     """The CPU that produced a row (its model name, and bf16 when it has AVX-512 BF16, which the
     product then trains in): CPU times and even bf16-against-fp32 accuracies from different
-    machines must not be mixed in one comparison, so every row says where it ran."""
+    machines must not be mixed in one comparison, so every row says where it ran. A cap on
+    oneDNN's instruction set (``ONEDNN_MAX_CPU_ISA``) makes the same CPU another machine: it
+    trains in fp32, at another speed, and the row says so."""
+    import os
+
+    from asc_search.training.train import ONEDNN_ISA_LIMITS
+
+    limit = next((f"{name}={os.environ[name]}" for name in ONEDNN_ISA_LIMITS
+                  if os.environ.get(name)), None)
+    described = _cpu()
+    return described if limit is None else f"{described.removesuffix(' (bf16)')} ({limit})"
+
+
+def _cpu() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -22,7 +22,14 @@ from asc_search.training.evaluate import (
     paired_difference,
 )
 from asc_search.training.recipe import TrainingRecipe
-from asc_search.training.train import fit, kd_loss, precision_for, predict, warmup_cosine
+from asc_search.training.train import (
+    ONEDNN_ISA_LIMITS,
+    fit,
+    kd_loss,
+    precision_for,
+    predict,
+    warmup_cosine,
+)
 
 PM = build_plugin_manager(load_entry_points=False)
 SMALL = ArchSpec(base_channels=16, n_blocks=(1, 1, 1), strides={"b2": (2, 2), "b3": (2, 1)})
@@ -156,11 +163,31 @@ def test_kd_loss_is_the_cpjku_formula() -> None:
 ])
 def test_cpu_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, capabilities: dict,
                                                           autocast) -> None:
+    for name in ONEDNN_ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     precision = precision_for("cpu")
     assert precision.autocast_dtype == autocast and precision.channels_last
     assert precision_for("cpu", mixed=False).autocast_dtype is None
     assert not precision_for("cpu", mixed=False).channels_last
+
+
+@pytest.mark.parametrize(("variable", "limit", "autocast"), [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", None),  # the CPU has AMX, oneDNN may not use it: emulated bf16
+    ("DNNL_MAX_CPU_ISA", "avx512_core", None),  # the former name, any case
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", torch.bfloat16),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", torch.bfloat16),
+])
+def test_cpu_precision_respects_a_cap_on_onednns_instruction_set(monkeypatch, variable: str,
+                                                                  limit: str, autocast) -> None:
+    """The hardware has bf16, but a user's ``ONEDNN_MAX_CPU_ISA`` decides whether convolutions
+    get it: under AVX2 a bf16 step ran at 0.11× of fp32 on an AMX Xeon."""
+    for name in ONEDNN_ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities",
+                        lambda: {"avx2": True, "avx512_bf16": True, "amx_bf16": True})
+    monkeypatch.setenv(variable, limit)
+    assert precision_for("cpu").autocast_dtype == autocast
 
 
 def test_cuda_gets_bf16_only_where_the_gpu_computes_it(monkeypatch) -> None:

@@ -94,18 +94,31 @@ class Precision:
 
 #: CPU features with native bf16 arithmetic (x86 AVX-512 BF16 or AMX, ARM BF16 or SVE BF16).
 BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+#: Environment variables by which a user caps the instruction set oneDNN (PyTorch's CPU
+#: convolutions) may use; the first is oneDNN's current name, the second its former one.
+ONEDNN_ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+#: The caps under which oneDNN still has its native bf16 kernels (AVX-512 BF16 and above).
+ONEDNN_BF16_ISAS = frozenset({
+    "ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"})
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (``torch.cpu.get_capabilities``).
+    """Whether this CPU computes in bf16 natively (``torch.cpu.get_capabilities``), and oneDNN is
+    allowed to (no ``ONEDNN_MAX_CPU_ISA`` below AVX-512 BF16).
 
     Without it bf16 autocast is emulated: on a 2-core AMD EPYC with AVX2 only, a DCASE-baseline
     training step ran at 0.12× the speed of fp32 under bf16 autocast, and fp32 with channels-last
     at 1.61× (benchmarks/README.md, "Training precision"), where a CPU with AVX-512 BF16 runs
-    bf16 about twice as fast as fp32.
+    bf16 about twice as fast as fp32. The cap matters as much as the hardware: on an AMX Xeon
+    with ``ONEDNN_MAX_CPU_ISA=AVX2`` the same step ran at 0.11× of fp32 under bf16 autocast,
+    while the CPU still reports AMX.
     """
     capabilities = torch.cpu.get_capabilities()
-    return any(bool(capabilities.get(name, False)) for name in BF16_CPU_FEATURES)
+    if not any(bool(capabilities.get(name, False)) for name in BF16_CPU_FEATURES):
+        return False
+    limit = next((os.environ[name] for name in ONEDNN_ISA_LIMITS if os.environ.get(name)), None)
+    return limit is None or limit.strip().upper() in ONEDNN_BF16_ISAS
 
 
 def precision_for(device: str | torch.device = "cpu", *, mixed: bool = True) -> Precision:
