@@ -9,17 +9,22 @@ import numpy as np
 import pytest
 import torch
 
+from asc_search.data.dataset import recording_of
 from asc_search.errors import AscSearchError, DataError
-from asc_search.features.logmel import FrontEndSettings
+from asc_search.features.logmel import FeatureSet, FrontEndSettings
 from asc_search.training.device_responses import (
     DeviceResponses,
+    _validation_gains,
     device_responses,
     eligible_rows,
     mel_gains,
     source_digest,
     synthetic_impulse_responses,
+    with_simulated_devices,
 )
+from asc_search.training.evaluate import evaluate
 from asc_search.training.recipe import TrainingRecipe
+from asc_search.training.train import LabelledSet
 from conftest import one_line_error, write_wav
 
 #: A small front-end keeps the gain estimate quick; the mechanism is the same at 256 mels.
@@ -135,3 +140,68 @@ def test_train_refuses_a_missing_response_folder_in_one_line(cli, tiny_corpus: P
                                                             tmp_path: Path) -> None:
     one_line_error(cli("train", "--data", tiny_corpus, "--epochs", "1", "--device-response-p",
                        "0.5", "--device-responses", tmp_path / "micirp"), "micirp", "not found")
+
+
+def _validation_list(per_device: int = 6) -> LabelledSet:
+    """A small validation list: three seen devices, ``per_device`` clips each, every clip of
+    device a the parallel of a b and a c clip (TAU file names, so recordings pair up)."""
+    rng = np.random.default_rng(5)
+    files, devices, labels = [], [], []
+    for device in ("a", "b", "c"):
+        for k in range(per_device):
+            files.append(f"audio/park-lisbon-1{k}-40{k}-0-{device}.wav")
+            devices.append(device)
+            labels.append(k % 3)
+    mels, frames = SETTINGS.shape
+    array = rng.normal(-2.0, 1.0, (len(files), mels, frames)).astype(np.float16)
+    array[:, :, :2] = SETTINGS.silence  # silent frames, which a colouring must leave silent
+    features = FeatureSet(files=tuple(files), array=array, directory=Path("."), cache_hit=True)
+    return LabelledSet(files=tuple(files), features=features, labels=np.array(labels),
+                       devices=tuple(devices))
+
+
+def test_simulated_devices_are_coloured_copies_of_device_a_clips_of_their_recordings() -> None:
+    validation = _validation_list()
+    simulated = with_simulated_devices(validation, 3, SETTINGS)
+    n = len(validation)
+    assert len(simulated) == n + 3 * 6  # as many clips as a seen device has, per simulated one
+    assert simulated.files[:n] == validation.files and simulated.devices[:n] == validation.devices
+    assert simulated.devices[n:] == ("sim1",) * 6 + ("sim2",) * 6 + ("sim3",) * 6
+    assert len(set(simulated.files)) == len(simulated.files)
+    originals = {name: row for row, name in enumerate(validation.files)}
+    stored = simulated.features.gather(np.arange(len(simulated)))
+    for row in range(n, len(simulated)):
+        name = simulated.files[row]
+        original = originals[name.replace(f".{simulated.devices[row]}.wav", ".wav")]
+        assert validation.devices[original] == "a"
+        assert recording_of(name) == recording_of(validation.files[original])
+        assert simulated.labels[row] == validation.labels[original]
+        clean = validation.features.gather([original])[0]
+        assert np.array_equal(stored[row][:, :2], clean[:, :2])  # silence stays silent
+        assert np.abs(stored[row].astype(np.float32) - clean.astype(np.float32)).mean() > 0.05
+    # Three devices, three colourings: the same clip differs between them.
+    first = stored[n:n + 6].astype(np.float32)
+    assert np.abs(first - stored[n + 6:n + 12].astype(np.float32)).mean() > 0.05
+    again = with_simulated_devices(validation, 3, SETTINGS)
+    assert again.files == simulated.files
+    assert np.array_equal(again.features.gather(np.arange(len(again))), stored)
+    assert with_simulated_devices(validation, 0, SETTINGS) is validation
+
+
+def test_simulated_devices_never_use_a_response_training_draws_from() -> None:
+    training = device_responses("", SETTINGS).gains
+    held = _validation_gains(3, SETTINGS)
+    # Every validation response is far from every training one (the banks are independent
+    # draws): the closest pair still differs by decibels in some band.
+    distance = (10 * (training[:, None].log10() - held[None].log10())).abs().amax(dim=-1)
+    assert float(distance.min()) > 1.0
+
+
+def test_simulated_devices_count_as_unseen_in_an_evaluation() -> None:
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    devices = ("a", "a", "sim1", "sim1", "sim2", "sim2")
+    logits = np.eye(10)[[0, 1, 0, 0, 1, 0]]  # a: both right; sim1: one; sim2: none
+    result = evaluate(logits, labels, devices, interval=False)
+    assert result.per_device["a"] == 1.0
+    assert (result.per_device["sim1"], result.per_device["sim2"]) == (0.5, 0.0)
+    assert result.seen == 1.0 and result.unseen == 0.25

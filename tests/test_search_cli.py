@@ -199,6 +199,22 @@ def test_a_study_without_teachers_fits_none_and_says_so(cli, tiny_corpus: Path,
     assert "Teachers: none" in page and "without distillation" in page
 
 
+@pytest.mark.slow
+def test_simulated_devices_enter_every_validation_score_of_a_study(cli, tiny_corpus: Path,
+                                                                    tmp_path: Path) -> None:
+    """``--simulated-devices 2``: trials are scored on the validation list plus two unseen
+    devices made from it, and the study keeps the setting (resuming without it is refused)."""
+    result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--teacher", "none", "--trials", "1",
+                 "--promote", "0", "--simulated-devices", "2", "--study", "unheard")
+    assert result.code == 0, result.err
+    study = optuna.load_study(study_name="unheard", storage=_storage(tmp_path))
+    scored = study.trials[0].user_attrs["validation"]
+    assert {"sim1", "sim2"} <= set(scored["per_device"])
+    assert scored["unseen"] is not None and not any(d.startswith("s4") for d in scored["per_device"])
+    one_line_error(cli("run", "--data", tiny_corpus, *QUICK, "--teacher", "none", "--trials", "1",
+                       "--promote", "0", "--study", "unheard"), "simulated_devices")
+
+
 def _slots(trials: list[optuna.trial.FrozenTrial]) -> int:
     """Trials that took a slot of --trials: sampled copies of a trained network (the baseline as
     it is) train nothing and take none."""

@@ -165,6 +165,11 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--device-responses", "device_responses", default="", metavar="DIR",
               help="Folder of device impulse-response WAVs (MicIRP, say) [default: a built-in "
                    "bank of synthetic device responses].")
+@click.option("--simulated-devices", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Unseen devices simulated on the validation list: its device-a clips "
+                   "coloured by N device responses no training draws from, so the search, "
+                   "promotion and recommendation also score what the test's unseen devices "
+                   "(s4–s6) score (0 = off; DCASE's test has 3).")
 @teacher_device_response_option
 @pass_context
 def run_command(obj: Context, data: str | None, split: str, device: str, space: str,
@@ -176,7 +181,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                 promote_epochs: int, promote_by: str,
                 teacher_names: tuple[str, ...], teacher_epochs: int, teacher_folds: int,
                 heartbeat: int | None, device_specific: bool, device_trials: int,
-                device_response_p: float, device_responses: str,
+                device_response_p: float, device_responses: str, simulated_devices: int,
                 teacher_device_response_p: float) -> None:
     """Search the space under the budgets, promote the best trials, and write the report."""
     import optuna
@@ -225,6 +230,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
         teachers=study_teachers(teacher_names), teacher_epochs=teacher_epochs,
         teacher_folds=teacher_folds, device_specific=device_specific, device_trials=device_trials,
         teacher_device_response_p=teacher_device_response_p, training_seed=seed,
+        simulated_devices=simulated_devices,
         recipe={**({} if batch_size is None else {"batch_size": batch_size}),
                 **({"device_response_p": device_response_p} if device_response_p > 0 else {}),
                 **({"device_responses": device_responses} if device_responses else {})},

@@ -36,6 +36,9 @@ SCENES: tuple[str, ...] = (
 SEEN_DEVICES: tuple[str, ...] = ("a", "b", "c", "s1", "s2", "s3")
 UNSEEN_DEVICES: tuple[str, ...] = ("s4", "s5", "s6")
 DEVICES: tuple[str, ...] = SEEN_DEVICES + UNSEEN_DEVICES
+#: Validation devices made by colouring device-a clips with responses no training draws from
+#: (``sim1``, ``sim2``, …; ``training.device_responses.with_simulated_devices``): unseen ones.
+SIMULATED_DEVICE_PREFIX = "sim"
 META_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
 LIST_COLUMNS: tuple[str, ...] = ("filename", "scene_label")
 VALIDATION_LIST = "validation.csv"

@@ -334,9 +334,12 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
                    device: str, progress: bool, with_test: bool = False) -> TrialResources:
     """Load a worker's data, teachers' logits and space (all cache hits after the first).
 
-    ``with_test`` adds the test list, for promotion; search workers never load it.
+    ``with_test`` adds the test list, for promotion; search workers never load it. The
+    validation list gets the study's simulated devices here, so workers and promotion score on
+    the same clips.
     """
     from asc_search.features.experiment import load_split_data
+    from asc_search.features.logmel import FrontEndSettings
     from asc_search.study.space import space_from_dict
     from asc_search.teachers.ensemble import ensemble_logits
     from asc_search.training.train import precision_for
@@ -346,6 +349,12 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
         storage_dtype=settings.storage_dtype)
     data = load_split_data(settings.data, settings.split, pm=pm, cache_dir=cache,
                            progress=progress, with_test=with_test)
+    validation = data.validation
+    if settings.simulated_devices:
+        from asc_search.training.device_responses import with_simulated_devices
+
+        validation = with_simulated_devices(validation, settings.simulated_devices,
+                                            FrontEndSettings())
     precision = precision_for(device)
     teacher_logits = None  # a study without teachers distils from nothing
     if settings.teachers:
@@ -354,7 +363,7 @@ def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: P
             recipe=settings.teacher_recipe(len(data.train)), precision=precision,
             mode=settings.ensemble, progress=progress, folds=settings.teacher_folds).logits
     return TrialResources(settings=settings, space=space, pm=pm, train=data.train,
-                          validation=data.validation, teacher_logits=teacher_logits,
+                          validation=validation, teacher_logits=teacher_logits,
                           precision=precision, artifacts=artifact_store(studies),
                           studies=studies, progress=progress, test=data.test, cache=cache)
 

@@ -110,6 +110,12 @@ class SearchSettings:
     #: same way five times (51.7 % on validation each time). 0 is the seeding every study
     #: before this setting had: their trials, parents and cache keys stay what they were.
     training_seed: int = 0
+    #: Unseen devices simulated on the validation list (``run --simulated-devices``): copies of
+    #: its device-a clips under responses no training draws from
+    #: (``training.device_responses.with_simulated_devices``), so every score the search acts on
+    #: (pruner, promotion, recommendation) also hears devices a model never heard, as the test's
+    #: s4–s6 do. 0: the list as it is.
+    simulated_devices: int = 0
 
     def trial_seed(self, number: int) -> int:
         """The seed trial ``number`` trains with."""
@@ -199,7 +205,7 @@ def dropped_settings(text: str) -> list[str]:
 #: Settings newer than the first stored studies, with the value that leaves them out of the JSON.
 _ADDED_SETTINGS: dict[str, Any] = {"device_specific": False, "device_trials": 6,
                                    "teacher_device_response_p": 0.0, "references": (),
-                                   "training_seed": 0}
+                                   "training_seed": 0, "simulated_devices": 0}
 #: User attribute of a trial that trains a user's reference (``run --reference``): its label,
 #: spec and training, trained as given instead of sampled from the space.
 REFERENCE_ATTR = "reference"

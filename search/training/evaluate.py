@@ -1,5 +1,8 @@
 """Macro (class-wise) accuracy, per device with seen and unseen groups, per class, confusion matrix.
 
+A validation list with simulated devices (``sim1``, …; ``training.device_responses``) counts them
+as unseen, as the test's s4–s6.
+
 DCASE ranks by macro accuracy; unseen devices s4–s6 show how much of a model's accuracy survives a
 microphone it never heard, which is the point of the device-robustness augmentations.
 
@@ -21,7 +24,14 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from asc_search.data.dataset import DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES, recording_of
+from asc_search.data.dataset import (
+    DEVICES,
+    SCENES,
+    SEEN_DEVICES,
+    SIMULATED_DEVICE_PREFIX,
+    UNSEEN_DEVICES,
+    recording_of,
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,13 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, devices: Sequence[str], *,
     per_class = {scene: _recall(confusion, k) for k, scene in enumerate(classes)
                  if confusion[k].sum() > 0}
     per_device = {}
-    for device in DEVICES:
+    simulated = sorted({str(d) for d in devices_arr if str(d).startswith(SIMULATED_DEVICE_PREFIX)})
+    for device in (*DEVICES, *simulated):
         mask = devices_arr == device
         if mask.any():
             per_device[device] = _macro(labels[mask], predicted[mask])
     seen = [per_device[d] for d in SEEN_DEVICES if d in per_device]
-    unseen = [per_device[d] for d in UNSEEN_DEVICES if d in per_device]
+    unseen = [per_device[d] for d in (*UNSEEN_DEVICES, *simulated) if d in per_device]
     groups = None if files is None else recordings(files)
     correct = predicted == labels
     per_device_interval = {}
