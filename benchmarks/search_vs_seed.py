@@ -34,7 +34,11 @@ gives searched − reference and searched − baseline paired by seed, what the 
 gives, and each side's CPU-minutes and training MACs.
 
 ``--space SPACE`` runs part (b) in another space at the same budget (its rows are the plan
-``searched (SPACE)``). Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
+``searched (SPACE)``). ``--simulated-devices N`` runs both parts on the validation list with N
+simulated unseen devices (``asc-search run --simulated-devices``): the reference is then chosen,
+the search ranks its trials and the recommendation is made on that list; test is the same. Its rows
+are another experiment (the report keeps them apart); part (a) shares the parents of the plain rows,
+charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
 joint space, reference by validation); earlier rows (calibration teachers, ``sscp_fill``) stay in
 the jsonl and ``--report`` shows the current revisions only.
 
@@ -71,6 +75,7 @@ from seed_plans import candidates
 
 from asc_search.complexity import count_complexity
 from asc_search.features.experiment import load_split_data
+from asc_search.features.logmel import FrontEndSettings
 from asc_search.paths import cache_dir
 from asc_search.plugin_manager import build_plugin_manager
 from asc_search.study.lifecycle import make_pruner, make_sampler, ranked_trials
@@ -86,6 +91,7 @@ from asc_search.study.recommend import FinalistScore, recommend
 from asc_search.study.space import read_space, space_from_dict
 from asc_search.study.storage import artifact_store
 from asc_search.teachers.ensemble import ensemble_logits
+from asc_search.training.device_responses import with_simulated_devices
 from asc_search.training.evaluate import (
     evaluate,
     mean_sd_interval,
@@ -125,7 +131,7 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
     parents = cache_dir() / "search_vs_seed" / f"split{args.split}"
     for seed in args.seeds:
         for name in SEED_PLANS:
-            if ("seed", name, seed, args.split, epochs) in done:
+            if ("seed", name, seed, args.split, epochs, args.simulated_devices) in done:
                 continue
             started = time.process_time()
             outcome = train_candidate(plans[name], settings=settings, pm=pm, train=data.train,
@@ -140,7 +146,8 @@ def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logit
             append_result(args.out, {
                 "revision": REVISION, "part": "seed", "plan": name, "seed": seed,
                 "data": data.root.name,  # the corpus folder: v1 and v2 differ in validation
-                "split": args.split, "epochs": epochs, "threads": torch.get_num_threads(),
+                "split": args.split, "epochs": epochs, **_simulated(args),
+                "threads": torch.get_num_threads(),
                 "date": date.today().isoformat(), "macs": outcome.macs,
                 "params": outcome.params, "param_bytes": outcome.param_bytes,
                 "parent_trained": outcome.parent_trained,
@@ -169,16 +176,18 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
     # The product's recipe for the split: its batch is n // 25 clips (16 at the corpus's 5 %),
     # as ``asc-search run`` trains, not the published 256 of part (a).
     settings = SearchSettings(space=raw, space_source=source, split=args.split,
-                              objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs)
+                              objective="accuracy", proxy_epochs=proxy, promote_epochs=epochs,
+                              simulated_devices=args.simulated_devices)
     space = space_from_dict(raw, source=source, pm=pm).under_budgets(
         pm=pm, max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
         storage_dtype=settings.storage_dtype)
     precision = precision_for("cpu")
     seed_runs = [e for e in read_results(args.out)
                  if e.get("revision") == REVISION and e["part"] == "seed"
-                 and where_ran(e) == here]
+                 and where_ran(e) == here
+                 and e.get("simulated_devices", 0) == args.simulated_devices]
     for seed in args.seeds:
-        if ("search", plan, seed, args.split, epochs) in done:
+        if ("search", plan, seed, args.split, epochs, args.simulated_devices) in done:
             continue
         plans = {e["plan"]: e for e in seed_runs
                  if (e["seed"], e["split"], e["epochs"]) == (seed, args.split, epochs)}
@@ -192,7 +201,9 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
         budget_partial = any(plans[p].get("cpu_seconds_partial") for p in ("S1", "S2", "S3"))
         reserve = promotion_reserve(plans["baseline"], proxy, rungs)
         folder = cache_dir() / "search_vs_seed" / (f"search-split{args.split}-seed{seed}"
-                                                   + ("" if plan == "searched" else f"-{args.space}"))
+                                                   + ("" if plan == "searched" else f"-{args.space}")
+                                                   + (f"-sim{args.simulated_devices}"
+                                                      if args.simulated_devices else ""))
         folder.mkdir(parents=True, exist_ok=True)
         resources = TrialResources(settings=settings, space=space, pm=pm, train=data.train,
                                    validation=data.validation, teacher_logits=teacher_logits,
@@ -244,7 +255,8 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             "revision": SEARCH_REVISION, "part": "search", "plan": plan, "seed": seed,
             "data": data.root.name,
             "space": args.space, "pruner": args.pruner,
-            "split": args.split, "epochs": epochs, "proxy_epochs": proxy, "rungs": rungs,
+            "split": args.split, "epochs": epochs, **_simulated(args),
+            "proxy_epochs": proxy, "rungs": rungs,
             "threads": torch.get_num_threads(), "date": date.today().isoformat(),
             "budget_cpu_seconds": round(budget, 1), "reserve_cpu_seconds": round(reserve, 1),
             "budget_under_counted": budget_partial,
@@ -305,6 +317,17 @@ def against_reference(plans: dict[str, dict[str, Any]], *, winner: Any, card: An
             "test_vs_reference": {k: round(v, 4) for k, v in paired.items()}}
 
 
+def _simulated(args: argparse.Namespace) -> dict[str, int]:
+    """The rows' mark of a validation list with simulated devices (absent on the plain list, as
+    on every row from before the option)."""
+    return {"simulated_devices": args.simulated_devices} if args.simulated_devices else {}
+
+
+def _validation_list(entry: dict[str, Any]) -> str:
+    simulated = entry.get("simulated_devices", 0)
+    return f" (validation + {simulated} simulated devices)" if simulated else ""
+
+
 def searched_plan(space: str) -> str:
     """A part (b) row's plan: ``searched`` in the default space, ``searched (SPACE)`` in another."""
     return "searched" if space == DEFAULT_SPACE else f"searched ({space})"
@@ -339,8 +362,10 @@ def report(path: Path) -> str:
 
     lines = ["| machine, corpus | split | part | plan | seeds | test % mean ± sd (95 % t) | "
              "per-seed test (95 % bootstrap) | MACs | CPU-min per seed |", "| --- " * 9 + "|"]
-    for where, split in sorted({(where_ran(e), e["split"]) for e in entries}):
-        here = [e for e in entries if (where_ran(e), e["split"]) == (where, split)]
+    for where, split, listed in sorted({(where_ran(e), e["split"], _validation_list(e))
+                                        for e in entries}):
+        here = [e for e in entries
+                if (where_ran(e), e["split"], _validation_list(e)) == (where, split, listed)]
         for part, plan in sorted({(e["part"], e["plan"]) for e in here}):
             runs = sorted((e for e in here if (e["part"], e["plan"]) == (part, plan)),
                           key=lambda e: e["seed"])
@@ -353,9 +378,9 @@ def report(path: Path) -> str:
             minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
             # Rows whose parent resumed before resumed fits counted their earlier epochs.
             at_least = "≥ " if any(e.get("cpu_seconds_partial") for e in runs) else ""
-            lines.append(f"| {where} | {split} % | {part} | {plan} | {len(runs)} | {shown} | "
+            lines.append(f"| {where} | {split} %{listed} | {part} | {plan} | {len(runs)} | {shown} | "
                          f"{seeds} | {runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
-        lines.append(_versus_best_seed_plan(here, split, where))
+        lines.append(_versus_best_seed_plan(here, split, where + listed))
     return "\n".join(lines)
 
 
@@ -429,6 +454,9 @@ def main() -> None:
                         "are the plan 'searched (SPACE)'")
     parser.add_argument("--pruner", default="none", choices=["none", "median", "hyperband"],
                         help="part (b)'s early stopping (the product's default: none)")
+    parser.add_argument("--simulated-devices", type=int, default=0,
+                        help="unseen devices simulated on the validation list, for both parts "
+                        "(asc-search run --simulated-devices); 0: the list as it is")
     add_result_options(parser, Path(__file__).with_name("search_vs_seed.jsonl"))
     args = parser.parse_args()
     if args.report:
@@ -444,7 +472,8 @@ def main() -> None:
             for e in sorted(entries, key=lambda e: (e["split"], wheres.index(where_ran(e)),
                                                     rank.get(e["plan"], len(order)), e["plan"])):
                 where = f" ({where_ran(e)})" if len(wheres) > 1 else ""
-                groups.setdefault(f"{e['split']} %: {e['plan']}{where}", []).append(e)
+                groups.setdefault(f"{e['split']} %{_validation_list(e)}: {e['plan']}{where}",
+                                  []).append(e)
             print(plot_accuracies(groups, args.plot, title="search against the seed plans "
                                   "(embedded corpus)"))
         return
@@ -452,9 +481,13 @@ def main() -> None:
     pm, cache = build_plugin_manager(), cache_dir()
     epochs = EPOCHS[args.split]
     data = load_split_data(args.data, args.split, pm=pm, cache_dir=cache, progress=False)
+    if args.simulated_devices:
+        data = replace(data, validation=with_simulated_devices(
+            data.validation, args.simulated_devices, FrontEndSettings()))
     # Rows of another machine or corpus folder do not count as done here (``where_ran``).
     here = where_ran({"machine": machine(), "data": data.root.name})
-    done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"])
+    done = {(e["part"], e["plan"], e["seed"], e["split"], e["epochs"],
+             e.get("simulated_devices", 0))
             for e in read_results(args.out) if _current(e) and where_ran(e) == here}
     # The product's default teachers, fitted as ``asc-search run`` fits them (the same cache
     # entry, so ``asc-search teachers fit --split N`` fills it beforehand).
