@@ -238,11 +238,10 @@ def with_simulated_devices(validation: Labelled, count: int, settings: FrontEnd,
 
     Device ``sim<k>`` is a draw, without replacement, of the reference device's clips (every clip
     where the list has none of it), as many as a seen device has on average, each coloured by
-    response ``k`` of the validation bank in the features' power domain. The copies are held in
-    memory with the whole list (the cached features stay as they are; a worker holds the
-    validation list once more, 80 MB for the embedded corpus's 2,400 clips and the copies), named
-    ``<name>.sim<k>`` in the last part of the file name, so ``recording_of`` maps a copy to its
-    original's recording.
+    response ``k`` of the validation bank in the features' power domain. The list is held in
+    memory with its copies (the cached features stay as they are): 120 MB for the embedded
+    corpus's 2,400 clips and three devices' 1,200 copies. A copy is named ``<name>.sim<k>`` in the
+    last part of the file name, so ``recording_of`` maps it to its original's recording.
     """
     if count < 1:
         return validation
