@@ -13,9 +13,15 @@ import os
 MAX_DEFAULT_WORKERS = 8
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (which ``taskset`` and container
+    limits set), not the machine's count, which ``os.cpu_count`` gives."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, usable or 1)
+
+
 def default_workers(n_jobs: int = -1) -> int:
     """``n_jobs`` when positive; for -1 (or 0) one per usable core, at most 8."""
     if n_jobs > 0:
         return n_jobs
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(usable or 1, MAX_DEFAULT_WORKERS))
+    return min(usable_cores(), MAX_DEFAULT_WORKERS)

@@ -8,7 +8,6 @@ so ``asc-search worker`` on another machine runs exactly the same trials, and a 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 import optuna
 
 from asc_search.errors import AscSearchError
+from asc_search.parallel import usable_cores
 from asc_search.study.budget import first_shared_report_epoch
 from asc_search.study.heartbeat import (
     RequeueLostTrial,
@@ -626,5 +626,6 @@ def _worker_process(job: WorkerJob) -> int:
 
 
 def split_threads(n_jobs: int) -> int:
-    """Torch threads per worker when ``n_jobs`` share this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // n_jobs)
+    """Torch threads per worker when ``n_jobs`` share the cores this process may use (two
+    workers under ``taskset -c 0`` get one thread each, not the machine's count halved)."""
+    return max(1, usable_cores() // n_jobs)
