@@ -234,48 +234,61 @@ def _paired(diff: dict[str, Any] | None) -> str:
 
 
 def plot(path: Path, image: Path) -> Path:
-    """Each seed's recommended and best searched finalist minus the reference on test, with its
-    paired 95 % interval, and the mean over seeds with its 95 % t interval."""
+    """For each experiment on file (revision, machine, split, arguments: rows pair only within
+    one), each seed's recommended and best searched finalist minus the reference on test, with
+    its paired 95 % interval, and the mean over seeds with its 95 % t interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_results(path)
-    if rows:  # one experiment: the last row's revision, machine, split and arguments
-        last = rows[-1]
-        rows = sorted((e for e in rows if (e["revision"], e["machine"], e["split"], e["run_args"])
-                       == (last["revision"], last["machine"], last["split"], last["run_args"])),
-                      key=lambda e: e["seed"])
-    figure, axis = plt.subplots(figsize=(6.5, 3.8))
-    for x, arm in enumerate(("recommended", "searched")):
-        values = [d for d in (_differences(e)[arm] for e in rows) if d is not None]
-        for k, d in enumerate(values):
-            offset = 0.08 * (k - (len(values) - 1) / 2)
-            axis.errorbar(x + 0.3 + offset, 100 * d["difference"],
-                          yerr=[[100 * (d["difference"] - d["low"])],
-                                [100 * (d["high"] - d["difference"])]],
-                          fmt="o", ms=3, c="grey", elinewidth=0.8,
-                          label="one seed (paired 95 % bootstrap)" if x == k == 0 else None)
-        summary = mean_sd_interval([d["difference"] for d in values]) if values else None
-        if summary and summary["n"] > 1:
-            axis.errorbar(x, 100 * summary["mean"],
-                          yerr=[[100 * (summary["mean"] - summary["low"])],
-                                [100 * (summary["high"] - summary["mean"])]],
-                          fmt="s", ms=7, c="tab:blue", capsize=4,
-                          label="mean over seeds (95 % t)" if x == 0 else None)
+    experiments: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for e in read_results(path):
+        key = (e["revision"], e["machine"], e["split"], tuple(e["run_args"]))
+        experiments.setdefault(key, []).append(e)
+    figure, axis = plt.subplots(figsize=(3.2 + 2.6 * max(1, len(experiments)), 4.2))
+    ticks, labels = [], []
+    for g, (key, rows) in enumerate(experiments.items()):
+        rows.sort(key=lambda e: e["seed"])
+        for a, arm in enumerate(("recommended", "searched")):
+            x = 2.6 * g + a
+            values = [d for d in (_differences(e)[arm] for e in rows) if d is not None]
+            for k, d in enumerate(values):
+                offset = 0.06 * (k - (len(values) - 1) / 2)
+                axis.errorbar(x + 0.35 + offset, 100 * d["difference"],
+                              yerr=[[100 * (d["difference"] - d["low"])],
+                                    [100 * (d["high"] - d["difference"])]],
+                              fmt="o", ms=3, c="grey", elinewidth=0.8,
+                              label="one seed (paired 95 % bootstrap)"
+                              if g == a == k == 0 else None)
+            summary = mean_sd_interval([d["difference"] for d in values]) if values else None
+            if summary and summary["n"] > 1:
+                axis.errorbar(x, 100 * summary["mean"],
+                              yerr=[[100 * (summary["mean"] - summary["low"])],
+                                    [100 * (summary["high"] - summary["mean"])]],
+                              fmt="s", ms=7, c="tab:blue", capsize=4,
+                              label="mean over seeds (95 % t)" if g == a == 0 else None)
+            ticks.append(x + 0.15)
+            labels.append(f"{arm}\n− reference")
+        axis.text(2.6 * g + 0.65, -0.2, f"revision {key[0]}, {len(rows)} seed(s)\n"
+                  f"{_short_machine(key[1])}, split {key[2]}", ha="center", va="top", fontsize=7,
+                  transform=axis.get_xaxis_transform())
     axis.axhline(0, c="black", lw=0.8)
-    axis.set_xticks([0, 1], ["recommended − reference", "best searched − reference"])
+    axis.set_xticks(ticks, labels, fontsize=7)
     axis.set_ylabel("test macro accuracy difference (points)")
-    where = rows[-1]["machine"] if rows else ""
-    axis.set_title(f"asc-search run --budget-macs 30M, split {rows[-1]['split'] if rows else ''}"
-                   f", {len(rows)} seeds (revision {rows[-1]['revision'] if rows else ''})"
-                   f"\n{where}", fontsize=9)
+    axis.set_title("asc-search run --budget-macs 30M: what it recommends and finds, "
+                   "against the hand-made reference", fontsize=9)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     figure.savefig(image, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return image
+
+
+def _short_machine(machine: str) -> str:
+    """``Intel(R) Xeon(R) Processor (bf16)`` → ``Xeon (bf16)``: the tick labels stay readable."""
+    words = [w for w in machine.replace("(R)", "").split() if w not in ("Processor", "Intel")]
+    return " ".join(words).replace("ONEDNN_MAX_CPU_ISA=", "oneDNN ")
 
 
 if __name__ == "__main__":
