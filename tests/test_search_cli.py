@@ -207,6 +207,8 @@ def test_simulated_devices_enter_every_validation_score_of_a_study(cli, tiny_cor
     result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--teacher", "none", "--trials", "1",
                  "--promote", "0", "--simulated-devices", "2", "--study", "unheard")
     assert result.code == 0, result.err
+    assert re.search(r"validation: [\d,]+ clips, and [\d,]+ copies of its device-a clips on 2 "
+                     r"simulated unseen devices \(sim1–sim2\)", result.out), result.out
     study = optuna.load_study(study_name="unheard", storage=_storage(tmp_path))
     scored = study.trials[0].user_attrs["validation"]
     assert {"sim1", "sim2"} <= set(scored["per_device"])

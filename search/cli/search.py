@@ -34,6 +34,22 @@ def _say(line: str) -> None:
     stdout_console().print(line, highlight=False, markup=False)
 
 
+def _say_validation(validation: Any) -> None:
+    """What every score of the run is read on: the validation list's size, and the simulated
+    unseen devices it holds (``--simulated-devices``), which no other output names."""
+    from asc_search.data.dataset import SIMULATED_DEVICE_PREFIX
+
+    simulated = [d for d in validation.devices if d.startswith(SIMULATED_DEVICE_PREFIX)]
+    listed = len(validation) - len(simulated)
+    line = f"validation: {listed:,} clips"
+    if simulated:
+        names = sorted(set(simulated), key=lambda d: int(d.removeprefix(SIMULATED_DEVICE_PREFIX)))
+        line += (f", and {len(simulated):,} copies of its device-a clips on {len(names)} "
+                 f"simulated unseen device{'s' if len(names) > 1 else ''} "
+                 f"({names[0]}{'–' + names[-1] if len(names) > 1 else ''})")
+    _say(line)
+
+
 def _say_teacher_agreement(resources: Any) -> None:
     """How much of the training labels the study's teachers agree with, and a note where they
     have memorised them (``asc_search.teachers.quality``): before minutes go into students."""
@@ -289,6 +305,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     # Data, features and teachers once, here, so parallel workers all find them cached.
     resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
                                device=device, progress=not obj.quiet)
+    _say_validation(resources.validation)
     _say_teacher_agreement(resources)
     study = create_or_resume(name=study_name, storage_url=url, settings=settings,
                              sampler=sampler, seed=seed, seed_trials=seed_trials, space=parsed)
