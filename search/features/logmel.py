@@ -229,7 +229,7 @@ class FeatureSet:
         """The features of ``rows`` (ascending) without copying the memory-mapped array."""
         rows = np.asarray(rows)
         files = tuple(self.files[r] for r in rows)
-        selection = hashlib.sha256("\n".join(files).encode()).hexdigest()[:20]
+        selection = selection_digest(files)
         return FeatureSet(files=files, array=_RowView(self.array, rows), directory=self.directory,
                           cache_hit=self.cache_hit, selection=selection, origin=self.origin,
                           rows=rows if self.rows is None else self.rows[rows])
@@ -289,6 +289,12 @@ def _count_mapped(array: np.ndarray | _RowView, nbytes: int) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)  # read-only: the pages stay in the page cache
         read = 0
     _READ_SINCE_RELEASE[id(mapping)] = read
+
+
+def selection_digest(files: Sequence[str]) -> str:
+    """A digest of a file list: what a ``FeatureSet`` that is not a whole cached list is told
+    apart by (``FeatureSet.selection``)."""
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:20]
 
 
 class _RowView:

@@ -43,7 +43,7 @@ import torch
 from asc_search.data.audio import read_clip
 from asc_search.data.dataset import SEEN_DEVICES, SIMULATED_DEVICE_PREFIX
 from asc_search.errors import DataError
-from asc_search.features.logmel import ClipResampler, FeatureSet, FrontEnd
+from asc_search.features.logmel import ClipResampler, FeatureSet, FrontEnd, selection_digest
 from asc_search.training.batches import to_device
 
 #: The recipe value that selects the built-in synthetic bank.
@@ -252,10 +252,11 @@ def with_simulated_devices(validation: Labelled, count: int, settings: FrontEnd,
     gains = _validation_gains(count, settings)
     rng = np.random.default_rng([seed, 13])
     source = validation.features
+    whole = source.gather(np.arange(len(source)))  # read once: the copies are rows of it
     rows, arrays, files, simulated = [], [], [], []
     for k in range(count):
         chosen = np.sort(rng.choice(eligible, size=per_device, replace=False))
-        clean = torch.from_numpy(source.gather(chosen)).float().unsqueeze(1)
+        clean = torch.from_numpy(whole[chosen]).float().unsqueeze(1)
         bank = DeviceResponses(gains[k:k + 1], (f"{SIMULATED_DEVICE_PREFIX}{k + 1}",))
         coloured = bank.apply(clean, p=1.0, eligible=torch.ones(len(chosen), dtype=torch.bool),
                               generator=torch.Generator().manual_seed(k), silence=settings.silence,
@@ -266,11 +267,10 @@ def with_simulated_devices(validation: Labelled, count: int, settings: FrontEnd,
         simulated.extend([device] * len(chosen))
         files.extend(_simulated_name(validation.files[r], device) for r in chosen)
     taken = np.concatenate(rows)
-    array = np.concatenate([source.gather(np.arange(len(source))), *arrays])
+    array = np.concatenate([whole, *arrays])
     all_files = (*validation.files, *files)
     features = FeatureSet(files=all_files, array=array, directory=source.directory,
-                          cache_hit=source.cache_hit,
-                          selection=hashlib.sha256("\n".join(all_files).encode()).hexdigest()[:20])
+                          cache_hit=source.cache_hit, selection=selection_digest(all_files))
     return replace(validation, files=all_files, features=features,
                    labels=np.concatenate([validation.labels, validation.labels[taken]]),
                    devices=(*devices, *simulated))
