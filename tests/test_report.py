@@ -88,3 +88,26 @@ def test_legends_cover_no_point_label_and_no_bar(tmp_path: Path, monkeypatch) ->
     assert [name for name, _ in figures] == ["pareto.png", "finalists.png", "history.png"]
     assert all(not overlaps for _, overlaps in figures), figures
     assert (tmp_path / "pareto.png").is_file() and (tmp_path / "finalists.png").is_file()
+
+
+def _finalist(validation_unseen: float | None) -> dict:
+    scores = {"macro": 0.6, "macro_interval": [0.55, 0.65], "seen": 0.62,
+              "unseen": validation_unseen}
+    return {"label": "searched", "macs": 1_000_000, "param_bytes": 2_000, "seconds": 10.0,
+            "validation": scores, "test": {**scores, "unseen": 0.57}}
+
+
+def test_the_finalists_table_shows_validation_on_unseen_devices_only_where_it_heard_some(
+        ) -> None:
+    """With ``--simulated-devices`` the recommendation read unseen devices on validation: the
+    table shows that part beside the whole; a plain validation list (seen devices only) adds no
+    empty columns."""
+    heard = optuna.create_study(direction="maximize")
+    heard.set_user_attr("finalist:4", _finalist(0.481))
+    page = report._finalists_table(heard)
+    assert "<th>validation seen %</th><th>validation unseen %</th>" in page
+    assert "<td>62.0</td><td>48.1</td>" in page
+    plain = optuna.create_study(direction="maximize")
+    plain.set_user_attr("finalist:4", _finalist(None))
+    page = report._finalists_table(plain)
+    assert "validation unseen" not in page and "<td>57.0</td>" in page

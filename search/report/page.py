@@ -281,12 +281,17 @@ def _finalists_table(study: optuna.Study) -> str:
     promoted = finalists(study)
     if not promoted:
         return ""
+    # A validation list with simulated unseen devices (``run --simulated-devices``) chose the
+    # recommendation partly on them: show that part, as the test columns show theirs.
+    unheard = any(r["validation"].get("unseen") is not None for r in promoted.values())
     rows = "".join(
         f"<tr><td>{n}{' (recommended)' if r.get('recommended') else ''}</td>"
         f"<td>{html.escape(r['label'])}</td><td>{r['macs']:,}</td>"
         f"<td>{r['param_bytes']:,}{_storage_note(r)}</td>"
         f"<td>{_with_interval(r['validation'])}</td>"
-        f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
+        + (f"<td>{_pct(r['validation'].get('seen'))}</td>"
+           f"<td>{_pct(r['validation'].get('unseen'))}</td>" if unheard else "")
+        + f"<td>{_with_interval(r['test'])}</td><td>{_pct(r['test']['seen'])}</td>"
         f"<td>{_pct(r['test']['unseen'])}</td><td>{_versus(r)}</td>"
         f"<td>{_rungs(r)}</td><td>{r['seconds']:.0f}</td></tr>"
         for n, r in sorted(promoted.items()))
@@ -299,7 +304,10 @@ def _finalists_table(study: optuna.Study) -> str:
             "<em>paired</em> interval (both models on the same resampled recordings): a "
             "difference whose interval holds 0 is not shown by this data.</p>"
             "<table><tr><th>trial</th><th>kind</th><th>MACs</th><th>bytes</th>"
-            "<th>validation % (95 % CI)</th><th>test % (95 % CI)</th><th>test seen %</th>"
+            "<th>validation % (95 % CI)</th>"
+            + ("<th>validation seen %</th><th>validation unseen %</th>"
+               if unheard else "")
+            + "<th>test % (95 % CI)</th><th>test seen %</th>"
             "<th>test unseen %</th><th>test − hand-made reference, points (95 % CI)</th>"
             "<th>validation % by rung (epochs)</th><th>seconds</th></tr>" + rows + "</table>"
             "<p>Finalists promoted by <em>continue</em> went on from their own search "
