@@ -37,8 +37,9 @@ gives, and each side's CPU-minutes and training MACs.
 ``searched (SPACE)``). ``--simulated-devices N`` runs both parts on the validation list with N
 simulated unseen devices (``asc-search run --simulated-devices``): the reference is then chosen,
 the search ranks its trials and the recommendation is made on that list; test is the same. Its rows
-are another experiment (the report keeps them apart); part (a) shares the parents of the plain rows,
-charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
+are another experiment (the report keeps them apart, then applies the option's adoption rule
+from benchmarks/README against the plain rows of the same seeds); part (a) shares the parents of
+the plain rows, charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
 joint space, reference by validation); earlier rows (calibration teachers, ``sscp_fill``) stay in
 the jsonl and ``--report`` shows the current revisions only.
 
@@ -120,6 +121,8 @@ SEARCH_REVISION = 4
 SEED_PLANS = ("baseline", "S1", "S2", "S3")
 #: The product's default space (``asc-search run --space``), part (b)'s default.
 DEFAULT_SPACE = "sscp_joint"
+#: Part (b)'s plan name in the default space (``searched_plan``).
+DEFAULT_SPACE_PLAN = "searched"
 
 
 def run_seed_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_logits: Any,
@@ -381,7 +384,72 @@ def report(path: Path) -> str:
             lines.append(f"| {where} | {split} %{listed} | {part} | {plan} | {len(runs)} | {shown} | "
                          f"{seeds} | {runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
         lines.append(_versus_best_seed_plan(here, split, where + listed))
+    for where, split in sorted({(where_ran(e), e["split"]) for e in entries
+                                if e.get("simulated_devices")}):
+        lines.append(_simulated_against_plain(
+            [e for e in entries if (where_ran(e), e["split"]) == (where, split)], split, where))
     return "\n".join(lines)
+
+
+def _recommended_test(by: dict[tuple[Any, ...], dict[str, Any]], seed: int) -> tuple[str, float]:
+    """What the product recommends at ``seed`` in one experiment's rows (``by`` keyed by part,
+    plan, seed), and its test accuracy: the searched winner where validation showed it better,
+    else the reference (the seed plan best on validation)."""
+    reference = max(SEED_PLANS, key=lambda name: by["seed", name, seed]["validation"]["macro"])
+    if by["search", DEFAULT_SPACE_PLAN, seed].get("recommended", "searched") == "searched":
+        return "searched", by["search", DEFAULT_SPACE_PLAN, seed]["test"]["macro"]
+    return reference, by["seed", reference, seed]["test"]["macro"]
+
+
+def _simulated_against_plain(entries: list[dict[str, Any]], split: int, where: str) -> str:
+    """The adoption rule of ``--simulated-devices`` (benchmarks/README, stated before any run),
+    at the seeds where both lists have both parts: per seed, what the recommendation on the
+    longer list gives against its reference (with the paired test interval, 0 where it is the
+    reference) and against the recommendation on the plain list; then the rule's two vetoes.
+    Test only vetoes: the option is the task's definition, not a choice among variants."""
+    groups: dict[int, dict[tuple[Any, ...], dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(e.get("simulated_devices", 0), {})[e["part"], e["plan"], e["seed"]] = e
+    plain = groups.get(0, {})
+    lines = []
+    for simulated, by in sorted(groups.items()):
+        if not simulated:
+            continue
+        seeds = sorted(seed for part, plan, seed in by
+                       if (part, plan) == ("search", DEFAULT_SPACE_PLAN)
+                       and all(("seed", p, seed) in rows for p in SEED_PLANS
+                               for rows in (by, plain))
+                       and ("search", DEFAULT_SPACE_PLAN, seed) in plain)
+        if not seeds:
+            continue
+        lines.append(f"{where}, split {split} %: validation + {simulated} simulated devices "
+                     "against the plain list (the adoption rule):")
+        gains, below = [], []
+        for seed in seeds:
+            chosen, with_score = _recommended_test(by, seed)
+            plain_choice, plain_score = _recommended_test(plain, seed)
+            if chosen == "searched":
+                paired = by["search", DEFAULT_SPACE_PLAN, seed]["test_vs_reference"]
+                versus = (f"{100 * paired['difference']:+.1f} ({100 * paired['low']:+.1f} to "
+                          f"{100 * paired['high']:+.1f})")
+                if paired["high"] < 0:
+                    below.append(seed)
+            else:
+                versus = "0 (the reference itself)"
+            gains.append(with_score - plain_score)
+            lines.append(f"- seed {seed}: recommends {chosen} (plain list: {plain_choice}); − its "
+                         f"reference {versus}; − the plain list's recommendation "
+                         f"{100 * (with_score - plain_score):+.1f} test points")
+        g = mean_sd_interval(gains)
+        spread = (f" ± {100 * g['sd']:.1f} (95 % t {100 * g['low']:+.1f} to "
+                  f"{100 * g['high']:+.1f})" if g["n"] > 1 else " (one seed)")
+        vetoed = [f"below its reference at seed(s) {', '.join(map(str, below))}"] if below else []
+        if g["mean"] < 0:
+            vetoed.append("the mean against the plain list's recommendation is below 0")
+        lines.append(f"- recommended with − recommended without, over {len(seeds)} seed(s): "
+                     f"{100 * g['mean']:+.1f}{spread}\n- the rule's vetoes so far: "
+                     + ("; ".join(vetoed) if vetoed else "none"))
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str) -> str:
