@@ -39,9 +39,9 @@ simulated unseen devices (``asc-search run --simulated-devices``): the reference
 the search ranks its trials and the recommendation is made on that list; test is the same. Its rows
 are another experiment (the report keeps them apart, then applies the option's adoption rule
 from benchmarks/README against the plain rows of the same seeds); part (a) shares the parents of
-the plain rows, charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher,
-joint space, reference by validation); earlier rows (calibration teachers, ``sscp_fill``) stay in
-the jsonl and ``--report`` shows the current revisions only.
+the plain rows, charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are
+issue 30's (default teacher, joint space, reference by validation); earlier rows (calibration
+teachers, ``sscp_fill``) stay in the jsonl and ``--report`` shows the current revisions only.
 
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
