@@ -39,9 +39,10 @@ simulated unseen devices (``asc-search run --simulated-devices``): the reference
 the search ranks its trials and the recommendation is made on that list; test is the same. Its rows
 are another experiment (the report keeps them apart, then applies the option's adoption rule
 from benchmarks/README against the plain rows of the same seeds); part (a) shares the parents of
-the plain rows, charged at their full CPU time as ever. Revisions: part (a) 3 and part (b) 4 are
-issue 30's (default teacher, joint space, reference by validation); earlier rows (calibration
-teachers, ``sscp_fill``) stay in the jsonl and ``--report`` shows the current revisions only.
+the plain rows, and such a row is charged the plain row's CPU and training MACs (``charged``).
+Revisions: part (a) 3 and part (b) 4 are issue 30's (default teacher, joint space, reference by
+validation); earlier rows (calibration teachers, ``sscp_fill``) stay in the jsonl and
+``--report`` shows the current revisions only.
 
 Teacher fitting is common to both parts and counted in neither. Each finished run is appended to
 ``--out`` (default benchmarks/search_vs_seed.jsonl) and skipped on a rerun; ``--report`` prints
@@ -185,7 +186,8 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
         pm=pm, max_macs=settings.max_macs, max_param_bytes=settings.max_param_bytes,
         storage_dtype=settings.storage_dtype)
     precision = precision_for("cpu")
-    seed_runs = [e for e in read_results(args.out)
+    on_file = read_results(args.out)
+    seed_runs = [e for e in on_file
                  if e.get("revision") == REVISION and e["part"] == "seed"
                  and where_ran(e) == here
                  and e.get("simulated_devices", 0) == args.simulated_devices]
@@ -198,7 +200,7 @@ def run_search_part(args: argparse.Namespace, *, pm: Any, data: Any, teacher_log
             print(f"seed {seed}: part seed has not run all four plans on this machine and corpus "
                   "yet; no budget to search with")
             continue
-        budget = sum(plans[p]["cpu_seconds"] for p in ("S1", "S2", "S3"))
+        budget = sum(charged(plans[p], on_file) for p in ("S1", "S2", "S3"))
         # A seed plan whose parent resumed before fits kept their CPU time was under-counted:
         # the search then gets less than S1-S3 really cost (a handicap, never an advantage).
         budget_partial = any(plans[p].get("cpu_seconds_partial") for p in ("S1", "S2", "S3"))
@@ -331,6 +333,23 @@ def _validation_list(entry: dict[str, Any]) -> str:
     return f" (validation + {simulated} simulated devices)" if simulated else ""
 
 
+def charged(entry: dict[str, Any], entries: list[dict[str, Any]],
+            field: str = "cpu_seconds") -> float:
+    """What a part (a) row is charged (``cpu_seconds`` or ``training_macs``): its own, except on
+    the list with simulated devices, where S1 and S2 fine-tune the parents the plain rows of the
+    seed trained (a cache hit here). Such a row is charged the plain row's figure, which counts
+    that parent and the same fine-tune (the same seed trains the same network: its test scores
+    repeat to the digit), so both experiments give the search the same budget and report the
+    same cost."""
+    if not entry.get("simulated_devices") or entry.get("parent_trained", True):
+        return entry[field]
+    key = (entry["plan"], entry["seed"], entry["split"], entry["epochs"], where_ran(entry))
+    plain = [e for e in entries if e["part"] == "seed" and not e.get("simulated_devices")
+             and e.get("parent_trained") and e.get("revision") == entry.get("revision")
+             and (e["plan"], e["seed"], e["split"], e["epochs"], where_ran(e)) == key]
+    return plain[-1][field] if plain else entry[field]
+
+
 def searched_plan(space: str) -> str:
     """A part (b) row's plan: ``searched`` in the default space, ``searched (SPACE)`` in another."""
     return "searched" if space == DEFAULT_SPACE else f"searched ({space})"
@@ -378,12 +397,12 @@ def report(path: Path) -> str:
             seeds = "; ".join(f"{e['seed']}: {pct(e['test']['macro'])} "
                               f"({pct(e['test']['macro_interval'][0])}–"
                               f"{pct(e['test']['macro_interval'][1])})" for e in runs)
-            minutes = sum(e["cpu_seconds"] for e in runs) / 60 / len(runs)
+            minutes = sum(charged(e, entries) for e in runs) / 60 / len(runs)
             # Rows whose parent resumed before resumed fits counted their earlier epochs.
             at_least = "≥ " if any(e.get("cpu_seconds_partial") for e in runs) else ""
             lines.append(f"| {where} | {split} %{listed} | {part} | {plan} | {len(runs)} | {shown} | "
                          f"{seeds} | {runs[-1]['macs']:,} | {at_least}{minutes:.1f} |")
-        lines.append(_versus_best_seed_plan(here, split, where + listed))
+        lines.append(_versus_best_seed_plan(here, split, where + listed, entries))
     for where, split in sorted({(where_ran(e), e["split"]) for e in entries
                                 if e.get("simulated_devices")}):
         lines.append(_simulated_against_plain(
@@ -452,11 +471,13 @@ def _simulated_against_plain(entries: list[dict[str, Any]], split: int, where: s
     return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str) -> str:
+def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str,
+                          every: list[dict[str, Any]]) -> str:
     """Each searched plan's test accuracy minus the seed's reference (the plan of part (a) best
     on *validation* at that seed, as the product chooses it) and minus the DCASE baseline,
     paired by seed; what the product would recommend at each seed; and the CPU and training
-    MACs each side spent. ``entries`` are one machine's and corpus folder's rows at ``split``."""
+    MACs each side spent (``charged``, from ``every`` row on file). ``entries`` are one
+    machine's and corpus folder's rows at ``split``, on one validation list."""
     by = {(e["part"], e["plan"], e["seed"]): e for e in entries}
     lines = []
     for searched_as in sorted({plan for part, plan, _ in by if part == "search"}):
@@ -490,12 +511,12 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str
         versus_recommended = summary([v - test("seed", reference(s), s)
                                       for v, s in zip(recommended, seeds, strict=True)])
         refs = ", ".join(f"{s}: {reference(s)}" for s in seeds)
-        seed_cpu = sum(by["seed", p, s]["cpu_seconds"] for p in ("S1", "S2", "S3")
+        seed_cpu = sum(charged(by["seed", p, s], every) for p in ("S1", "S2", "S3")
                        for s in seeds) / 60 / len(seeds)
         search_cpu = sum(by["search", searched_as, s]["cpu_seconds"] for s in seeds) / 60 / len(
             seeds)
-        seed_macs = sum(by["seed", p, s]["training_macs"] for p in ("S1", "S2", "S3")
-                        for s in seeds) / 1e12 / len(seeds)
+        seed_macs = sum(charged(by["seed", p, s], every, "training_macs")
+                        for p in ("S1", "S2", "S3") for s in seeds) / 1e12 / len(seeds)
         search_macs = sum(by["search", searched_as, s]["training_macs"] for s in seeds) \
             / 1e12 / len(seeds)
         lines.append(
