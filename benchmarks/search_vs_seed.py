@@ -410,13 +410,19 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _recommended_test(by: dict[tuple[Any, ...], dict[str, Any]], seed: int) -> tuple[str, float]:
+def _reference(by: dict[tuple[Any, ...], dict[str, Any]], seed: int) -> str:
+    """The seed's reference: the plan of part (a) best on validation, as the product picks it."""
+    return max(SEED_PLANS, key=lambda name: by["seed", name, seed]["validation"]["macro"])
+
+
+def _recommended_test(by: dict[tuple[Any, ...], dict[str, Any]], seed: int,
+                      searched_as: str = DEFAULT_SPACE_PLAN) -> tuple[str, float]:
     """What the product recommends at ``seed`` in one experiment's rows (``by`` keyed by part,
     plan, seed), and its test accuracy: the searched winner where validation showed it better,
-    else the reference (the seed plan best on validation)."""
-    reference = max(SEED_PLANS, key=lambda name: by["seed", name, seed]["validation"]["macro"])
-    if by["search", DEFAULT_SPACE_PLAN, seed].get("recommended", "searched") == "searched":
-        return "searched", by["search", DEFAULT_SPACE_PLAN, seed]["test"]["macro"]
+    else the reference."""
+    if by["search", searched_as, seed].get("recommended", "searched") == "searched":
+        return "searched", by["search", searched_as, seed]["test"]["macro"]
+    reference = _reference(by, seed)
     return reference, by["seed", reference, seed]["test"]["macro"]
 
 
@@ -488,7 +494,7 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str
             continue
 
         def reference(seed: int) -> str:
-            return max(SEED_PLANS, key=lambda name: by["seed", name, seed]["validation"]["macro"])
+            return _reference(by, seed)
 
         def test(part: str, plan: str, seed: int) -> float:
             return by[part, plan, seed]["test"]["macro"]
@@ -505,9 +511,7 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str
         versus_baseline = summary([v - test("seed", "baseline", s)
                                    for v, s in zip(searched, seeds, strict=True)])
         # What the product hands the user: the winner only where validation shows it better.
-        recommended = [test("search", searched_as, s)
-                       if by["search", searched_as, s].get("recommended", "searched") == "searched"
-                       else test("seed", reference(s), s) for s in seeds]
+        recommended = [_recommended_test(by, s, searched_as)[1] for s in seeds]
         versus_recommended = summary([v - test("seed", reference(s), s)
                                       for v, s in zip(recommended, seeds, strict=True)])
         refs = ", ".join(f"{s}: {reference(s)}" for s in seeds)
