@@ -131,7 +131,10 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the sampler and of every training in the run (trials, their "
                    "parents, the finalists' rungs), so another seed repeats the whole search; "
-                   "the teachers keep theirs (cached per split). A study keeps its seed.")
+                   "the teachers keep theirs (cached per split). A study keeps its seed. A run "
+                   "repeats for its seed on the same machine; elsewhere pass --timeout 0 (how "
+                   "many trials the timeout leaves depends on the machine's speed), and expect "
+                   "the numbers to differ where the CPU's kernels do (bf16 against fp32).")
 @click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
 @click.option("--reference", "references", multiple=True, metavar="FILE|STUDY:TRIAL",
