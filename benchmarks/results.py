@@ -41,7 +41,40 @@ def machine() -> str:
     limit = next((f"{name}={os.environ[name]}" for name in ONEDNN_ISA_LIMITS
                   if os.environ.get(name)), None)
     described = _cpu()
-    return described if limit is None else f"{described.removesuffix(' (bf16)')} ({limit})"
+    described = described if limit is None else f"{described.removesuffix(' (bf16)')} ({limit})"
+    quota = cpu_quota()
+    return described if quota is None else f"{described} (CPU quota {quota:.2f} cores)"
+
+
+def cpu_quota() -> float | None:
+    """The cores this process may use by its cgroup's CPU quota, or ``None`` without one.
+
+    A quota slows every instruction alike, so it stands in for a slower machine of the same
+    kind (how long the default run takes where a step costs 2.5–3.5× more); rows run under one
+    must not pool with the unthrottled machine's, and must say how much slower it was made."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if "cpu" in controllers.split(","):  # cgroup v1: cfs quota and period, in µs
+            folder = Path("/sys/fs/cgroup/cpu") / group.lstrip("/")
+            try:
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                period = int((folder / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                return None
+            return quota / period if quota > 0 else None
+        if controllers == "":  # cgroup v2: "max PERIOD" or "QUOTA PERIOD"
+            try:
+                quota_text, period_text = (Path("/sys/fs/cgroup") / group.lstrip("/")
+                                           / "cpu.max").read_text().split()
+            except (OSError, ValueError):
+                continue
+            if quota_text != "max":
+                return int(quota_text) / int(period_text)
+    return None
 
 
 def _cpu() -> str:
