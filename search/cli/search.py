@@ -134,7 +134,8 @@ def _open(name: str, storage: str | None, studies: Path | None) -> Any:
                    "the teachers keep theirs (cached per split). A study keeps its seed. A run "
                    "repeats for its seed on the same machine; elsewhere pass --timeout 0 (how "
                    "many trials the timeout leaves depends on the machine's speed), and expect "
-                   "the numbers to differ where the CPU's kernels do (bf16 against fp32).")
+                   "the numbers to differ where the CPU's kernels do (AMX against AVX-512 bf16, "
+                   "bf16 against fp32).")
 @click.option("--seed-trials/--no-seed-trials", default=True, show_default=True,
               help="Queue the DCASE baseline and the seed's S1–S3 plans as the first trials.")
 @click.option("--reference", "references", multiple=True, metavar="FILE|STUDY:TRIAL",
