@@ -51,7 +51,9 @@ def cpu_quota() -> float | None:
 
     A quota slows every instruction alike, so it stands in for a slower machine of the same
     kind (how long the default run takes where a step costs 2.5–3.5× more); rows run under one
-    must not pool with the unthrottled machine's, and must say how much slower it was made."""
+    must not pool with the unthrottled machine's, and must say how much slower it was made.
+    Read by hand because joblib's (loky's) cgroup reading looks only at the root group, not
+    this process's, and rounds the quota up to whole cores (0.73 would read as 1)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
