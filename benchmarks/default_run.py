@@ -15,7 +15,9 @@ both; seed 0 trains as before.
 
 Per seed the row keeps what the issue's targets read: wall time, the CPU time and peak memory of
 the run's process, how many distinct sampled networks it trained (copies of a trained network
-do not count), what it recommended and why, and each finalist's validation and test accuracy
+do not count), the time left the run said after each trial (revision 3; ``--report`` gives the
+error of the end it said, after the first trial and once the references are timed), what it
+recommended and why, and each finalist's validation and test accuracy
 with its test difference from the hand-made reference, paired on the same test recordings (the
 run computes it after its recommendation, as the product does). ``--report`` gives over seeds the
 recommendation's and the best searched finalist's difference from the reference (mean ± sd, 95 %
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -46,8 +49,11 @@ from asc_search.study.promote import FINALIST_PREFIX, RECOMMENDATION_ATTR
 from asc_search.study.storage import load_study, resolve_storage
 from asc_search.training.evaluate import mean_sd_interval
 
-#: 1: ``--seed`` seeded the sampler only; 2: the trainings too.
-REVISION = 2
+#: 1: ``--seed`` seeded the sampler only; 2: the trainings too; 3: the same search, and the run
+#: says after every trial how long it has left (``time_left_said``; same scores as 2 on one machine).
+REVISION = 3
+#: A trial's progress line and the time the run says it has left (``asc_search.study.run_length``).
+TIME_LEFT = re.compile(r"^trial (\d+) .* · (?:about (\d+) min|(under a minute)) left$")
 COMMAND = ["run", "--budget-macs", "30M"]
 
 
@@ -90,12 +96,16 @@ def run_once(seed: int, *, split: int, extra: list[str]) -> dict[str, Any] | Non
         command = [_asc_search(), *COMMAND, "--split", str(split), "--seed", str(seed), *extra]
         print(f"seed {seed}: {shlex.join(command[1:])}", flush=True)
         started = time.monotonic()
+        said: list[dict[str, Any]] = []
         with subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as process:
             assert process.stdout is not None
             for line in process.stdout:  # the run's own progress, tagged with the seed
-                print(f"  [{seed} {(time.monotonic() - started) / 60:4.1f} min] {line}",
-                      end="", flush=True)
+                at = time.monotonic() - started
+                print(f"  [{seed} {at / 60:4.1f} min] {line}", end="", flush=True)
+                if match := TIME_LEFT.match(line.strip()):
+                    said.append({"at_s": round(at, 1), "trial": int(match[1]),
+                                 "minutes_left": 0.5 if match[3] else int(match[2])})
             usage = _reap(process)
         wall = time.monotonic() - started
         if process.returncode != 0:
@@ -108,6 +118,7 @@ def run_once(seed: int, *, split: int, extra: list[str]) -> dict[str, Any] | Non
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024),  # KiB on Linux
             "load_average": round(os.getloadavg()[0], 2),
+            "time_left_said": said,
             **study_outcome(study),
         }
     finally:
@@ -230,11 +241,27 @@ def report(path: Path) -> str:
                       f"{100 * summary['low']:+.1f} to {100 * summary['high']:+.1f})"
                       if summary["n"] > 1 else f"{100 * summary['mean']:+.1f} (one seed)")
             lines.append(f"- {arm} − reference on test over {len(values)} seed(s): {spread}")
+        said = [_said_end_error(e) for e in entries if e.get("time_left_said")]
+        if said:
+            first = [100 * errors[0] for errors in said]
+            fourth = [100 * errors[3] for errors in said if len(errors) > 3]
+            lines.append(
+                f"- the end the run said (elapsed + time left) against its wall time: after the "
+                f"first trial {min(first):+.0f} to {max(first):+.0f} %"
+                + (f", after the fourth (the references timed) {min(fourth):+.0f} to "
+                   f"{max(fourth):+.0f} %" if fourth else ""))
         below = [e["seed"] for e in entries
                  if (_differences(e)["recommended"] or {"high": 0.0})["high"] < 0]
         lines.append("- the recommendation below the reference by more than its paired test "
                      f"interval: {'seeds ' + ', '.join(map(str, below)) if below else 'never'}")
     return "\n".join(lines)
+
+
+def _said_end_error(entry: dict[str, Any]) -> list[float]:
+    """For each trial line, (the end it said − the run's wall time) / wall time; "about N
+    min" is rounded up, so a whole minute of it is the saying's, not the estimate's."""
+    return [(said["at_s"] + 60 * said["minutes_left"]) / entry["wall_s"] - 1
+            for said in entry["time_left_said"]]
 
 
 def _paired(diff: dict[str, Any] | None) -> str:

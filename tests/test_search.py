@@ -511,6 +511,13 @@ def test_promotion_continues_each_trial_from_its_own_checkpoint(pm, tiny_corpus:
     survivor = results[next(n for n, r in results.items() if r["label"] == "searched")]
     assert sorted(rung2) == sorted([(f"rung 2: trial {survivor['trial']}", 2 * steps_per_epoch),
                                     (f"rung 2: trial {reference.number}", 2 * steps_per_epoch)])
+    # The run's estimate of its time left counts the epochs promotion trains (run_length).
+    from asc_search.study.run_length import PromotionPlan, promotion_epochs
+
+    plan = PromotionPlan(top=1, promote_by="continue", proxy_epochs=settings.proxy_epochs,
+                         promote_epochs=4)
+    assert sum(steps for _, steps, _ in starts) == \
+        promotion_epochs(plan, searched=len(searched)) * steps_per_epoch
     # The survivor is the better of the two entrants after rung 1, and climbed both rungs.
     assert [r["epochs"] for r in survivor["rungs"]] == [2, 4] and survivor["epochs"] == 4
     assert set(results) == {survivor["trial"], reference.number}

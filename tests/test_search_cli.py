@@ -31,6 +31,9 @@ def test_run_searches_promotes_reports_and_exports(cli, tiny_corpus: Path, tmp_p
     result = cli("-q", "run", "--data", tiny_corpus, *QUICK, "--trials", "6", "--study", "e2e")
     assert result.code == 0, result.err
     assert "trial 0 [dcase-baseline]" in result.out
+    # From the first trial on, each trial's line says how long the run has left.
+    assert re.search(r"trial 0 \[dcase-baseline\] \(1/6\): .* · (about \d+ min|under a minute) "
+                     r"left\n", result.out), result.out
     assert "finalist trial" in result.out and "report:" in result.out
     # What the teachers know of the training labels, before any student trains on them.
     assert re.search(r"teachers \(wide_cp_mobile\) agree with \d+\.\d % of the training labels",

@@ -223,6 +223,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
     )
     from asc_search.study.objective import SearchSettings, study_teachers
     from asc_search.study.references import read_reference
+    from asc_search.study.run_length import PromotionPlan
     from asc_search.study.space import read_space, smallest_candidate, space_from_dict
     from asc_search.study.storage import mask_url, resolve_storage
 
@@ -323,7 +324,10 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
                       timeout=timeout or None, pruner=pruner, min_sampled=min_sampled,
                       threads=split_threads(n_jobs) if n_jobs > 1 else None,
                       plugins=tuple(obj.pm_modules), cache=str(obj.cache), studies=str(folder),
-                      device=device, progress=not obj.quiet and n_jobs == 1)
+                      device=device, progress=not obj.quiet and n_jobs == 1,
+                      workers=n_jobs, promotion=PromotionPlan(
+                          top=top, promote_by=promote_by, proxy_epochs=settings.proxy_epochs,
+                          promote_epochs=settings.promote_epochs))
             for index in range(n_jobs)]
     run_workers(jobs, announce=_say, pm=obj.pm, resources=resources)
     _after_search(obj, study_name, url, folder, top, device, promote_by)

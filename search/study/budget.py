@@ -139,3 +139,19 @@ def training_macs(budget: StepBudget, *, batch_size: int, wide_macs: int,
     per_sample = budget.wide * wide_macs + budget.final * final_macs
     per_sample += sum(budget.between * macs for macs in between_macs)
     return int(per_sample * batch_size * TRAINING_PASSES)
+
+
+#: Successive halving's factor: each rung multiplies the budget by it and keeps 1 in it.
+REDUCTION = 2
+
+
+def rung_epochs(proxy_epochs: int, promote_epochs: int, *,
+                reduction: int = REDUCTION) -> list[int]:
+    """The budgets (epochs) at the ends of the promotion rungs: the proxy's times the reduction
+    factor, its square, ..., the last capped at the promotion budget. None when the promotion
+    budget is not longer than the proxy's (there is nothing to continue)."""
+    rungs, epochs = [], proxy_epochs
+    while epochs < promote_epochs:
+        epochs = min(promote_epochs, epochs * reduction)
+        rungs.append(epochs)
+    return rungs

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ from asc_search.study.objective import (
     TrialResources,
     dropped_settings,
     run_trial,
+)
+from asc_search.study.run_length import (
+    PromotionPlan,
+    SearchRules,
+    TimedTrial,
+    say_minutes,
+    seconds_left,
 )
 from asc_search.study.storage import artifact_store, check_study_name, mask_url, open_storage
 from asc_search.training.recipe import TrainingRecipe
@@ -328,6 +336,11 @@ class WorkerJob:
     progress: bool = False
     #: Sampled networks the study trains before ``timeout`` may end this worker.
     min_sampled: int = 0
+    #: Workers of this run side by side (``--n-jobs``), for the estimate of the time left.
+    workers: int = 1
+    #: The promotion that follows the search (``asc-search run``), for the same estimate;
+    #: None for ``asc-search worker``, whose estimate covers the search alone.
+    promotion: PromotionPlan | None = None
 
 
 def load_resources(settings: SearchSettings, *, pm: Any, cache: Path, studies: Path | None,
@@ -407,11 +420,15 @@ def run_worker(job: WorkerJob, *, pm: Any = None,
     resources = resources or load_resources(settings, pm=pm, cache=cache_dir(job.cache),
                                             studies=studies_dir(job.studies),
                                             device=job.device, progress=job.progress)
-    progress = _ProgressLine(announce, job.n_trials)
+    started = time.monotonic()
+    progress = _ProgressLine(announce, job.n_trials, time_left=partial(
+        _time_left_text, rules=SearchRules(n_trials=job.n_trials, timeout=job.timeout,
+                                             min_sampled=job.min_sampled, workers=job.workers),
+        promotion=job.promotion, started=started))
     callbacks: list[Any] = [progress]
     if job.n_trials is not None:
         callbacks.append(_TrialBudget(job.n_trials))
-    deadline = None if job.timeout is None else time.monotonic() + job.timeout
+    deadline = None if job.timeout is None else started + job.timeout
 
     def time_left() -> bool:
         # Past the timeout a study goes on, a trial at a time, until it has trained the
@@ -502,11 +519,33 @@ class _TrialBudget:
             study.stop()
 
 
-class _ProgressLine:
-    """One line per finished trial: its outcome and the best feasible accuracy so far."""
+def _time_left_text(study: optuna.Study, *, rules: SearchRules,
+                    promotion: PromotionPlan | None, started: float) -> str:
+    """`` · about 9 min left`` (of the run; of the search where no promotion follows here):
+    ``asc_search.study.run_length.seconds_left`` from the study's trials' wall times (start to
+    completion, as the storage kept them; copies trained nothing and are left out)."""
+    timed = [TimedTrial(seed_trial="seed_trial" in t.user_attrs,
+                        seconds=(t.datetime_complete - t.datetime_start).total_seconds())
+             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+             if t.user_attrs.get("status") == "trained"
+             and t.datetime_start is not None and t.datetime_complete is not None]
+    queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    left = seconds_left(timed, rules, elapsed=time.monotonic() - started,
+                        counted=counted_trials(study)[0],
+                        references_queued=sum("seed_trial" in t.user_attrs for t in queued),
+                        promotion=promotion)
+    if left is None:
+        return ""
+    return f" · {say_minutes(left)} {'left' if promotion else 'of search left'}"
 
-    def __init__(self, announce: Callable[[str], None], n_trials: int | None) -> None:
-        self.announce, self.n_trials = announce, n_trials
+
+class _ProgressLine:
+    """One line per finished trial: its outcome, the best feasible accuracy so far, and how
+    long the run has left (``time_left``: the line's ending, from ``_time_left_text``)."""
+
+    def __init__(self, announce: Callable[[str], None], n_trials: int | None,
+                 time_left: Callable[[optuna.Study], str] | None = None) -> None:
+        self.announce, self.n_trials, self.time_left = announce, n_trials, time_left
         self.finished = 0  # trials this process ran
         self.failures_in_a_row = 0
         self.last_failure = ""
@@ -544,7 +583,8 @@ class _ProgressLine:
         best = best_feasible(study)
         best_text = (f"best {100 * best.values[0]:.1f} % (trial {best.number})" if best
                      else "no feasible trial yet")
-        self.announce(f"trial {trial.number}{label} ({done}{total}): {what} · {best_text}")
+        left = "" if self.time_left is None else self.time_left(study)
+        self.announce(f"trial {trial.number}{label} ({done}{total}): {what} · {best_text}{left}")
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:

@@ -49,7 +49,7 @@ from asc_search.architecture import ArchSpec, build_model
 from asc_search.complexity import count_complexity
 from asc_search.errors import AscSearchError
 from asc_search.paths import studies_dir
-from asc_search.study.budget import TRAINING_PASSES
+from asc_search.study.budget import REDUCTION, TRAINING_PASSES, rung_epochs
 from asc_search.study.lifecycle import (
     dominates,
     feasible,
@@ -121,21 +121,7 @@ def finalists(study: optuna.Study) -> dict[int, dict[str, Any]]:
             for key, value in study.user_attrs.items() if key.startswith(FINALIST_PREFIX)}
 
 
-#: Successive halving's factor: each rung multiplies the budget by it and keeps 1 in it.
-REDUCTION = 2
 PROMOTE_BY = ("continue", "retrain")
-
-
-def rung_epochs(proxy_epochs: int, promote_epochs: int, *,
-                reduction: int = REDUCTION) -> list[int]:
-    """The budgets (epochs) at the ends of the promotion rungs: the proxy's times the reduction
-    factor, its square, ..., the last capped at the promotion budget. None when the promotion
-    budget is not longer than the proxy's (there is nothing to continue)."""
-    rungs, epochs = [], proxy_epochs
-    while epochs < promote_epochs:
-        epochs = min(promote_epochs, epochs * reduction)
-        rungs.append(epochs)
-    return rungs
 
 
 class RungStore:
