@@ -33,9 +33,13 @@ def machine() -> str:
     product then trains in): CPU times and even bf16-against-fp32 accuracies from different
     machines must not be mixed in one comparison, so every row says where it ran. A cap on
     oneDNN's instruction set (``ONEDNN_MAX_CPU_ISA``) makes the same CPU another machine: it
-    trains in fp32, at another speed, and the row says so."""
+    trains in fp32, at another speed, and the row says so. So does a cgroup's CPU quota: it
+    slows every instruction alike, standing in for a slower machine of the same kind (how long
+    the default run takes where a step costs 2.5–3.5× more), and such rows must not pool with the
+    unthrottled machine's."""
     import os
 
+    from asc_search.parallel import cpu_quota
     from asc_search.training.train import ONEDNN_ISA_LIMITS
 
     limit = next((f"{name}={os.environ[name]}" for name in ONEDNN_ISA_LIMITS
@@ -44,39 +48,6 @@ def machine() -> str:
     described = described if limit is None else f"{described.removesuffix(' (bf16)')} ({limit})"
     quota = cpu_quota()
     return described if quota is None else f"{described} (CPU quota {quota:.2f} cores)"
-
-
-def cpu_quota() -> float | None:
-    """The cores this process may use by its cgroup's CPU quota, or ``None`` without one.
-
-    A quota slows every instruction alike, so it stands in for a slower machine of the same
-    kind (how long the default run takes where a step costs 2.5–3.5× more); rows run under one
-    must not pool with the unthrottled machine's, and must say how much slower it was made.
-    Read by hand because joblib's (loky's) cgroup reading looks only at the root group, not
-    this process's, and rounds the quota up to whole cores (0.73 would read as 1)."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, group = line.split(":", 2)
-        if "cpu" in controllers.split(","):  # cgroup v1: cfs quota and period, in µs
-            folder = Path("/sys/fs/cgroup/cpu") / group.lstrip("/")
-            try:
-                quota = int((folder / "cpu.cfs_quota_us").read_text())
-                period = int((folder / "cpu.cfs_period_us").read_text())
-            except (OSError, ValueError):
-                return None
-            return quota / period if quota > 0 else None
-        if controllers == "":  # cgroup v2: "max PERIOD" or "QUOTA PERIOD"
-            try:
-                quota_text, period_text = (Path("/sys/fs/cgroup") / group.lstrip("/")
-                                           / "cpu.max").read_text().split()
-            except (OSError, ValueError):
-                continue
-            if quota_text != "max":
-                return int(quota_text) / int(period_text)
-    return None
 
 
 def _cpu() -> str:

@@ -228,3 +228,63 @@ def test_local_workers_share_the_usable_cores_not_the_machines(
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1})
     assert split_threads(2) == 1 and split_threads(1) == 2 and split_threads(4) == 1
+
+
+def test_a_cpu_quota_below_the_affinity_sets_the_usable_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``docker --cpus 0.73`` on two cores: one thread and one worker, not two throttled ones."""
+    from asc_search import parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1})
+    for quota, cores in ((None, 2), (0.73, 1), (0.2, 1), (1.5, 2), (1.4, 1), (6.0, 2)):
+        monkeypatch.setattr(parallel, "cpu_quota", lambda quota=quota: quota)
+        assert parallel.usable_cores() == cores, quota
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: 0.73)
+    assert parallel.default_workers(-1) == 1
+
+
+def test_the_cpu_quota_is_read_from_this_process_cgroup(tmp_path: Path) -> None:
+    from asc_search.parallel import cpu_quota
+
+    membership = tmp_path / "cgroup"
+    v1 = tmp_path / "sys" / "cpu" / "asc-slow"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("72700\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    membership.write_text("12:memory:/\n1:cpu,cpuacct:/asc-slow\n")
+    assert cpu_quota(membership=membership, hierarchy=tmp_path / "sys") == pytest.approx(0.727)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
+    assert cpu_quota(membership=membership, hierarchy=tmp_path / "sys") is None
+    v2 = tmp_path / "sys" / "user.slice" / "job"
+    v2.mkdir(parents=True)
+    membership.write_text("0::/user.slice/job\n")
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(membership=membership, hierarchy=tmp_path / "sys") == pytest.approx(1.5)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(membership=membership, hierarchy=tmp_path / "sys") is None
+    assert cpu_quota(membership=tmp_path / "absent", hierarchy=tmp_path / "sys") is None
+
+
+def test_the_thread_pools_get_the_quota_unless_the_user_chose(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from asc_search import parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: 0.73)
+    for name in parallel.THREAD_VARIABLES:  # recorded, so the test leaves them as it found them
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    threads = torch.get_num_threads()
+    try:
+        assert parallel.respect_cpu_quota() == 1
+        assert all(parallel.os.environ[name] == "1" for name in parallel.THREAD_VARIABLES)
+        assert torch.get_num_threads() == 1  # torch was imported already: set directly
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    assert parallel.respect_cpu_quota() is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: None)  # no quota: nothing changes
+    assert parallel.respect_cpu_quota() is None and "OMP_NUM_THREADS" not in parallel.os.environ

@@ -36,6 +36,7 @@ from asc_search.cli.shared import (
 )
 from asc_search.cli.training import teachers_group, train_command
 from asc_search.errors import AscSearchError
+from asc_search.parallel import respect_cpu_quota
 from asc_search.paths import cache_dir, keep_library_files_in
 from asc_search.plugin_manager import build_plugin_manager
 
@@ -183,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before any plugin imports matplotlib or torch's compiler: their files go to the cache.
         cache = _option_values(args, "--cache")
         keep_library_files_in(cache_dir(cache[-1] if cache else None))
+        respect_cpu_quota()  # before torch starts its threads (plugins import it)
         pm = build_plugin_manager(extra_modules=_option_values(args, "--plugin"))
         build_cli(pm).main(args=args, prog_name="asc-search", standalone_mode=False)
     except AscSearchError as exc:
