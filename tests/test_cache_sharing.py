@@ -213,6 +213,7 @@ def test_default_workers_follow_the_usable_cores_up_to_eight(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from asc_search import parallel
 
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: None)  # whatever the test machine's
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: set(range(64)))
     assert parallel.default_workers(-1) == 8 and parallel.default_workers(12) == 12
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1})
@@ -225,6 +226,7 @@ def test_local_workers_share_the_usable_cores_not_the_machines(
     from asc_search import parallel
     from asc_search.study.lifecycle import split_threads
 
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: None)  # whatever the test machine's
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1})
     assert split_threads(2) == 1 and split_threads(1) == 2 and split_threads(4) == 1
