@@ -93,3 +93,43 @@ def default_workers(n_jobs: int = -1) -> int:
     if n_jobs > 0:
         return n_jobs
     return min(usable_cores(), MAX_DEFAULT_WORKERS)
+
+
+def cpu_seconds_of_machine(stat: Path = Path("/proc/stat")) -> float | None:
+    """Seconds every core of the machine has spent busy since boot (``/proc/stat``'s first line:
+    user, nice, system, irq, softirq and steal; idle and iowait left out), or ``None`` where the
+    file cannot be read (not Linux)."""
+    try:
+        fields = stat.read_text().splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cores_busy_elsewhere(seconds: float = 0.5, *, stat: Path = Path("/proc/stat")) -> float | None:
+    """Cores other processes keep busy, over ``seconds`` of watching while this one waits: the
+    machine's busy time minus this process's own (``None`` where it cannot be read)."""
+    import time
+
+    before, own_before, started = cpu_seconds_of_machine(stat), time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    after, own_after = cpu_seconds_of_machine(stat), time.process_time()
+    if before is None or after is None:
+        return None
+    return max(0.0, (after - before) - (own_after - own_before)) / (time.monotonic() - started)
+
+
+def busy_machine_note(*, threads: int, usable: int, elsewhere: float | None) -> str | None:
+    """A note where other processes take enough of the cores that torch's threads will wait for
+    each other: beside two busy single-thread processes on 2 cores, one thread trained 2–3×
+    faster than two (benchmarks/README.md, "The default search, end to end"). The thread count
+    is left to the user (``OMP_NUM_THREADS``): chosen by the load, a run's numbers would change
+    with its neighbours'."""
+    if elsewhere is None or threads < 2 or usable - elsewhere >= threads - 0.5:
+        return None
+    free = max(1, int(usable - elsewhere + 0.5))
+    return (f"note: other processes keep {elsewhere:.1f} of the {usable} usable cores busy; "
+            f"torch's {threads} threads then wait for each other at every step (beside two busy "
+            f"processes on 2 cores, one thread trained 2–3× faster than two): on a machine this "
+            f"busy, start runs with OMP_NUM_THREADS={free}")

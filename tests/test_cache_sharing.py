@@ -290,3 +290,30 @@ def test_the_thread_pools_get_the_quota_unless_the_user_chose(
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(parallel, "cpu_quota", lambda: None)  # no quota: nothing changes
     assert parallel.respect_cpu_quota() is None and "OMP_NUM_THREADS" not in parallel.os.environ
+
+
+def test_the_cores_other_processes_use_come_from_the_machine_busy_time(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from asc_search import parallel
+
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy
+    stat.write_text(f"cpu  {3 * ticks} {ticks} {2 * ticks} {50 * ticks} {9 * ticks} 0 0 {ticks}\n"
+                    "cpu0 1 2 3 4 5 6 7 8\n")
+    assert parallel.cpu_seconds_of_machine(stat) == pytest.approx(7.0)
+    assert parallel.cpu_seconds_of_machine(tmp_path / "absent") is None
+    readings = iter([100.0, 100.8])  # 0.8 busy core-seconds over the 0.2-s watch: 4 cores
+    monkeypatch.setattr(parallel, "cpu_seconds_of_machine", lambda stat: next(readings))
+    assert 3.0 < parallel.cores_busy_elsewhere(0.2) <= 4.0
+
+
+def test_a_busy_machine_gets_a_note_with_the_thread_count_to_use() -> None:
+    from asc_search.parallel import busy_machine_note
+
+    note = busy_machine_note(threads=2, usable=2, elsewhere=2.0)
+    assert note is not None and "OMP_NUM_THREADS=1" in note and "2.0 of the 2" in note
+    assert "OMP_NUM_THREADS=3" in busy_machine_note(threads=8, usable=8, elsewhere=5.2)
+    assert busy_machine_note(threads=2, usable=2, elsewhere=0.3) is None  # room enough
+    assert busy_machine_note(threads=1, usable=2, elsewhere=2.0) is None  # one thread waits for none
+    assert busy_machine_note(threads=2, usable=2, elsewhere=None) is None  # not readable here

@@ -64,6 +64,19 @@ def _say_teacher_agreement(resources: Any) -> None:
     say_note(memorised_note(agreement, folds=settings.teacher_folds))
 
 
+def _say_busy_machine(n_jobs: int) -> None:
+    """A note before any training where other processes keep the cores the run's threads need
+    (``asc_search.parallel.busy_machine_note``): it costs half a second of watching."""
+    import torch
+
+    from asc_search.parallel import busy_machine_note, cores_busy_elsewhere, usable_cores
+    from asc_search.study.lifecycle import split_threads
+
+    threads = n_jobs * split_threads(n_jobs) if n_jobs > 1 else torch.get_num_threads()
+    say_note(busy_machine_note(threads=threads, usable=usable_cores(),
+                               elsewhere=cores_busy_elsewhere()))
+
+
 def _storage_options(command: Any) -> Any:
     command = click.option("--storage", default=None, metavar="URL",
                            help="Optuna storage URL [default: $ASC_SEARCH_STORAGE, else "
@@ -306,6 +319,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
             for given in references))
     # Refusals first, then the data: a bad --data or teacher leaves no study behind.
     check_resumable(name=study_name, storage_url=url, settings=settings)
+    _say_busy_machine(n_jobs)
     started = time.perf_counter()
     # Data, features and teachers once, here, so parallel workers all find them cached.
     resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
