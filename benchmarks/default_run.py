@@ -326,9 +326,11 @@ def plot(path: Path, image: Path) -> Path:
 
 
 def _short_machine(machine: str) -> str:
-    """``Intel(R) Xeon(R) Processor (bf16)`` → ``Xeon (bf16)``: the tick labels stay readable."""
+    """``Intel(R) Xeon(R) Processor (bf16)`` → ``Xeon (bf16)``, a CPU quota on a line of its
+    own: the tick labels stay readable."""
     words = [w for w in machine.replace("(R)", "").split() if w not in ("Processor", "Intel")]
-    return " ".join(words).replace("ONEDNN_MAX_CPU_ISA=", "oneDNN ")
+    return (" ".join(words).replace("ONEDNN_MAX_CPU_ISA=", "oneDNN ")
+            .replace(") (CPU quota ", ",\nquota ").replace(" cores)", ")"))
 
 
 if __name__ == "__main__":
