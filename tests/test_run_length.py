@@ -64,6 +64,9 @@ def test_promotion_epochs_follow_the_rungs() -> None:
     assert promotion_epochs(retrain, searched=6) == 2 * 32
     assert promotion_epochs(PromotionPlan(top=0, promote_by="continue", proxy_epochs=8,
                                           promote_epochs=32), searched=6) == 0
+    # No sampled trial trained: the references climb alone, two of them through the first rung.
+    assert promotion_epochs(DEFAULT_PROMOTION, searched=0, references=4) == 2 * 8 + 1 * 16
+    assert promotion_epochs(DEFAULT_PROMOTION, searched=3, references=0) == 2 * 8 + 1 * 16
 
 
 def test_seconds_left_prices_each_kind_of_trial_by_its_own_times() -> None:

@@ -80,20 +80,22 @@ def trials_to_come(rules: SearchRules, *, elapsed: float, counted: int, sampled:
     return count, seconds / max(rules.workers, 1)
 
 
-def promotion_epochs(plan: PromotionPlan, *, searched: int, with_reference: bool = True) -> int:
-    """Epochs of training promotion runs for ``searched`` trained sampled trials (and the best
-    reference beside them), as ``distill`` and ``climb_rungs`` run them."""
-    if plan.top < 1:
+def promotion_epochs(plan: PromotionPlan, *, searched: int, references: int = 1) -> int:
+    """Epochs of training promotion runs for ``searched`` trained sampled trials and
+    ``references`` trained hand-made ones, as ``distill`` and ``climb_rungs`` run them: the
+    searched ones climb beside the best reference, or the references alone where no sampled
+    trial was trained."""
+    if plan.top < 1 or searched + references < 1:
         return 0
-    reference = 1 if with_reference else 0
+    climbers, beside = (searched, min(references, 1)) if searched else (references, 0)
     rungs = rung_epochs(plan.proxy_epochs, plan.promote_epochs) \
         if plan.promote_by == "continue" else []
     if not rungs:  # retrain: each finalist from scratch on the whole budget
-        return (min(plan.top, max(searched, 1)) + reference) * plan.promote_epochs
+        return (min(plan.top, climbers) + beside) * plan.promote_epochs
     total, before = 0, plan.proxy_epochs
     for rung, epochs in enumerate(rungs, start=1):
-        climbing = min(max(searched, 1), plan.top * REDUCTION ** (len(rungs) - rung))
-        total += (climbing + (reference if searched else 0)) * (epochs - before)
+        climbing = min(climbers, plan.top * REDUCTION ** (len(rungs) - rung))
+        total += (climbing + beside) * (epochs - before)
         before = epochs
     return total
 
@@ -121,7 +123,8 @@ def seconds_left(timed: Sequence[TimedTrial], rules: SearchRules, *, elapsed: fl
         return seconds
     searched = len(sampled) + max(count - references_queued, 0)
     epoch = sampled_cost / max(promotion.proxy_epochs, 1)
-    return seconds + promotion_epochs(promotion, searched=searched) * epoch
+    return seconds + promotion_epochs(promotion, searched=searched,
+                                      references=len(references) + references_queued) * epoch
 
 
 def say_minutes(seconds: float) -> str:
