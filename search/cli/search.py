@@ -64,9 +64,12 @@ def _say_teacher_agreement(resources: Any) -> None:
     say_note(memorised_note(agreement, folds=settings.teacher_folds))
 
 
-def _say_busy_machine(n_jobs: int) -> None:
-    """A note before any training where other processes keep the cores the run's threads need
-    (``asc_search.parallel.busy_machine_note``): it costs half a second of watching."""
+def _say_busy_machine(n_jobs: int, device: str) -> None:
+    """A note before any training on the CPU where other processes keep the cores the run's
+    threads need (``asc_search.parallel.busy_machine_note``): it costs half a second of
+    watching."""
+    if not device.startswith("cpu"):
+        return
     import torch
 
     from asc_search.parallel import busy_machine_note, cores_busy_elsewhere, usable_cores
@@ -319,7 +322,7 @@ def run_command(obj: Context, data: str | None, split: str, device: str, space: 
             for given in references))
     # Refusals first, then the data: a bad --data or teacher leaves no study behind.
     check_resumable(name=study_name, storage_url=url, settings=settings)
-    _say_busy_machine(n_jobs)
+    _say_busy_machine(n_jobs, device)
     started = time.perf_counter()
     # Data, features and teachers once, here, so parallel workers all find them cached.
     resources = load_resources(settings, pm=obj.pm, cache=obj.cache, studies=folder,
