@@ -24,12 +24,17 @@ from pathlib import Path
 MAX_DEFAULT_WORKERS = 8
 
 
+def affinity_cores() -> int | None:
+    """The cores of this process's CPU affinity (``taskset``, ``--cpuset-cpus``); None where the
+    platform does not tell."""
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
+
+
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity, or its CPU quota rounded to whole
     cores (at least one) where that is fewer; not the machine's count, which ``os.cpu_count``
     gives."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    usable = max(1, usable or 1)
+    usable = affinity_cores() or max(1, os.cpu_count() or 1)
     quota = cpu_quota()
     return usable if quota is None else min(usable, max(1, int(quota + 0.5)))
 
@@ -77,8 +82,7 @@ def respect_cpu_quota() -> int | None:
     ``main``); the variables also reach every worker process started after."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = usable_cores()
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores, affinity = usable_cores(), affinity_cores()
     if affinity is None or cores >= affinity:
         return None
     for name in THREAD_VARIABLES:

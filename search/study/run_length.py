@@ -1,12 +1,13 @@
 """How long the rest of a run takes, from the trials it has timed on this machine (issue 30).
 
-The default run takes ten minutes on a 2-core bf16 machine and thirty-seven on a slow fp32 one,
-and until now nothing said which before it ended. Its length is not a clock's: the search starts
-trials until ``--timeout`` has passed *and* ``--min-sampled`` sampled networks are trained, never
-beyond ``--trials``; promotion then trains a number of epochs fixed by the settings (the rungs of
-``asc_search.study.promote``). Once trials have been timed here, the rest is arithmetic on those
-rules, so the run can say after each trial how long it has left, which is what a user on an
-unknown machine needs to decide whether to wait, stop, or pass a shorter ``--timeout`` next time.
+The default run takes about ten minutes on a 2-core bf16 machine and 24–37 on a throttled fp32
+one, and until now nothing said which before it ended. Its length is not a clock's: the search
+starts trials until ``--timeout`` has passed *and* ``--min-sampled`` sampled networks are
+trained, never beyond ``--trials``; promotion then trains a number of epochs fixed by the
+settings (``asc_search.study.budget.rung_epochs``, as ``asc_search.study.promote`` climbs
+them). Once trials have been timed here, the rest is arithmetic on those rules, so the run can
+say after each trial how long it has left, which is what a user on an unknown machine needs to
+decide whether to wait, stop, or pass a shorter ``--timeout`` next time.
 
 What the estimate takes from the timed trials (wall seconds, start to finish, evaluation
 included): the hand-made references still queued cost what the references so far cost on average
@@ -15,8 +16,8 @@ ones so far cost (they reuse trained parents), or what the first trial, the DCAS
 as it is, cost before any has run; a promotion epoch costs a sampled trial's epoch, since rungs
 fine-tune pruned networks from their checkpoints as trials do. It leaves out the
 loading of the test list and the report (seconds), and a timeout that would end the search early
-is taken at its word. ``benchmarks/default_run.py`` records the first estimate of every default
-run beside its wall time, so its error is measured, not assumed.
+is taken at its word. ``benchmarks/default_run.py`` records every estimate a default run says
+beside its wall time, so its error is measured, not assumed.
 """
 
 from __future__ import annotations
