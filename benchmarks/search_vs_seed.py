@@ -417,6 +417,14 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _paired_summary(values: list[float]) -> str:
+    """Mean ± sd of paired differences in points, with the 95 % t interval over seeds."""
+    g = mean_sd_interval(values)
+    spread = f" ± {100 * g['sd']:.1f} (95 % t {100 * g['low']:+.1f} to " \
+        f"{100 * g['high']:+.1f})" if g["n"] > 1 else " (one seed: no interval)"
+    return f"{100 * g['mean']:+.1f}{spread}"
+
+
 def _pooled_over_machines(entries: list[dict[str, Any]], split: int, listed: str) -> str:
     """The default space's searched and recommended minus the reference over every machine
     that has whole seeds (both parts) at ``split``: each difference is paired within one seed
@@ -438,15 +446,10 @@ def _pooled_over_machines(entries: list[dict[str, Any]], split: int, listed: str
         return ""
     counts = ", ".join(f"{units.count(w)} on {w}" for w in sorted(set(units)))
 
-    def summary(values: list[float]) -> str:
-        g = mean_sd_interval(values)
-        return (f"{100 * g['mean']:+.1f} ± {100 * g['sd']:.1f} (95 % t {100 * g['low']:+.1f} "
-                f"to {100 * g['high']:+.1f})")
-
     return (f"\nevery machine, split {split} %{listed}, n = {len(units)} seeds ({counts}), "
             f"{DEFAULT_SPACE_PLAN}, each paired within its machine:\n"
-            f"- searched − the reference: {summary(searched)}\n"
-            f"- recommended − the reference: {summary(recommended)}\n")
+            f"- searched − the reference: {_paired_summary(searched)}\n"
+            f"- recommended − the reference: {_paired_summary(recommended)}\n")
 
 
 def _reference(by: dict[tuple[Any, ...], dict[str, Any]], seed: int) -> str:
@@ -538,20 +541,14 @@ def _versus_best_seed_plan(entries: list[dict[str, Any]], split: int, where: str
         def test(part: str, plan: str, seed: int) -> float:
             return by[part, plan, seed]["test"]["macro"]
 
-        def summary(values: list[float]) -> str:
-            g = mean_sd_interval(values)
-            spread = f" ± {100 * g['sd']:.1f} (95 % t {100 * g['low']:+.1f} to " \
-                f"{100 * g['high']:+.1f})" if g["n"] > 1 else " (one seed: no interval)"
-            return f"{100 * g['mean']:+.1f}{spread}"
-
         searched = [test("search", searched_as, s) for s in seeds]
-        versus_reference = summary([v - test("seed", reference(s), s)
+        versus_reference = _paired_summary([v - test("seed", reference(s), s)
                                     for v, s in zip(searched, seeds, strict=True)])
-        versus_baseline = summary([v - test("seed", "baseline", s)
+        versus_baseline = _paired_summary([v - test("seed", "baseline", s)
                                    for v, s in zip(searched, seeds, strict=True)])
         # What the product hands the user: the winner only where validation shows it better.
         recommended = [_recommended_test(by, s, searched_as)[1] for s in seeds]
-        versus_recommended = summary([v - test("seed", reference(s), s)
+        versus_recommended = _paired_summary([v - test("seed", reference(s), s)
                                       for v, s in zip(recommended, seeds, strict=True)])
         refs = ", ".join(f"{s}: {reference(s)}" for s in seeds)
         seed_cpu = sum(charged(by["seed", p, s], every) for p in ("S1", "S2", "S3")
